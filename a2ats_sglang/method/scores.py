@@ -1,0 +1,81 @@
+"""Per-token scores a selector ranks: exact, A²ATS codes, and Quest page bounds.
+
+Shapes: a batch of ``B`` decode queries over one sequence of ``S`` tokens. Queries are
+``[B, Hq, d]``, keys ``[S, Hkv, d]``; query head ``h`` reads kv head ``h // group``.
+Every score here is a logit (already multiplied by the softmax scale).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _group_keys(keys: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    """``[S, Hkv, d]`` → ``[Hq, S, d]`` with each kv head repeated over its group."""
+    group = num_q_heads // keys.shape[1]
+    return keys.permute(1, 0, 2).repeat_interleave(group, dim=0)
+
+
+def exact_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """True logits of post-RoPE queries against post-RoPE keys. # [B, Hq, S] float32"""
+    return torch.einsum("bhd,hsd->bhs", q.float(), _group_keys(k.float(), q.shape[1])) * scale
+
+
+def causal_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Which tokens each query may see: ``[0, length)``. # [B, S] bool"""
+    return torch.arange(seq_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def exact_probs(q: torch.Tensor, k: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal softmax of :func:`exact_logits`. # [B, Hq, S] float32"""
+    logits = exact_logits(q, k, scale)
+    logits = logits.masked_fill(~causal_mask(lengths, k.shape[0])[:, None, :], float("-inf"))
+    return logits.softmax(-1)
+
+
+def wrope_key_logits(q_w: torch.Tensor, k_pre: torch.Tensor, scale: float) -> torch.Tensor:
+    """WRoPE query against exact pre-RoPE keys: the ceiling of any codebook. # [B, Hq, S]"""
+    return exact_logits(q_w, k_pre, scale)
+
+
+def lookup_table(q_w: torch.Tensor, decoded: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each query head against every codeword of its kv head. # [B, Hq, size] float32
+
+    ``decoded``: ``[Hkv, size, d]`` codewords in key space (``Codebook.decoded[layer]``).
+    """
+    group = q_w.shape[1] // decoded.shape[0]
+    cw = decoded.float().repeat_interleave(group, dim=0)  # [Hq, size, d]
+    return torch.einsum("bhd,hcd->bhc", q_w.float(), cw) * scale
+
+
+def code_logits(q_w: torch.Tensor, codes: torch.Tensor, decoded: torch.Tensor, scale: float) -> torch.Tensor:
+    """A²ATS approximate logits: gather the lookup table by each token's code. # [B, Hq, S]
+
+    ``codes``: ``[S, Hkv]`` integer codes of the sequence's keys.
+    """
+    table = lookup_table(q_w, decoded, scale)  # [B, Hq, size]
+    group = q_w.shape[1] // codes.shape[1]
+    idx = codes.long().t().repeat_interleave(group, dim=0)  # [Hq, S]
+    return torch.gather(table, 2, idx[None].expand(q_w.shape[0], -1, -1))
+
+
+def quest_page_bounds(q: torch.Tensor, k: torch.Tensor, page_size: int, scale: float) -> torch.Tensor:
+    """Quest's upper bound of ``q·k`` over each page from per-channel key min/max.
+
+    Returns the bound broadcast back to tokens so selectors work per token: ``[B, Hq, S]``
+    (every token of a page carries the page's bound).
+    """
+    seq_len, kv_heads, dim = k.shape
+    pages = -(-seq_len // page_size)
+    pad = pages * page_size - seq_len
+    kf = k.float()
+    lo = torch.nn.functional.pad(kf, (0, 0, 0, 0, 0, pad), value=float("inf"))
+    hi = torch.nn.functional.pad(kf, (0, 0, 0, 0, 0, pad), value=float("-inf"))
+    kmin = lo.view(pages, page_size, kv_heads, dim).amin(1)  # [P, Hkv, d]
+    kmax = hi.view(pages, page_size, kv_heads, dim).amax(1)
+    group = q.shape[1] // kv_heads
+    kmin = kmin.permute(1, 0, 2).repeat_interleave(group, 0)  # [Hq, P, d]
+    kmax = kmax.permute(1, 0, 2).repeat_interleave(group, 0)
+    qf = q.float()[:, :, None, :]  # [B, Hq, 1, d]
+    bound = torch.maximum(qf * kmin[None], qf * kmax[None]).sum(-1) * scale  # [B, Hq, P]
+    return bound.repeat_interleave(page_size, dim=-1)[..., :seq_len]

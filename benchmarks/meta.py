@@ -1,0 +1,52 @@
+"""The ``meta`` object every result file carries: GPU, commit, model, workload, command."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+
+def git_commit() -> str:
+    """HEAD of the checkout (``+dirty`` when it has changes); ``A2ATS_COMMIT`` where there is
+    no git (the GPU node receives a copy of the tree without ``.git``)."""
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("A2ATS_COMMIT", "unknown")
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_meta(device: str, model: str, workload: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "device": device_name(device),
+        "commit": git_commit(),
+        "model": model,
+        "workload": workload,
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], "-m", _module(), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+
+
+def _module() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else sys.argv[0]
