@@ -40,6 +40,7 @@ class CalibrationConfig:
     b: int = 2048
     window: int = 64
     sinks: int = 8
+    h_distances: Sequence[int] = ()
     iters: int = 100
     tol: float = 1e-4
     seed: int = 0
@@ -80,7 +81,7 @@ def collect(
     if model is None:
         model = load_model(cfg.model_path, cfg.device)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(cfg.model_path)
-    data = CalibrationSet(identity, cfg.b, cfg.device)
+    data = CalibrationSet(identity, cfg.b, cfg.device, cfg.h_distances)
     seen_layers: set[int] = set()
 
     def sink(layer: int, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="codewords per (layer, kv head); at most 65536")
     p.add_argument("--kind", choices=KINDS, default=d.kind, help="query_aware (A²ATS) or kmeans (plain VQ, the ablation)")
     p.add_argument("--b", type=int, default=d.b, help="WRoPE distance b the query statistics are taken at")
+    p.add_argument("--h-distances", type=int, nargs="+", default=None,
+                   help="pool the query statistics H over these WRoPE distances (default: --b only, as the paper)")
     p.add_argument("--window", type=int, default=d.window, help="local window recorded as the serving default")
     p.add_argument("--sinks", type=int, default=d.sinks, help="attention sinks recorded as the serving default")
     p.add_argument("--iters", type=int, default=d.iters, help="maximum Lloyd iterations")
@@ -210,6 +213,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.tokens + args.uuid_tokens} calibration tokens cannot fit {args.codebook_size} codewords")
     if args.b <= args.window:
         raise ValueError(f"--b ({args.b}) must exceed --window ({args.window}): far tokens are at least a window away")
+    if args.h_distances and min(args.h_distances) <= args.window:
+        raise ValueError(f"--h-distances must exceed --window ({args.window})")
     out = Path(args.out)
     if (out / "codebook.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds a codebook (use --force to overwrite)")
@@ -227,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_path=args.model_path, data=args.data, text_field=args.text_field, tokens=args.tokens,
             uuid_tokens=args.uuid_tokens, max_doc_tokens=args.max_doc_tokens, chunk_tokens=args.chunk_tokens,
             codebook_size=args.codebook_size, kind=args.kind, b=args.b, window=args.window, sinks=args.sinks,
-            iters=args.iters, tol=args.tol, seed=args.seed, device=args.device, memory_gb=args.memory_gb,
+            h_distances=args.h_distances or (), iters=args.iters, tol=args.tol, seed=args.seed, device=args.device, memory_gb=args.memory_gb,
         )
         book = calibrate(cfg, args.out)
     except (CodebookError, UnsupportedRopeError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:

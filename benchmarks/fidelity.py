@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", type=int, default=8)
     p.add_argument("--b", type=int, default=2048)
     p.add_argument("--quest-page", type=int, default=16)
+    p.add_argument("--h-distances", type=int, nargs="+", default=None,
+                   help="pool the query-aware H over these WRoPE distances (default: b only)")
     p.add_argument("--codebook-dir", default=None, help="reuse/store the fitted codebooks here")
     p.add_argument("--out", default="benchmarks/results/fidelity.json")
     p.add_argument("--plot", default="benchmarks/results/fidelity.png")
@@ -81,25 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def codebooks(args: argparse.Namespace, model, tokenizer) -> dict[str, Codebook]:  # noqa: ANN001
-    root = Path(args.codebook_dir or cache_dir() / "fidelity" / f"{Path(args.model_path).name}-{args.codebook_size}-{args.cal_tokens}-{args.uuid_tokens}-{args.iters}")
+    root = Path(args.codebook_dir or cache_dir() / "fidelity")
+    common = f"{Path(args.model_path).name}-{args.codebook_size}-{args.cal_tokens}-{args.uuid_tokens}-{args.iters}-b{args.b}"
+    h = "-h" + "_".join(map(str, args.h_distances)) if args.h_distances else ""
+    dirs = {"query_aware": root / f"query_aware-{common}{h}", "kmeans": root / f"kmeans-{common}"}
     cfg = CalibrationConfig(
         model_path=args.model_path, tokens=args.cal_tokens, uuid_tokens=args.uuid_tokens,
         codebook_size=args.codebook_size, iters=args.iters, b=args.b, window=args.window, sinks=args.sinks,
-        device=args.device, extra_summary={"data": ["pydoc_data.topics (calibration split)"]},
+        h_distances=args.h_distances or (), device=args.device,
+        extra_summary={"data": ["pydoc_data.topics (calibration split)"]},
     )
     books: dict[str, Codebook] = {}
-    for kind in ("query_aware", "kmeans"):
+    for kind, path in dirs.items():
         try:
-            books[kind] = Codebook.load(root / kind, model_config=model.config, codebook_size=args.codebook_size)
+            books[kind] = Codebook.load(path, model_config=model.config, codebook_size=args.codebook_size)
         except CodebookError:
             pass
-    if len(books) < 2:
+    if len(books) < len(dirs):
         data, summary = collect(cfg, model, tokenizer, pydoc_documents("calibration"))
-        for kind in ("query_aware", "kmeans"):
+        for kind in dirs.keys() - books.keys():
             started = time.time()
             books[kind] = fit(cfg, data, summary, kind)
             books[kind].meta.calibration["seconds_fit"] = round(time.time() - started, 1)
-            books[kind].save(root / kind)
+            books[kind].save(dirs[kind])
         del data
     return books
 
@@ -151,6 +157,9 @@ def evaluate_layer(
         totals.diag[f"score_corr/{name}"].append(_masked_corr(logits[name], exact, far))
     for name in ("a2ats", "kmeans"):
         totals.diag[f"score_corr_vs_wrope_exact/{name}"].append(_masked_corr(logits[name], logits["wrope_exact_keys"], far))
+    # quantizer alone: the share of WRoPE attention (softmax of WRoPE exact-key logits over the
+    # far tokens) that a selection keeps among the far tokens
+    wrope_probs = logits["wrope_exact_keys"].masked_fill(~far[:, None, :], float("-inf")).softmax(-1)
     for ratio in args.budgets:
         budget = budget_tokens(lengths, ratio)
         common = dict(lengths=lengths, budget=budget, num_kv_heads=kv_heads, sinks=args.sinks, window=args.window)
@@ -169,6 +178,8 @@ def evaluate_layer(
             err = (out - dense).norm(dim=-1) / dense.norm(dim=-1).clamp_min(1e-12)
             frac = mask.sum(-1).double() / lengths[:, None]
             totals.add((name, ratio, layer), recall, err, frac)
+            if name in ("a2ats", "kmeans", "wrope_exact_keys"):
+                totals.diag[f"wrope_attention_recall/{name}@{ratio:g}"].append(float(attention_recall(wrope_probs, mask).mean()))
 
 
 def _masked_corr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
@@ -225,6 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "codebook_size": args.codebook_size, "kmeans_max_iters": args.iters,
         "evaluation": f"{args.num_seqs} held-out pydoc texts × {args.eval_len} tokens, {len(qpos)} decode queries each over positions {int(qpos[0])}..{int(qpos[-1])}, all {layers} layers",
         "window": args.window, "sinks": args.sinks, "b": args.b, "quest_page": args.quest_page,
+        "h_distances": args.h_distances or [args.b],
         "budget_rule": "K = ceil(budget * length) tokens per (query, kv head) besides sinks and window",
     }
     return {
@@ -234,8 +246,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_layer_recall_at_3pct": per_layer,
         "diagnostics": {
             "score_correlation": {k: round(sum(v) / len(v), 4) for k, v in sorted(totals.diag.items())},
-            "note": "Pearson correlation over far tokens between approximate logits and exact log-probabilities "
-                    "(score_corr), or the WRoPE-exact-key logits (score_corr_vs_wrope_exact: quantizer alone)",
+            "note": "score_corr: Pearson correlation over far tokens between approximate logits and exact "
+                    "log-probabilities; score_corr_vs_wrope_exact: against WRoPE logits with exact keys (the quantizer "
+                    "alone); wrope_attention_recall: share of the far tokens' WRoPE-attention mass a selection keeps "
+                    "(the quantizer alone, selection-level)",
             "seconds_fit": {k: b.meta.calibration.get("seconds_fit") for k, b in books.items()},
         },
     }

@@ -9,7 +9,7 @@ pairs, in groups sized to a memory budget.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -21,10 +21,19 @@ from a2ats_sglang.method.vq import Whitening, identity_whitening, kmeans, whiten
 class CalibrationSet:
     """Pre-RoPE keys and pooled WRoPE-query moments for every (layer, kv_head)."""
 
-    def __init__(self, model: ModelIdentity, b: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: ModelIdentity,
+        b: int,
+        device: torch.device | str = "cpu",
+        h_distances: Sequence[int] | None = None,
+    ) -> None:
+        """``h_distances``: WRoPE distances whose rotated queries are pooled into H
+        (default ``[b]``, the paper's choice)."""
         self.model = model
         self.rope = RopeSpec.from_dict(model.rope)
         self.b = b
+        self.h_distances = list(h_distances or [b])
         self.device = torch.device(device)
         layers, heads, d = model.num_layers, model.num_kv_heads, model.head_dim
         self.moment = torch.zeros(layers, heads, d, d, dtype=torch.float64, device=self.device)
@@ -35,10 +44,11 @@ class CalibrationSet:
         """Add one layer's tokens: ``q`` ``[n, Hq, d]`` and ``k`` ``[n, Hkv, d]``, post-RoPE."""
         m = self.model
         pos = positions.to(q.device)
-        q_w = self.rope.wrope_query(q.float(), pos, self.b)  # [n, Hq, d]
-        grouped = q_w.view(q.shape[0], m.num_kv_heads, m.group_size, m.head_dim)
-        grouped = grouped.permute(1, 0, 2, 3).reshape(m.num_kv_heads, -1, m.head_dim)
-        self.moment[layer] += torch.bmm(grouped.transpose(1, 2), grouped).to(self.device, torch.float64)
+        for distance in self.h_distances:
+            q_w = self.rope.wrope_query(q.float(), pos, distance)  # [n, Hq, d]
+            grouped = q_w.view(q.shape[0], m.num_kv_heads, m.group_size, m.head_dim)
+            grouped = grouped.permute(1, 0, 2, 3).reshape(m.num_kv_heads, -1, m.head_dim)
+            self.moment[layer] += torch.bmm(grouped.transpose(1, 2), grouped).to(self.device, torch.float64)
         self.query_count[layer] += q.shape[0]
         k_pre = self.rope.unrotate(k.float(), pos)  # [n, Hkv, d]
         self._keys[layer].append(k_pre.transpose(0, 1).to(self.device))
@@ -113,7 +123,7 @@ def fit_codebook(
     shape = (m.num_layers, m.num_kv_heads)
     meta = CodebookMeta(
         model=m, codebook_size=size, kind=kind, window=window, b=data.b, sinks=sinks,
-        calibration={**(calibration_summary or {}), "keys_per_head": n, "max_iters": max_iters,
+        calibration={**(calibration_summary or {}), "keys_per_head": n, "h_distances": data.h_distances, "max_iters": max_iters,
                      "iterations": max(iterations), "seed": seed},
     )
     return Codebook(
