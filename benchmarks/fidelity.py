@@ -176,7 +176,8 @@ def evaluate_layer(
             recall = attention_recall(probs, mask)
             out = sparse_attention(q, k, v, mask, scale)
             err = (out - dense).norm(dim=-1) / dense.norm(dim=-1).clamp_min(1e-12)
-            frac = mask.sum(-1).double() / lengths[:, None]
+            group = q.shape[1] // kv_heads
+            frac = (mask.sum(-1).double() / lengths[:, None]).repeat_interleave(group, dim=1)  # [B, Hq]
             totals.add((name, ratio, layer), recall, err, frac)
             if name in ("a2ats", "kmeans", "wrope_exact_keys"):
                 totals.diag[f"wrope_attention_recall/{name}@{ratio:g}"].append(float(attention_recall(wrope_probs, mask).mean()))
