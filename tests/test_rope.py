@@ -11,10 +11,18 @@ import torch
 from a2ats_sglang.method.rope import RopeSpec, UnsupportedRopeError
 
 CONFIGS = Path(__file__).parent / "configs"
-MODELS = ["llama-3.1-8b", "qwen2.5-7b", "qwen2.5-7b-yarn", "smollm2-135m"]
+MODELS = ["llama-3.1-8b", "llama-3.1-8b-linear", "qwen2.5-7b", "qwen2.5-7b-yarn", "smollm2-135m"]
+
+
+VARIANTS = {  # RoPE scalings not covered by a shipped config, on top of one
+    "llama-3.1-8b-linear": ("llama-3.1-8b", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+}
 
 
 def load(name: str) -> dict:
+    if name in VARIANTS:
+        base, patch = VARIANTS[name]
+        return {**load(base), **patch}
     return json.loads((CONFIGS / f"{name}.json").read_text())
 
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from a2ats_sglang.method.rope import RopeSpec, _as_dict
+from a2ats_sglang.method.rope import RopeSpec, config_dict
 
 FORMAT = "a2ats-codebook"
 FORMAT_VERSION = 1
@@ -47,9 +47,9 @@ class ModelIdentity:
 
     @classmethod
     def from_hf_config(cls, config: Any) -> "ModelIdentity":
-        cfg = _as_dict(config)
+        cfg = config_dict(config)
         if cfg.get("text_config"):
-            cfg = _as_dict(cfg["text_config"])
+            cfg = config_dict(cfg["text_config"])
         heads = int(cfg["num_attention_heads"])
         return cls(
             architecture=(cfg.get("architectures") or ["?"])[0],

@@ -65,9 +65,9 @@ class RopeSpec:
         Reads both the transformers-5 ``rope_parameters`` and the older ``rope_scaling`` /
         ``rope_theta`` fields.
         """
-        cfg = _as_dict(config)
+        cfg = config_dict(config)
         if cfg.get("text_config"):  # multimodal wrappers keep the LM config inside
-            cfg = {**_as_dict(cfg["text_config"])}
+            cfg = {**config_dict(cfg["text_config"])}
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         params: dict[str, Any] = {}
         for key in ("rope_scaling", "rope_parameters"):
@@ -177,7 +177,8 @@ def _scale(x: torch.Tensor, s: float) -> torch.Tensor:
     return x if s == 1.0 else x * s
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config object or dict as a plain dict (transformers 5 keeps RoPE fields as attributes)."""
     if isinstance(config, Mapping):
         return dict(config)
     if hasattr(config, "to_dict"):
