@@ -1,0 +1,205 @@
+"""Serving throughput of stock SGLang or a2ats, measured with SGLang's own ``bench_serving``.
+
+    python -m benchmarks.throughput --server stock --label stock-llama8b \\
+        --model-path /tmp/models/llama-3.1-8b-shape --input-lens 32768 65536 --output-len 256 \\
+        --server-args "--load-format dummy --cuda-graph-backend-prefill disabled"
+
+Starts the server (``python -m sglang.launch_server`` or ``python -m a2ats_sglang.launch_server``
+with the same flags otherwise), waits until it is healthy, reads its KV capacity from
+``/server_info``, and for each input length runs ``sglang.bench_serving`` on random token ids
+at the given concurrency — by default the largest the KV pool holds
+(``⌊capacity / (input + output)⌋``, capped by the server's running-request limit). It records
+output tokens/s, TTFT, TPOT and ITL, the KV capacity, and peak GPU and host memory, then stops
+the server. Stock and a2ats ratios must come from runs on the same GPU, in the same session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.client import Endpoint, EndpointError
+from benchmarks.meta import run_meta
+
+SERVERS = {"stock": "sglang.launch_server", "a2ats": "a2ats_sglang.launch_server"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--server", choices=list(SERVERS), required=True)
+    p.add_argument("--label", required=True, help="names the result file throughput-<label>.json")
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--input-lens", type=int, nargs="+", default=[32768, 65536])
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: the most the KV pool holds)")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per length (default: 2 × concurrency)")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--server-args", default="", help="extra server flags, one string")
+    p.add_argument("--startup-timeout", type=float, default=1200.0)
+    p.add_argument("--bench-timeout", type=float, default=1800.0, help="seconds allowed for one bench_serving run")
+    p.add_argument("--log-dir", default=None, help="server and bench logs (default: next to --out)")
+    p.add_argument("--out", default=None, help="result file (default: benchmarks/results/throughput-<label>.json)")
+    return p
+
+
+class MemoryWatch:
+    """Peak GPU memory (nvidia-smi, MiB) and host RSS of a process tree (GiB), sampled each second."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.gpu_mib, self.host_gib = pid, 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(1.0):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=10).stdout.split()
+                self.gpu_mib = max(self.gpu_mib, max((int(x) for x in out), default=0))
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass
+            try:
+                root = psutil.Process(self.pid)
+                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                self.host_gib = max(self.host_gib, rss / 2**30)
+            except psutil.Error:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+class Server:
+    """A launched server process group, stopped on exit."""
+
+    def __init__(self, kind: str, model: str, port: int, extra: list[str], log: Path) -> None:
+        module = SERVERS[kind]
+        if importlib.util.find_spec(module) is None:
+            raise RuntimeError(f"{module} is not available in this installation")
+        self.cmd = [sys.executable, "-m", module, "--model-path", model, "--host", "127.0.0.1", "--port", str(port), *extra]
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(log, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def wait_healthy(self, timeout: float) -> float:
+        started = time.time()
+        endpoint = Endpoint(self.url, timeout=10)
+        while time.time() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {self.proc.returncode} while starting; log tail:\n{self.tail()}")
+            try:
+                endpoint.health()
+                return time.time() - started
+            except EndpointError:
+                time.sleep(2)
+        raise RuntimeError(f"server not healthy after {timeout:g} s; log tail:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        self._log_file.close()
+
+
+def bench(server: Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
+    result_file = log.with_suffix(".jsonl")
+    result_file.unlink(missing_ok=True)
+    prompts = args.num_prompts or 2 * concurrency
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--base-url", server.url,
+           "--model", args.model_path, "--dataset-name", "random-ids", "--tokenize-prompt",
+           "--random-input-len", str(input_len), "--random-output-len", str(args.output_len),
+           "--random-range-ratio", "1.0", "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
+           "--output-file", str(result_file), "--disable-tqdm"]
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=args.bench_timeout)
+    if done.returncode != 0 or not result_file.exists():
+        raise RuntimeError(f"bench_serving failed (exit {done.returncode}); see {log}")
+    row = json.loads(result_file.read_text().strip().splitlines()[-1])
+    keep = ("completed", "duration", "output_throughput", "input_throughput", "request_throughput",
+            "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms",
+            "mean_itl_ms", "median_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "max_concurrent_requests")
+    return {"input_len": input_len, "output_len": args.output_len, "concurrency": concurrency, "num_prompts": prompts,
+            **{k: row.get(k) for k in keep}, "command": shlex.join(cmd[1:])}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out or f"benchmarks/results/throughput-{args.label}.json")
+    logs = Path(args.log_dir or out.parent)
+    server = Server(args.server, args.model_path, args.port, shlex.split(args.server_args), logs / f"server-{args.label}.log")
+    watch = MemoryWatch(server.proc.pid)
+    report: dict[str, Any] = {"label": args.label, "server": args.server, "server_command": shlex.join(server.cmd[1:]), "runs": []}
+    try:
+        report["startup_seconds"] = round(server.wait_healthy(args.startup_timeout), 1)
+        info = Endpoint(server.url).check()
+        capacity, max_running = int(info["max_total_num_tokens"]), int(info.get("max_running_requests") or 1 << 30)
+        report["kv_capacity_tokens"] = capacity
+        report["max_running_requests"] = max_running
+        for input_len in args.input_lens:
+            per_request = input_len + args.output_len
+            concurrency = args.concurrency or min(max_running, capacity // per_request)
+            if concurrency < 1:
+                report["runs"].append({"input_len": input_len, "error": f"one request needs {per_request} tokens; KV capacity is {capacity}"})
+                continue
+            try:
+                row = bench(server, args, input_len, concurrency, logs / f"bench-{args.label}-{input_len}.log")
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                row = {"input_len": input_len, "concurrency": concurrency, "error": str(e)}
+            report["runs"].append(row)
+            print(f"[throughput] {args.label} input {input_len}: {row.get('output_throughput')} output tok/s "
+                  f"at concurrency {concurrency} {row.get('error', '')}", file=sys.stderr)
+    finally:
+        server.stop()
+        watch.stop()
+    report["peak_gpu_memory_mib"] = watch.gpu_mib
+    report["peak_host_rss_gib"] = round(watch.host_gib, 1)
+    report["meta"] = run_meta("cuda", args.model_path, {
+        "server": args.server, "server_args": args.server_args, "input_lens": args.input_lens,
+        "output_len": args.output_len, "dataset": "random token ids (sglang.bench_serving random-ids)",
+        "concurrency": args.concurrency or "largest the KV pool holds",
+    })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (RuntimeError, EndpointError, subprocess.TimeoutExpired, OSError) as e:
+        print(f"benchmarks.throughput: error: {e}", file=sys.stderr)
+        return 1
+    for r in report["runs"]:
+        print(json.dumps({k: r.get(k) for k in ("input_len", "concurrency", "output_throughput", "mean_ttft_ms", "mean_tpot_ms", "error")}))
+    return 1 if any("error" in r for r in report["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

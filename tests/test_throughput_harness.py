@@ -1,0 +1,64 @@
+"""The throughput harness's server handling, with a fake server process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from benchmarks import throughput
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throughput, "SERVERS", {"stock": "fake_server", "a2ats": "no_such_module_a2ats"})
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+
+
+def args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["--server", "stock", "--label", "t", "--model-path", "m", "--port", str(free_port()),
+            "--out", str(tmp_path / "t.json"), "--startup-timeout", "60", *extra]
+
+
+def test_runs_at_the_largest_concurrency_the_pool_holds(fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    seen = []
+
+    def fake_bench(server, a, input_len, concurrency, log):  # noqa: ANN001, ANN202
+        seen.append((input_len, concurrency))
+        assert server.proc.poll() is None  # the server is up while benchmarked
+        return {"input_len": input_len, "concurrency": concurrency, "output_throughput": 10.0}
+
+    monkeypatch.setattr(throughput, "bench", fake_bench)
+    rc = throughput.main(args(tmp_path, "--input-lens", "20000", "40000", "200000", "--output-len", "256"))
+    report = json.loads((tmp_path / "t.json").read_text())
+    # capacity 100,000 tokens: 4 of 20,256 (capped by 2 running requests), 2 of 40,256, none of 200,256
+    assert seen == [(20000, 2), (40000, 2)]
+    assert report["kv_capacity_tokens"] == 100_000 and report["runs"][2]["error"].startswith("one request needs 200256")
+    assert rc == 1  # a length that does not fit is reported as a failure
+    assert report["meta"]["workload"]["server"] == "stock" and "startup_seconds" in report
+
+
+def test_server_that_crashes_at_start(fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    monkeypatch.setenv("FAKE_SERVER_MODE", "crash")
+    assert throughput.main(args(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "server exited with code 3 while starting" in err and "boom: CUDA out of memory" in err
+
+
+def test_server_that_never_gets_healthy(fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    monkeypatch.setenv("FAKE_SERVER_MODE", "sick")
+    assert throughput.main(args(tmp_path, "--startup-timeout", "3")) == 1
+    assert "server not healthy after 3 s" in capsys.readouterr().err
+
+
+def test_missing_server_module(fake, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert throughput.main([*args(tmp_path)[:1], "a2ats", *args(tmp_path)[2:]]) == 1
+    assert "no_such_module_a2ats is not available" in capsys.readouterr().err
