@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks import server as servers
 from benchmarks.client import Endpoint, EndpointError
 from benchmarks.meta import run_meta
 from benchmarks.tasks import TASKS, PromptFormat, Sample, generate, score
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for one request")
     p.add_argument("--out", default=None, help="result file (default: benchmarks/results/accuracy-<label>.json)")
+    launch = p.add_argument_group("launching the server (instead of --base-url)")
+    launch.add_argument("--launch", choices=list(servers.SERVERS), default=None,
+                        help="start this server for the run and stop it after")
+    launch.add_argument("--model-path", default=None)
+    launch.add_argument("--server-args", default="", help="extra server flags, one string")
+    launch.add_argument("--port", type=int, default=30000)
+    launch.add_argument("--startup-timeout", type=float, default=1200.0)
     return p
 
 
@@ -74,6 +83,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
             "chat_template": not args.no_chat_template, "haystack_essays": args.essays or "pydoc_data.topics",
             "decoding": "greedy (temperature 0)",
+            "server_command": shlex.join([args.launch, args.model_path or "", args.server_args]) if args.launch else "external",
         }),
         "label": args.label,
         "results": {},
@@ -131,11 +141,22 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    server = None
     try:
+        if args.launch:
+            if not args.model_path:
+                raise ValueError("--launch needs --model-path")
+            log = Path(args.out or f"benchmarks/results/accuracy-{args.label}.json").with_suffix(".server.log")
+            server = servers.Server(args.launch, args.model_path, args.port, shlex.split(args.server_args), log)
+            server.wait_healthy(args.startup_timeout)
+            args.base_url = server.url
         report, status = run(args)
-    except (EndpointError, ValueError, OSError) as e:
+    except (EndpointError, ValueError, OSError, RuntimeError) as e:
         print(f"benchmarks.accuracy: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if server is not None:
+            server.stop()
     print(table(report))
     if status:
         print(f"benchmarks.accuracy: error: {report['error']} (partial results kept in the result file)", file=sys.stderr)

@@ -16,28 +16,21 @@ the server. Stock and a2ats ratios must come from runs on the same GPU, in the s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import shlex
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import server as servers
 from benchmarks.client import Endpoint, EndpointError
 from benchmarks.meta import run_meta
-
-SERVERS = {"stock": "sglang.launch_server", "a2ats": "a2ats_sglang.launch_server"}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--server", choices=list(SERVERS), required=True)
+    p.add_argument("--server", choices=list(servers.SERVERS), required=True)
     p.add_argument("--label", required=True, help="names the result file throughput-<label>.json")
     p.add_argument("--model-path", required=True)
     p.add_argument("--input-lens", type=int, nargs="+", default=[32768, 65536])
@@ -53,82 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class MemoryWatch:
-    """Peak GPU memory (nvidia-smi, MiB) and host RSS of a process tree (GiB), sampled each second."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.gpu_mib, self.host_gib = pid, 0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.wait(1.0):
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=10).stdout.split()
-                self.gpu_mib = max(self.gpu_mib, max((int(x) for x in out), default=0))
-            except (OSError, subprocess.SubprocessError, ValueError):
-                pass
-            try:
-                root = psutil.Process(self.pid)
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-                self.host_gib = max(self.host_gib, rss / 2**30)
-            except psutil.Error:
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-
-class Server:
-    """A launched server process group, stopped on exit."""
-
-    def __init__(self, kind: str, model: str, port: int, extra: list[str], log: Path) -> None:
-        module = SERVERS[kind]
-        if importlib.util.find_spec(module) is None:
-            raise RuntimeError(f"{module} is not available in this installation")
-        self.cmd = [sys.executable, "-m", module, "--model-path", model, "--host", "127.0.0.1", "--port", str(port), *extra]
-        self.log = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def wait_healthy(self, timeout: float) -> float:
-        started = time.time()
-        endpoint = Endpoint(self.url, timeout=10)
-        while time.time() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {self.proc.returncode} while starting; log tail:\n{self.tail()}")
-            try:
-                endpoint.health()
-                return time.time() - started
-            except EndpointError:
-                time.sleep(2)
-        raise RuntimeError(f"server not healthy after {timeout:g} s; log tail:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        self._log_file.close()
-
-
-def bench(server: Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
+def bench(server: servers.Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
     result_file = log.with_suffix(".jsonl")
     result_file.unlink(missing_ok=True)
     prompts = args.num_prompts or 2 * concurrency
@@ -152,8 +70,8 @@ def bench(server: Server, args: argparse.Namespace, input_len: int, concurrency:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or f"benchmarks/results/throughput-{args.label}.json")
     logs = Path(args.log_dir or out.parent)
-    server = Server(args.server, args.model_path, args.port, shlex.split(args.server_args), logs / f"server-{args.label}.log")
-    watch = MemoryWatch(server.proc.pid)
+    server = servers.Server(args.server, args.model_path, args.port, shlex.split(args.server_args), logs / f"server-{args.label}.log")
+    watch = servers.MemoryWatch(server.proc.pid)
     report: dict[str, Any] = {"label": args.label, "server": args.server, "server_command": shlex.join(server.cmd[1:]), "runs": []}
     try:
         report["startup_seconds"] = round(server.wait_healthy(args.startup_timeout), 1)

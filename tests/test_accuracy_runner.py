@@ -44,10 +44,13 @@ class FakeServer:
 
             def _send(self, status: int, text: str) -> None:
                 data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path == "/server_info":
@@ -163,3 +166,14 @@ def test_reply_without_text_field() -> None:
             Endpoint(server.url).complete("hi", 4)
     finally:
         server.close()
+
+
+def test_launched_server_that_crashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    from benchmarks import server as servers
+
+    monkeypatch.setattr(servers, "SERVERS", {"stock": "fake_server"})
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("FAKE_SERVER_MODE", "crash")
+    argv = ["--launch", "stock", "--model-path", "m", "--label", "t", "--out", str(tmp_path / "a.json"), "--port", "0"]
+    assert accuracy.main(argv) == 1
+    assert "server exited with code 3 while starting" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import server as servers
 from benchmarks import throughput
 
 
@@ -19,7 +20,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(throughput, "SERVERS", {"stock": "fake_server", "a2ats": "no_such_module_a2ats"})
+    monkeypatch.setattr(servers, "SERVERS", {"stock": "fake_server", "a2ats": "no_such_module_a2ats"})
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
 
 
