@@ -38,7 +38,7 @@ def test_seeded(fmt: PromptFormat) -> None:
 
 def haystack_of(sample: Sample) -> str:
     """The user message without the question line."""
-    body = sample.prompt.split("<|im_start|>user\n", 1)[-1]
+    body = sample.prompt.split("<|im_start|>user\n", 1)[-1].split("<|im_end|>", 1)[0]
     return body.rsplit("\n", 1)[0]
 
 
@@ -111,3 +111,11 @@ def test_too_short_a_length_is_a_clear_error(fmt: PromptFormat) -> None:
         generate("cwe", 200, 0, fmt)
     with pytest.raises(ValueError, match="unknown task"):
         generate("nope", 2048, 0, fmt)
+
+
+def test_chat_prompts_end_at_the_assistant_turn_plain_ones_with_the_answer_prefix(fmt: PromptFormat) -> None:
+    chat = generate("passkey", 1024, 0, fmt)
+    assert chat.prompt.endswith("Answer with the number only.<|im_end|>\n<|im_start|>assistant\n")
+    plain = generate("passkey", 1024, 0, PromptFormat(fmt.tokenizer, chat=False))
+    assert plain.prompt.endswith("Answer with the number only.\nThe pass key is")
+    assert 0.98 * 1024 <= plain.tokens <= 1024
