@@ -10,9 +10,10 @@ biases (Qwen2) are handled by the model itself, and the pre-RoPE key is recovere
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -48,7 +49,7 @@ def register() -> None:
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
-def load_model(model_path: str | Path, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> "PreTrainedModel":
+def load_model(model_path: str | Path, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> PreTrainedModel:
     """An HF causal LM whose attention layers can be captured."""
     from transformers import AutoModelForCausalLM
 
@@ -70,7 +71,7 @@ def capturing(sink: Sink) -> Iterator[None]:
 
 @torch.inference_mode()
 def run_document(
-    model: "PreTrainedModel",
+    model: PreTrainedModel,
     input_ids: torch.Tensor,
     sink: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None],
     chunk_tokens: int = 4096,

@@ -34,7 +34,12 @@ from a2ats_sglang.corpus import pydoc_documents
 from a2ats_sglang.default_model import cache_dir, smollm2_path
 from a2ats_sglang.method.codebook import Codebook, CodebookError
 from a2ats_sglang.method.rope import RopeSpec
-from a2ats_sglang.method.scores import code_logits, exact_probs, quest_page_bounds, wrope_key_logits
+from a2ats_sglang.method.scores import (
+    code_logits,
+    exact_probs,
+    quest_page_bounds,
+    wrope_key_logits,
+)
 from a2ats_sglang.method.selection import (
     attention_recall,
     budget_tokens,

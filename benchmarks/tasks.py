@@ -21,10 +21,11 @@ import re
 import string
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -176,7 +177,6 @@ class TaskContext:
     length: int
     rng: random.Random
     essays: str | None = None
-    cache: dict = field(default_factory=dict)
 
     def haystack(self, kind: str) -> tuple[str, ...]:
         return (NOISE,) if kind == "noise" else essay_sentences(self.essays)

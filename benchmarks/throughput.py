@@ -27,6 +27,7 @@ from benchmarks import server as servers
 from benchmarks.client import Endpoint, EndpointError
 from benchmarks.meta import run_meta
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from a2ats_sglang.method.codebook import Codebook, CodebookError, CodebookMeta, ModelIdentity
+from a2ats_sglang.method.codebook import (
+    Codebook,
+    CodebookError,
+    CodebookMeta,
+    ModelIdentity,
+)
 from a2ats_sglang.method.rope import UnsupportedRopeError
 
 CONFIGS = Path(__file__).parent / "configs"

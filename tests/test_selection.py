@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from a2ats_sglang.method.scores import code_logits, exact_logits, exact_probs, quest_page_bounds
+from a2ats_sglang.method.scores import (
+    code_logits,
+    exact_logits,
+    exact_probs,
+    quest_page_bounds,
+)
 from a2ats_sglang.method.selection import (
     attention_recall,
     budget_tokens,

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from a2ats_sglang.default_model import smollm2_path
-from benchmarks.tasks import TASKS, PromptFormat, Sample, essay_sentences, generate, score
+from benchmarks.tasks import (
+    TASKS,
+    PromptFormat,
+    Sample,
+    essay_sentences,
+    generate,
+    score,
+)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from a2ats_sglang.method.vq import RIDGE, encode, identity_whitening, kmeans, whitening_from_moment
+from a2ats_sglang.method.vq import (
+    RIDGE,
+    encode,
+    identity_whitening,
+    kmeans,
+    whitening_from_moment,
+)
 
 
 def anisotropic_queries(n: int, d: int, seed: int) -> torch.Tensor:

@@ -9,13 +9,18 @@ pairs, in groups sized to a memory budget.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from a2ats_sglang.method.codebook import Codebook, CodebookMeta, ModelIdentity
 from a2ats_sglang.method.rope import RopeSpec
-from a2ats_sglang.method.vq import Whitening, identity_whitening, kmeans, whitening_from_moment
+from a2ats_sglang.method.vq import (
+    Whitening,
+    identity_whitening,
+    kmeans,
+    whitening_from_moment,
+)
 
 
 class CalibrationSet:

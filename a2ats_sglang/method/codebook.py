@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ class ModelIdentity:
     rope: dict[str, Any]
 
     @classmethod
-    def from_hf_config(cls, config: Any) -> "ModelIdentity":
+    def from_hf_config(cls, config: Any) -> ModelIdentity:
         cfg = config_dict(config)
         if cfg.get("text_config"):
             cfg = config_dict(cfg["text_config"])
@@ -71,7 +72,7 @@ class ModelIdentity:
     def group_size(self) -> int:
         return self.num_attention_heads // self.num_kv_heads
 
-    def mismatches(self, other: "ModelIdentity") -> list[str]:
+    def mismatches(self, other: ModelIdentity) -> list[str]:
         """Human-readable differences, codebook (self) vs model (other)."""
         out = []
         for name, mine in asdict(self).items():
@@ -178,7 +179,7 @@ class Codebook:
         model_config: Any | None = None,
         codebook_size: int | None = None,
         device: torch.device | str = "cpu",
-    ) -> "Codebook":
+    ) -> Codebook:
         """Load and validate; with ``model_config``, also check it fits that model."""
         path = Path(directory)
         meta_path, tensor_path = path / META_FILE, path / TENSOR_FILE

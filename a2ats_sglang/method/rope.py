@@ -14,8 +14,9 @@ test suite checks them against transformers' own rotary embedding.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -59,7 +60,7 @@ class RopeSpec:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_hf_config(cls, config: Any, neox: bool = True) -> "RopeSpec":
+    def from_hf_config(cls, config: Any, neox: bool = True) -> RopeSpec:
         """Build from a transformers config object or its ``config.json`` dict.
 
         Reads both the transformers-5 ``rope_parameters`` and the older ``rope_scaling`` /
@@ -114,7 +115,7 @@ class RopeSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RopeSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> RopeSpec:
         return cls(**dict(data))
 
     # -- frequencies ----------------------------------------------------------------------

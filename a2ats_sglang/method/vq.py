@@ -12,7 +12,8 @@ Row-vector convention throughout: keys ``[pairs, n, d]``, ``z = k @ L``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
