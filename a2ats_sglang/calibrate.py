@@ -191,8 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="codewords per (layer, kv head); at most 65536")
     p.add_argument("--kind", choices=KINDS, default=d.kind, help="query_aware (A²ATS) or kmeans (plain VQ, the ablation)")
     p.add_argument("--b", type=int, default=d.b, help="WRoPE distance b the query statistics are taken at")
-    p.add_argument("--h-distances", type=int, nargs="+", default=None,
+    h = p.add_mutually_exclusive_group()
+    h.add_argument("--h-distances", type=int, nargs="+", default=None,
                    help="pool the query statistics H over these WRoPE distances (default: --b only, as the paper)")
+    h.add_argument("--h-buckets", type=int, default=None, metavar="CONTEXT",
+                   help="pool H over the representatives of the log2 distance buckets from --window up to CONTEXT "
+                        "(for bucketed WRoPE scoring)")
     p.add_argument("--window", type=int, default=d.window, help="local window recorded as the serving default")
     p.add_argument("--sinks", type=int, default=d.sinks, help="attention sinks recorded as the serving default")
     p.add_argument("--iters", type=int, default=d.iters, help="maximum Lloyd iterations")
@@ -224,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _validate(args)
+        if args.h_buckets:
+            from a2ats_sglang.method.wrope import DistanceBuckets
+
+            args.h_distances = list(DistanceBuckets.log2(args.window, args.h_buckets).representatives)
         if args.model_path is None:
             from a2ats_sglang.default_model import smollm2_path
 

@@ -75,16 +75,20 @@ def run_document(
     input_ids: torch.Tensor,
     sink: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None],
     chunk_tokens: int = 4096,
+    start: int = 0,
 ) -> None:
-    """Prefill ``input_ids`` ``[n]`` in chunks, calling ``sink(layer, positions, q, k, v)``."""
+    """Prefill ``input_ids`` ``[n]`` in chunks, calling ``sink(layer, positions, q, k, v)``.
+
+    The text sits at positions ``start, start + 1, …`` (to test position independence).
+    """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     ids = input_ids.to(device)[None]
     cache = DynamicCache(config=model.config)
-    for start in range(0, ids.shape[1], chunk_tokens):
-        chunk = ids[:, start : start + chunk_tokens]
-        positions = torch.arange(start, start + chunk.shape[1], device=device)
+    for first in range(0, ids.shape[1], chunk_tokens):
+        chunk = ids[:, first : first + chunk_tokens]
+        positions = torch.arange(start + first, start + first + chunk.shape[1], device=device)
 
         def layer_sink(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             sink(layer, positions, q, k, v)

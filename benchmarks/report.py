@@ -28,20 +28,28 @@ def _source(path: Path, report: dict[str, Any]) -> str:
     return f"`{path.name}`: {m.get('device', '?')}, commit {str(m.get('commit', '?'))[:7]}, `{m.get('command', '?')}`"
 
 
-def fidelity_block(results: Path) -> str:
-    files = [(p, r) for p, r in _load("fidelity.json", results)]
-    if not files:
-        return "_no fidelity results yet_"
-    path, r = files[0]
-    budgets = list(next(iter(r["results"].values())))
+def _fidelity_table(results: dict[str, Any]) -> str:
+    budgets = list(next(iter(results.values())))
     lines = ["| selector | " + " | ".join(f"{100 * float(b):g} %" for b in budgets) + " | tokens kept at 3 % |",
              "|---" * (len(budgets) + 2) + "|"]
-    for name, rows in r["results"].items():
+    for name, rows in results.items():
         kept = rows.get("0.03", {}).get("selected_fraction")
         cells = " | ".join(f"{v['recall']:.3f} / {v['output_rel_error']:.3f}" for v in rows.values())
         lines.append(f"| `{name}` | {cells} | " + (f"{100 * kept:.1f} % |" if kept is not None else "– |"))
+    return "\n".join(lines)
+
+
+def fidelity_block(results: Path) -> str:
+    files = _load("fidelity.json", results)
+    if not files:
+        return "_no fidelity results yet_"
+    path, r = files[0]
+    out = "Attention-mass recall / relative output error. " + _source(path, r) + "\n\n" + _fidelity_table(r["results"])
+    if "results_shifted" in r:
+        shift = r["meta"]["workload"].get("shift")
+        out += f"\n\nThe same texts placed {shift:,} positions later:\n\n" + _fidelity_table(r["results_shifted"])
     legend = "\n".join(f"- `{k}`: {v}" for k, v in r.get("selectors", {}).items())
-    return "Attention-mass recall / relative output error. " + _source(path, r) + "\n\n" + "\n".join(lines) + "\n\n" + legend
+    return out + "\n\n" + legend
 
 
 def accuracy_block(results: Path) -> str:

@@ -59,6 +59,14 @@ def test_cli_writes_a_loadable_codebook(tmp_path: Path, model_path: str) -> None
     assert cli.main(["--model-path", model_path, "--out", str(out), *SMALL]) == 1
 
 
+def test_cli_pools_h_over_distance_buckets(tmp_path: Path, model_path: str) -> None:
+    out = tmp_path / "cb"
+    args = ["--model-path", model_path, "--out", str(out), "--tokens", "600", "--uuid-tokens", "0",
+            "--codebook-size", "16", "--iters", "2", "--device", "cpu", "--h-buckets", "8192"]
+    assert cli.main(args) == 0
+    assert Codebook.load(out).meta.calibration["h_distances"] == [91, 181, 362, 724, 1448, 2896, 5793]
+
+
 def test_cli_reads_user_data(tmp_path: Path, model_path: str, capsys) -> None:  # noqa: ANN001
     docs = tmp_path / "docs.jsonl"
     text = max(pydoc_documents("calibration"), key=lambda d: len(d.text)).text

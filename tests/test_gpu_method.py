@@ -11,9 +11,10 @@ import torch
 from a2ats_sglang import calibrate as cli
 from a2ats_sglang.default_model import smollm2_path
 from a2ats_sglang.method.codebook import Codebook
-from a2ats_sglang.method.scores import code_logits
+from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.selection import select_per_kv_head
 from a2ats_sglang.method.vq import encode, kmeans, whitening_from_moment
+from a2ats_sglang.method.wrope import DistanceBuckets, wrope_code_logits
 
 pytestmark = pytest.mark.gpu
 
@@ -38,10 +39,11 @@ def test_encode_and_scores_on_cuda_match_cpu() -> None:
     codes_gpu = encode(keys.cuda(), w.chol.cuda(), cz.cuda()).cpu()
     assert (codes == codes_gpu).float().mean() > 0.999  # ties can flip at fp32 rounding
     decoded = cz @ w.chol_inv
-    q_w = torch.randn(2, 9, 64, generator=g)
+    q = torch.randn(2, 9, 64, generator=g)
     lengths = torch.tensor([2000, 1500])
-    s_cpu = code_logits(q_w, codes.t(), decoded, 0.125)
-    s_gpu = code_logits(q_w.cuda(), codes.t().cuda(), decoded.cuda(), 0.125)
+    rope, buckets = RopeSpec(head_dim=64, rotary_dim=64, theta=1e5), DistanceBuckets.log2(64, 2048)
+    s_cpu = wrope_code_logits(q, lengths - 1, codes.t(), decoded, rope, buckets, 0.125)
+    s_gpu = wrope_code_logits(q.cuda(), (lengths - 1).cuda(), codes.t().cuda(), decoded.cuda(), rope, buckets, 0.125)
     torch.testing.assert_close(s_gpu.cpu(), s_cpu, atol=1e-3, rtol=1e-4)
     m_cpu = select_per_kv_head(s_cpu, lengths, 60, 3, 8, 64)
     m_gpu = select_per_kv_head(s_gpu, lengths.cuda(), 60, 3, 8, 64).cpu()

@@ -7,12 +7,7 @@ import math
 import pytest
 import torch
 
-from a2ats_sglang.method.scores import (
-    code_logits,
-    exact_logits,
-    exact_probs,
-    quest_page_bounds,
-)
+from a2ats_sglang.method.scores import exact_logits, exact_probs, quest_page_bounds
 from a2ats_sglang.method.selection import (
     attention_recall,
     budget_tokens,
@@ -133,16 +128,6 @@ def test_sparse_attention_ignores_unselected_tokens(qkv) -> None:  # noqa: ANN00
     v2 = v.clone()
     v2[10:] = 1e6  # unselected values must not leak
     torch.testing.assert_close(sparse_attention(q, k, v, mask, 0.3), sparse_attention(q, k, v2, mask, 0.3))
-
-
-def test_code_logits_gather_the_codeword_scores() -> None:
-    g = torch.Generator().manual_seed(1)
-    q_w = torch.randn(3, HQ, D, generator=g)
-    decoded = torch.randn(HKV, 32, D, generator=g)
-    codes = torch.randint(0, 32, (S, HKV), generator=g)
-    got = code_logits(q_w, codes, decoded, 0.25)
-    keys = torch.stack([decoded[h][codes[:, h]] for h in range(HKV)], dim=1)  # [S, Hkv, D]
-    torch.testing.assert_close(got, exact_logits(q_w, keys, 0.25), atol=1e-4, rtol=1e-4)
 
 
 def test_quest_bound_is_an_upper_bound(qkv) -> None:  # noqa: ANN001

@@ -1,4 +1,6 @@
-"""Per-token scores a selector ranks: exact, A²ATS codes, and Quest page bounds.
+"""Per-token scores a selector ranks: exact logits, codeword lookup tables, Quest page bounds.
+
+WRoPE scoring (A²ATS) builds on these in :mod:`a2ats_sglang.method.wrope`.
 
 Shapes: a batch of ``B`` decode queries over one sequence of ``S`` tokens. Queries are
 ``[B, Hq, d]``, keys ``[S, Hkv, d]``; query head ``h`` reads kv head ``h // group``.
@@ -33,11 +35,6 @@ def exact_probs(q: torch.Tensor, k: torch.Tensor, lengths: torch.Tensor, scale: 
     return logits.softmax(-1)
 
 
-def wrope_key_logits(q_w: torch.Tensor, k_pre: torch.Tensor, scale: float) -> torch.Tensor:
-    """WRoPE query against exact pre-RoPE keys: the ceiling of any codebook. # [B, Hq, S]"""
-    return exact_logits(q_w, k_pre, scale)
-
-
 def lookup_table(q_w: torch.Tensor, decoded: torch.Tensor, scale: float) -> torch.Tensor:
     """Each query head against every codeword of its kv head. # [B, Hq, size] float32
 
@@ -46,17 +43,6 @@ def lookup_table(q_w: torch.Tensor, decoded: torch.Tensor, scale: float) -> torc
     group = q_w.shape[1] // decoded.shape[0]
     cw = decoded.float().repeat_interleave(group, dim=0)  # [Hq, size, d]
     return torch.einsum("bhd,hcd->bhc", q_w.float(), cw) * scale
-
-
-def code_logits(q_w: torch.Tensor, codes: torch.Tensor, decoded: torch.Tensor, scale: float) -> torch.Tensor:
-    """A²ATS approximate logits: gather the lookup table by each token's code. # [B, Hq, S]
-
-    ``codes``: ``[S, Hkv]`` integer codes of the sequence's keys.
-    """
-    table = lookup_table(q_w, decoded, scale)  # [B, Hq, size]
-    group = q_w.shape[1] // codes.shape[1]
-    idx = codes.long().t().repeat_interleave(group, dim=0)  # [Hq, S]
-    return torch.gather(table, 2, idx[None].expand(q_w.shape[0], -1, -1))
 
 
 def quest_page_bounds(q: torch.Tensor, k: torch.Tensor, page_size: int, scale: float) -> torch.Tensor:
