@@ -38,14 +38,14 @@ from a2ats_sglang.corpus import pydoc_documents
 from a2ats_sglang.default_model import cache_dir, smollm2_path
 from a2ats_sglang.method.codebook import Codebook, CodebookError
 from a2ats_sglang.method.rope import RopeSpec
-from a2ats_sglang.method.scores import exact_probs, quest_page_bounds
+from a2ats_sglang.method.scores import causal_mask, exact_logits, quest_page_bounds
 from a2ats_sglang.method.selection import (
     attention_recall,
     budget_tokens,
+    masked_attention,
     protected_mask,
     select_per_kv_head,
     select_union,
-    sparse_attention,
 )
 from a2ats_sglang.method.vq import encode
 from a2ats_sglang.method.wrope import DistanceBuckets, wrope_code_logits, wrope_logits
@@ -193,9 +193,10 @@ def evaluate_layer(
     seq_len, kv_heads, dim = k.shape
     scale = dim**-0.5
     lengths = pos - start + 1
-    visible = torch.arange(seq_len, device=k.device) < lengths[:, None]
-    probs = exact_probs(q, k, lengths, scale)
-    dense = sparse_attention(q, k, v, visible[:, None].expand(-1, kv_heads, -1), scale)
+    visible = causal_mask(lengths, seq_len)
+    true_logits = exact_logits(q, k, scale)  # shared by every selection below
+    probs = true_logits.masked_fill(~visible[:, None, :], float("-inf")).softmax(-1)
+    dense = masked_attention(true_logits, v, visible[:, None].expand(-1, kv_heads, -1))
     k_pre = scorer.rope.unrotate(k.float(), start + torch.arange(seq_len, device=k.device))
     logits = scorer.logits(layer, q, pos, k_pre, start, scale)
     far = ~protected_mask(lengths, seq_len, args.sinks, args.window) & visible
@@ -217,7 +218,7 @@ def evaluate_layer(
         masks["quest"] = select_per_kv_head(quest_page_bounds(q, k, args.quest_page, scale), page_size=args.quest_page, **common)
         group = q.shape[1] // kv_heads
         for name, mask in masks.items():
-            out = sparse_attention(q, k, v, mask, scale)
+            out = masked_attention(true_logits, v, mask)
             err = (out - dense).norm(dim=-1) / dense.norm(dim=-1).clamp_min(1e-12)
             frac = (mask.sum(-1).double() / lengths[:, None]).repeat_interleave(group, dim=1)  # [B, Hq]
             totals.add((tag, name, ratio, layer), attention_recall(probs, mask), err, frac)

@@ -12,15 +12,15 @@ from __future__ import annotations
 import torch
 
 
-def _group_keys(keys: torch.Tensor, num_q_heads: int) -> torch.Tensor:
-    """``[S, Hkv, d]`` → ``[Hq, S, d]`` with each kv head repeated over its group."""
+def group_heads(keys: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    """``[S, Hkv, d]`` (keys or values) → ``[Hq, S, d]``, each kv head repeated over its group."""
     group = num_q_heads // keys.shape[1]
     return keys.permute(1, 0, 2).repeat_interleave(group, dim=0)
 
 
 def exact_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """True logits of post-RoPE queries against post-RoPE keys. # [B, Hq, S] float32"""
-    return torch.einsum("bhd,hsd->bhs", q.float(), _group_keys(k.float(), q.shape[1])) * scale
+    return torch.einsum("bhd,hsd->bhs", q.float(), group_heads(k.float(), q.shape[1])) * scale
 
 
 def causal_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -59,9 +59,7 @@ def quest_page_bounds(q: torch.Tensor, k: torch.Tensor, page_size: int, scale: f
     hi = torch.nn.functional.pad(kf, (0, 0, 0, 0, 0, pad), value=float("-inf"))
     kmin = lo.view(pages, page_size, kv_heads, dim).amin(1)  # [P, Hkv, d]
     kmax = hi.view(pages, page_size, kv_heads, dim).amax(1)
-    group = q.shape[1] // kv_heads
-    kmin = kmin.permute(1, 0, 2).repeat_interleave(group, 0)  # [Hq, P, d]
-    kmax = kmax.permute(1, 0, 2).repeat_interleave(group, 0)
+    kmin, kmax = group_heads(kmin, q.shape[1]), group_heads(kmax, q.shape[1])  # [Hq, P, d]
     qf = q.float()[:, :, None, :]  # [B, Hq, 1, d]
     bound = torch.maximum(qf * kmin[None], qf * kmax[None]).sum(-1) * scale  # [B, Hq, P]
     return bound.repeat_interleave(page_size, dim=-1)[..., :seq_len]

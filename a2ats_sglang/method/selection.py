@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from a2ats_sglang.method.scores import causal_mask
+from a2ats_sglang.method.scores import causal_mask, exact_logits, group_heads
 
 
 def budget_tokens(
@@ -123,6 +123,17 @@ def select_union(
     return union | protected[:, None, :]
 
 
+def masked_attention(logits: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``logits`` ``[B, Hq, S]`` over ``mask`` ``[B, Hkv, S]``, applied to ``v`` ``[S, Hkv, dv]``.
+
+    Returns ``[B, Hq, dv]`` float32. Takes the logits so that many selections of one query batch
+    share one logit computation.
+    """
+    group = logits.shape[1] // mask.shape[1]
+    probs = logits.masked_fill(~mask.repeat_interleave(group, dim=1), float("-inf")).softmax(-1)
+    return torch.einsum("bhs,hsd->bhd", probs, group_heads(v.float(), logits.shape[1]))
+
+
 def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -131,14 +142,7 @@ def sparse_attention(
     ``q`` ``[B, Hq, d]`` post-RoPE; ``k`` ``[S, Hkv, d]`` post-RoPE; ``v`` ``[S, Hkv, dv]``.
     Returns ``[B, Hq, dv]`` float32. An all-true mask over ``[0, length)`` is dense attention.
     """
-    q_heads, kv_heads = q.shape[1], k.shape[1]
-    group = q_heads // kv_heads
-    logits = torch.einsum(
-        "bhd,hsd->bhs", q.float(), k.float().permute(1, 0, 2).repeat_interleave(group, 0)
-    ) * scale
-    allowed = mask.repeat_interleave(group, dim=1)  # [B, Hq, S]
-    probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-    return torch.einsum("bhs,hsd->bhd", probs, v.float().permute(1, 0, 2).repeat_interleave(group, 0))
+    return masked_attention(exact_logits(q, k, scale), v, mask)
 
 
 def attention_recall(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

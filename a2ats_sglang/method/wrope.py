@@ -54,10 +54,6 @@ class DistanceBuckets:
         reps = [round(math.sqrt(lo * 2 * lo)) for lo in edges]  # [lo, 2·lo); the last too
         return cls(tuple(edges), tuple(reps))
 
-    @property
-    def count(self) -> int:
-        return len(self.edges)
-
     def index(self, distance: torch.Tensor) -> torch.Tensor:
         """Bucket of each distance; distances below the first edge (window, future) map to 0."""
         edges = torch.tensor(self.edges, device=distance.device, dtype=distance.dtype)
