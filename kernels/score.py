@@ -1,0 +1,94 @@
+"""Token scoring: every context token of every (request, kv head) scored from its code.
+
+Reference: :func:`a2ats_sglang.method.wrope.wrope_code_logits` (look each token's code up in
+its distance bucket's table) followed by the group reduction of
+:func:`a2ats_sglang.method.selection.select_per_kv_head`. Protected tokens (sinks, local
+window) score ``+inf`` so any top-K keeps them; invisible ones ``−inf``. The scores feed
+:mod:`a2ats_sglang.kernels.select`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _score_kernel(
+    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr,
+    num_kv_heads, group, num_buckets, L, sinks, window,
+    stride_lb, stride_lk, stride_lh,
+    stride_cs, stride_ch,
+    stride_rr,
+    stride_or,
+    REDUCE_MAX: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    blk = tl.program_id(1)
+    b = row // num_kv_heads
+    g = row % num_kv_heads
+    seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
+    t = blk * BLOCK + tl.arange(0, BLOCK)
+    out_ptrs = out_ptr + row.to(tl.int64) * stride_or + t
+    if blk * BLOCK >= seq_len:  # wholly past the context: no loads
+        tl.store(out_ptrs, tl.full([BLOCK], float("-inf"), tl.float32), mask=t < L)
+    else:
+        visible = t < seq_len
+        protected = (t < sinks) | (t >= seq_len - window)
+        scored = visible & ~protected & (t < L)
+        pool = tl.load(req_pool_ptr + b).to(tl.int64)
+        slot = tl.load(req_to_token_ptr + pool * stride_rr + t, mask=scored, other=0).to(tl.int64)
+        code = tl.load(codes_ptr + slot * stride_cs + g * stride_ch, mask=scored, other=0).to(tl.int32) & 0xFFFF
+        dist = seq_len - 1 - t
+        bucket = tl.zeros([BLOCK], tl.int32)  # distances below edges[1] (window included) → 0
+        for k in range(1, num_buckets):
+            bucket += (dist >= tl.load(edges_ptr + k)).to(tl.int32)
+        ptrs = lut_ptr + b.to(tl.int64) * stride_lb + bucket.to(tl.int64) * stride_lk + (g * group).to(tl.int64) * stride_lh + code
+        acc = tl.load(ptrs, mask=scored, other=0.0)
+        for h in range(1, group):
+            val = tl.load(ptrs + h * stride_lh, mask=scored, other=0.0)
+            if REDUCE_MAX:
+                acc = tl.maximum(acc, val)
+            else:
+                acc += val
+        if not REDUCE_MAX:
+            acc = acc / group
+        res = tl.where(protected, float("inf"), acc)
+        res = tl.where(visible, res, float("-inf"))
+        tl.store(out_ptrs, res, mask=t < L)
+
+
+def score_tokens(
+    lut: torch.Tensor, codes: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor, edges: torch.Tensor, sinks: int, window: int, out: torch.Tensor,
+    reduce: str = "max", block: int = 1024,
+) -> None:
+    """Score tokens ``[0, L)`` of each row ``b·Hkv + g`` into ``out[:bs·Hkv, :L]`` (float32).
+
+    ``lut`` ``[bs, nb, Hq, C]`` float32 (table of bucket ``k`` for query head ``h``), ``codes``
+    ``[slots, Hkv]`` int16, ``req_to_token`` ``[R, max_ctx]`` int32, ``req_pool_indices`` and
+    ``seq_lens`` ``[bs]`` (context length including the current token), ``edges`` ``[nb]``
+    int32 bucket edges (``edges[0] = window``). ``t ≥ len`` → −inf; sinks and the last
+    ``window`` tokens → +inf; otherwise ``reduce`` ("max"/"mean") over the group's query heads
+    of ``lut[b, bucket(len − 1 − t), h, code]``. No host synchronisation, no allocation.
+    """
+    bs, num_buckets, q_heads, _ = lut.shape
+    kv_heads = codes.shape[1]
+    L = out.shape[1]
+    if bs == 0 or L == 0:
+        return
+    assert reduce in ("max", "mean"), reduce
+    assert q_heads % kv_heads == 0 and edges.shape[0] == num_buckets
+    assert lut.stride(3) == 1 and out.stride(1) == 1 and req_to_token.stride(1) == 1
+    assert out.shape[0] >= bs * kv_heads and out.dtype == torch.float32
+    grid = (bs * kv_heads, triton.cdiv(L, block))
+    _score_kernel[grid](
+        lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out,
+        kv_heads, q_heads // kv_heads, num_buckets, L, sinks, window,
+        lut.stride(0), lut.stride(1), lut.stride(2),
+        codes.stride(0), codes.stride(1),
+        req_to_token.stride(0),
+        out.stride(0),
+        REDUCE_MAX=reduce == "max", BLOCK=block,
+    )

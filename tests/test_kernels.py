@@ -1,0 +1,386 @@
+"""Triton kernels against their pure-torch references (on CPU through the Triton interpreter).
+
+Small shapes keep the interpreter fast; the ``gpu`` tests add serving-sized shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from a2ats_sglang.kernels.encode import encode_keys, encode_projection
+from a2ats_sglang.kernels.score import score_tokens
+from a2ats_sglang.kernels.select import select_and_write, topk_rows, write_selected
+
+from a2ats_sglang.method.rope import RopeSpec
+from a2ats_sglang.method.scores import lookup_table
+from a2ats_sglang.method.vq import encode, whitening_from_moment
+from a2ats_sglang.method.wrope import DistanceBuckets, wrope_code_logits
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIGS = Path(__file__).parent / "configs"
+INF = float("inf")
+
+
+def as_int16(code: torch.Tensor) -> torch.Tensor:
+    """Low 16 bits of codes in [0, 65536), as the pool stores them."""
+    return torch.where(code >= 32768, code - 65536, code).to(torch.int16)
+
+
+# -- encode ----------------------------------------------------------------------------------
+
+
+def codebook(kv_heads: int, dim: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whitening factor from a random query moment, and whitened centroids."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(4 * dim, dim, generator=g) * torch.linspace(2, 0.3, dim)
+    chol = whitening_from_moment((q.T @ q)[None].repeat(kv_heads, 1, 1)).chol
+    return chol, torch.randn(kv_heads, size, dim, generator=g)
+
+
+def check_codes(got: torch.Tensor, keys: torch.Tensor, chol: torch.Tensor, cz: torch.Tensor) -> None:
+    """``got`` ``[n, Hkv]`` equals ``vq.encode`` up to fp32 near-ties between the two candidates."""
+    expected = encode(keys.permute(1, 0, 2).float(), chol, cz).t()  # [n, Hkv]
+    got = got.long() & 0xFFFF
+    z = torch.bmm(keys.permute(1, 0, 2).float().double(), chol.double())  # [Hkv, n, d]
+    dist = torch.cdist(z, cz.double()).square()  # [Hkv, n, C]
+    d_got = dist.gather(2, got.t()[..., None]).squeeze(-1)
+    d_exp = dist.gather(2, expected.t()[..., None]).squeeze(-1)
+    differ = got.t() != expected.t()
+    assert differ.float().mean() < 0.01
+    torch.testing.assert_close(d_got[differ], d_exp[differ], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encode_matches_vq_encode(dtype: torch.dtype) -> None:
+    kv_heads, dim, size, n, slots = 2, 64, 300, 70, 200
+    chol, cz = codebook(kv_heads, dim, size, seed=0)
+    keys = torch.randn(n, kv_heads, dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+    loc = torch.randperm(slots, generator=torch.Generator().manual_seed(2))[:n]
+    proj, half_norm = encode_projection(chol.to(DEVICE), cz.to(DEVICE))
+    assert proj.shape == (kv_heads, dim, size) and proj.is_contiguous() and half_norm.shape == (kv_heads, size)
+    codes = torch.full((slots, kv_heads), -7, dtype=torch.int16, device=DEVICE)
+    encode_keys(keys.to(DEVICE), proj, half_norm, loc.to(DEVICE).int(), codes)
+    codes = codes.cpu()
+    untouched = torch.ones(slots, dtype=torch.bool)
+    untouched[loc] = False
+    assert (codes[untouched] == -7).all()
+    check_codes(codes[loc], keys, chol, cz)
+
+
+def test_encode_codes_past_int16_round_trip() -> None:
+    """A 40000-word codebook: keys sitting on codewords ≥ 32768 get exactly those codes."""
+    dim, size = 4, 40000
+    cz = torch.randn(1, size, dim, generator=torch.Generator().manual_seed(3))
+    chol = torch.eye(dim)[None]
+    want = torch.tensor([0, 5, 32767, 32768, 39999, 35000, 20000, 65535 % size])
+    keys = cz[0, want][:, None, :]  # [n, 1, d]: z = k·I = the codeword itself
+    proj, half_norm = encode_projection(chol.to(DEVICE), cz.to(DEVICE))
+    codes = torch.zeros(16, 1, dtype=torch.int16, device=DEVICE)
+    loc = torch.arange(8, 16, device=DEVICE)  # int64
+    encode_keys(keys.to(DEVICE), proj, half_norm, loc, codes, block_c=1024)
+    assert (codes[8:, 0].long().cpu() & 0xFFFF).tolist() == want.tolist()
+    assert codes[8 + 3, 0] < 0  # 32768 is stored as its low 16 bits
+    assert (codes[:8] == 0).all()
+
+
+def test_encode_nothing() -> None:
+    proj, half_norm = encode_projection(torch.eye(8)[None].to(DEVICE), torch.randn(1, 32, 8).to(DEVICE))
+    codes = torch.zeros(4, 1, dtype=torch.int16, device=DEVICE)
+    encode_keys(torch.empty(0, 1, 8, device=DEVICE), proj, half_norm, torch.empty(0, dtype=torch.int64, device=DEVICE), codes)
+    assert (codes == 0).all()
+
+
+def test_encode_ties_take_the_lowest_index() -> None:
+    cz = torch.zeros(1, 300, 16)
+    cz[0, 7] = cz[0, 200] = cz[0, 250] = torch.ones(16)  # equal codewords, in different tiles
+    proj, half_norm = encode_projection(torch.eye(16)[None].to(DEVICE), cz.to(DEVICE))
+    codes = torch.zeros(2, 1, dtype=torch.int16, device=DEVICE)
+    keys = torch.stack([torch.ones(1, 16), -torch.ones(1, 16)])  # [2, 1, 16]
+    encode_keys(keys.to(DEVICE), proj, half_norm, torch.arange(2, device=DEVICE), codes)
+    assert codes[:, 0].tolist() == [7, 0]  # the second key ties every zero codeword: lowest is 0
+
+
+# -- score -----------------------------------------------------------------------------------
+
+
+class Batch:
+    """A decode batch over a paged pool: ``req_to_token`` rows hold scattered slots."""
+
+    def __init__(self, lens: list[int], kv_heads: int, size: int, max_ctx: int, seed: int, pool_rows: list[int] | None = None) -> None:
+        g = torch.Generator().manual_seed(seed)
+        slots = 4 * max_ctx + 8
+        self.lens = torch.tensor(lens)
+        self.pool = torch.tensor(pool_rows if pool_rows is not None else [i + 1 for i in range(len(lens))])
+        rows = int(self.pool.max()) + 1
+        self.req_to_token = torch.stack([torch.randperm(slots, generator=g)[:max_ctx] for _ in range(rows)]).int()
+        self.codes_long = torch.randint(0, size, (slots, kv_heads), generator=g)
+        self.codes = as_int16(self.codes_long)
+
+
+def score_reference(
+    lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, window: int, L: int, reduce: str
+) -> torch.Tensor:
+    """Plain-indexing reference of :func:`score_tokens`. # [bs * Hkv, L] float32"""
+    bs, nb, q_heads, _ = lut.shape
+    kv_heads = batch.codes.shape[1]
+    group = q_heads // kv_heads
+    out = torch.empty(bs * kv_heads, L)
+    for b in range(bs):
+        n = int(batch.lens[b])
+        for g in range(kv_heads):
+            for t in range(L):
+                if t >= n:
+                    value = -INF
+                elif t < sinks or t >= n - window:
+                    value = INF
+                else:
+                    dist = n - 1 - t
+                    k = max([j for j in range(nb) if edges[j] <= dist], default=0)
+                    slot = int(batch.req_to_token[batch.pool[b], t])
+                    code = int(batch.codes[slot, g]) & 0xFFFF
+                    heads = lut[b, k, g * group : (g + 1) * group, code]
+                    value = float(heads.max() if reduce == "max" else heads.mean())
+                out[b * kv_heads + g, t] = value
+    return out
+
+
+def run_score(lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, window: int, L: int, reduce: str, rows_cap: int) -> torch.Tensor:
+    out = torch.full((rows_cap, L), 123.0, device=DEVICE)
+    score_tokens(
+        lut.to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        batch.lens.to(DEVICE), torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, out,
+        reduce=reduce, block=64,
+    )
+    return out.cpu()
+
+
+@pytest.mark.parametrize(
+    "edges, group, reduce",
+    [([8], 1, "max"), ([8], 3, "max"), ([8, 16, 32, 64], 3, "max"), ([8, 16, 32, 64], 3, "mean"), ([8, 20], 1, "mean")],
+)
+def test_score_matches_reference(edges: list[int], group: int, reduce: str) -> None:
+    kv_heads, size, L, sinks, window = 2, 33000, 150, 4, edges[0]
+    lens = [140, 1, 11, 13, 150, 70]  # len 1, len < sinks + window, len = sinks + window + 1, full
+    batch = Batch(lens, kv_heads, size, max_ctx=160, seed=4)
+    assert (batch.codes < 0).any()  # codes ≥ 32768 are read back with & 0xFFFF
+    lut = torch.randn(len(lens), len(edges), group * kv_heads, size, generator=torch.Generator().manual_seed(5))
+    got = run_score(lut, batch, edges, sinks, window, L, reduce, rows_cap=len(lens) * kv_heads + 3)
+    expected = score_reference(lut, batch, edges, sinks, window, L, reduce)
+    torch.testing.assert_close(got[: len(lens) * kv_heads], expected, rtol=1e-6, atol=1e-6)
+    assert (got[len(lens) * kv_heads :] == 123.0).all()  # rows past bs·Hkv untouched
+
+
+def test_score_padded_rows_and_no_protection() -> None:
+    """CUDA-graph padding rows (pool row 0, len 1) and sinks = window = 0."""
+    batch = Batch([50, 1, 1], kv_heads=1, size=64, max_ctx=64, seed=6, pool_rows=[2, 0, 0])
+    lut = torch.randn(3, 1, 2, 64, generator=torch.Generator().manual_seed(7))
+    for sinks, window in ((0, 0), (3, 5)):
+        got = run_score(lut, batch, [window], sinks, window, 64, "max", rows_cap=3)
+        torch.testing.assert_close(got, score_reference(lut, batch, [window], sinks, window, 64, "max"))
+    assert got[1, 0] == INF and (got[1, 1:] == -INF).all()
+
+
+def rope() -> RopeSpec:
+    return RopeSpec.from_hf_config(json.loads((CONFIGS / "smollm2-135m.json").read_text()))
+
+
+def test_score_agrees_with_wrope_code_logits() -> None:
+    """Log2 buckets and a real RoPE: the kernel's scores are the group max of ``wrope_code_logits``."""
+    spec, kv_heads, q_heads, dim, size, seq, window, sinks = rope(), 3, 9, 64, 256, 300, 16, 4
+    g = torch.Generator().manual_seed(8)
+    buckets = DistanceBuckets.log2(window, seq)
+    lens = torch.tensor([300, 257, 120, 40])
+    pos = lens - 1
+    q_post = spec.apply(torch.randn(len(lens), q_heads, dim, generator=g), pos)
+    decoded = torch.randn(kv_heads, size, dim, generator=g)
+    codes = torch.randint(0, size, (seq, kv_heads), generator=g)
+    scale = dim**-0.5
+    expected = wrope_code_logits(q_post, pos, codes, decoded, spec, buckets, scale)  # [B, Hq, S]
+    expected = expected.view(len(lens), kv_heads, q_heads // kv_heads, seq).amax(2).reshape(-1, seq)
+    # the table as wrope_code_logits builds it
+    q = buckets.queries(q_post, pos, spec)  # [B, nb, Hq, d]
+    nb = q.shape[1]
+    lut = lookup_table(q.reshape(-1, q_heads, dim), decoded, scale).view(len(lens), nb, q_heads, size)
+    # one sequence, stored at scattered slots; every request reads its prefix
+    slots = torch.randperm(2 * seq, generator=g)[:seq]
+    pool_codes = torch.zeros(2 * seq, kv_heads, dtype=torch.int16)
+    pool_codes[slots] = codes.to(torch.int16)
+    req_to_token = slots.int()[None].repeat(len(lens), 1)
+    out = torch.empty(len(lens) * kv_heads, seq, device=DEVICE)
+    score_tokens(
+        lut.to(DEVICE), pool_codes.to(DEVICE), req_to_token.to(DEVICE), torch.arange(len(lens), device=DEVICE),
+        lens.to(DEVICE), torch.tensor(buckets.edges, dtype=torch.int32, device=DEVICE), sinks, window, out, block=128,
+    )
+    out = out.cpu()
+    t = torch.arange(seq)[None]
+    lens_rows = lens.repeat_interleave(kv_heads)[:, None]
+    scored = (t >= sinks) & (t < lens_rows - window)
+    assert nb == 5 and scored.any()
+    torch.testing.assert_close(out[scored], expected[scored])
+    assert (out[(t < lens_rows) & ~scored] == INF).all() and (out[t >= lens_rows] == -INF).all()
+
+
+# -- select ----------------------------------------------------------------------------------
+
+
+def write_reference(topk: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, batch: Batch, kv_heads: int, rows: int, size: int) -> torch.Tensor:
+    out = torch.full((size,), -1, dtype=torch.int32)
+    for r in range(rows):
+        b, g = divmod(r, kv_heads)
+        for j in range(int(counts[r])):
+            slot = int(batch.req_to_token[batch.pool[b], topk[r, j]])
+            out[int(indptr[r]) + j] = slot * kv_heads + g
+    return out
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_write_selected(index_dtype: torch.dtype) -> None:
+    kv_heads, kmax = 2, 40
+    batch = Batch([60, 1, 35], kv_heads, size=16, max_ctx=64, seed=9, pool_rows=[3, 0, 1])
+    rows = 3 * kv_heads
+    counts = torch.tensor([40, 0, 1, 1, 35, 20, 9, 9], dtype=torch.int32)  # rows_cap = 8 > rows
+    indptr = torch.zeros(9, dtype=torch.int32)
+    indptr[1:] = counts.cumsum(0)
+    topk = torch.stack([torch.randperm(60, generator=torch.Generator().manual_seed(r))[:kmax] for r in range(8)])
+    topk[2:4] = 0  # the padded request sees only token 0
+    topk[4:6] = topk[4:6] % 35
+    out = torch.full((int(indptr[-1]) + 5,), -1, dtype=torch.int32, device=DEVICE)
+    write_selected(
+        topk.to(index_dtype).to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE),
+        batch.pool.to(DEVICE), kv_heads, out, rows, block=16,
+    )
+    expected = write_reference(topk, counts, indptr, batch, kv_heads, rows, out.numel())
+    assert torch.equal(out.cpu(), expected)
+
+
+def topk_reference(scores: torch.Tensor, k: int) -> list[int]:
+    """The ``k`` largest, ties toward the lower column (a stable descending sort)."""
+    return sorted(torch.sort(scores, descending=True, stable=True).indices[:k].tolist())
+
+
+def tricky_scores(rows: int, L: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(rows, L, generator=g)
+    s[1] = torch.randint(0, 4, (L,), generator=g).float()  # massive ties
+    s[2, : L // 3] = INF
+    s[2, L // 3 :] = -INF
+    s[3] = -torch.rand(L, generator=g) * 1e-30  # tiny negatives, subnormals and zeros
+    s[3, ::7] = 0.0
+    s[3, ::11] = -0.0
+    s[4, ::3] = -INF
+    s[4, 1::5] = INF
+    s[5] = torch.randn(L, generator=g) * 1e30
+    return s
+
+
+def test_topk_rows_selects_the_largest() -> None:
+    L, kmax = 700, 300
+    scores = tricky_scores(8, L, seed=10)
+    counts = torch.tensor([300, 250, 233, 100, 299, 1, 0, 300], dtype=torch.int32)
+    out = torch.full((9, kmax), -1, dtype=torch.int32, device=DEVICE)  # rows_cap 9 > rows 8
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), 8, out, block=256)
+    out = out.cpu()
+    for r in range(8):
+        k = int(counts[r])
+        assert sorted(out[r, :k].tolist()) == topk_reference(scores[r], k), r
+        assert (out[r, k:] == -1).all()
+    assert (out[8] == -1).all()
+
+
+def test_topk_rows_whole_row() -> None:
+    """``counts = L``: every column, and counts above ``L`` or ``kmax`` are clamped."""
+    L = 130
+    scores = tricky_scores(6, L, seed=11)
+    counts = torch.tensor([L, L, L, 500, L, L], dtype=torch.int32)
+    out = torch.full((6, L), -1, dtype=torch.int32, device=DEVICE)
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), 6, out, block=64)
+    for r in range(6):
+        assert sorted(out[r].tolist()) == list(range(L))
+
+
+def test_select_and_write_is_topk_then_write() -> None:
+    kv_heads, L, kmax = 2, 200, 64
+    batch = Batch([200, 150, 1], kv_heads, size=16, max_ctx=L, seed=12, pool_rows=[1, 2, 0])
+    rows = 3 * kv_heads
+    scores = tricky_scores(rows, L, seed=13)
+    scores[:, 150:][2:4] = -INF
+    counts = torch.tensor([64, 60, 30, 64, 1, 0], dtype=torch.int32)
+    indptr = torch.zeros(rows + 1, dtype=torch.int32)
+    indptr[1:] = counts.cumsum(0)
+    scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
+    select_and_write(
+        scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        kv_heads, rows, scratch, out, block=128,
+    )
+    scratch = scratch.cpu()
+    for r in range(rows):
+        k = int(counts[r])
+        assert sorted(scratch[r, :k].tolist()) == topk_reference(scores[r], k)
+    assert torch.equal(out.cpu(), write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
+
+
+# -- serving-sized shapes on the GPU ---------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_topk_rows_large_matches_torch_topk() -> None:
+    rows, L, kmax = 64, 131072, 4096
+    g = torch.Generator(device="cuda").manual_seed(14)
+    scores = torch.randn(rows, L, device="cuda", generator=g)
+    scores[::4, :64] = INF
+    scores[1::4, 100_000:] = -INF
+    scores[2] = torch.randint(0, 100, (L,), device="cuda", generator=g).float()
+    counts = torch.randint(0, kmax + 1, (rows,), device="cuda", generator=g, dtype=torch.int32)
+    counts[0], counts[1] = kmax, 0
+    out = torch.full((rows, kmax), -1, dtype=torch.int32, device="cuda")
+    topk_rows(scores, counts, rows, out)
+    expected = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]
+    for r in range(rows):
+        k = int(counts[r])
+        assert torch.equal(out[r, :k].sort().values.long(), expected[r, :k].sort().values), r
+
+
+@pytest.mark.gpu
+def test_encode_serving_shape() -> None:
+    kv_heads, dim, size, n = 8, 128, 4096, 3000
+    chol, cz = codebook(kv_heads, dim, size, seed=15)
+    keys = torch.randn(n, kv_heads, dim, generator=torch.Generator().manual_seed(16)).bfloat16()
+    proj, half_norm = encode_projection(chol.cuda(), cz.cuda())
+    codes = torch.zeros(n, kv_heads, dtype=torch.int16, device="cuda")
+    encode_keys(keys.cuda(), proj, half_norm, torch.arange(n, device="cuda"), codes)
+    check_codes(codes.cpu(), keys, chol, cz)
+
+
+@pytest.mark.gpu
+def test_kernels_capture_in_a_cuda_graph() -> None:
+    kv_heads, L, kmax, size = 2, 4096, 256, 512
+    batch = Batch([4096, 3000], kv_heads, size, max_ctx=L, seed=17)
+    lut = torch.randn(2, 2, 4, size, device="cuda")
+    args = [t.cuda() for t in (batch.codes, batch.req_to_token, batch.pool, batch.lens)]
+    edges = torch.tensor([64, 1024], dtype=torch.int32, device="cuda")
+    scores = torch.empty(4, L, device="cuda")
+    counts = torch.full((4,), kmax, dtype=torch.int32, device="cuda")
+    indptr = torch.arange(5, dtype=torch.int32, device="cuda") * kmax
+    scratch = torch.empty(4, kmax, dtype=torch.int32, device="cuda")
+    out = torch.empty(4 * kmax, dtype=torch.int32, device="cuda")
+
+    def step() -> None:
+        score_tokens(lut, *args, edges, 4, 64, scores)
+        select_and_write(scores, counts, indptr, args[1], args[2], kv_heads, 4, scratch, out)
+
+    step()  # compile outside the capture
+    torch.cuda.synchronize()
+    expected = out.clone()
+    out.zero_()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected)
+    assert math.isinf(float(scores[0, 0]))
