@@ -1,0 +1,124 @@
+"""The ``--a2ats-*`` command-line flags, split off before SGLang parses the rest.
+
+SGLang's ``prepare_server_args`` (and the benchmark CLIs) reject flags they do not know, so
+every a2ats CLI parses its own flags with ``parse_known_args`` and hands the remainder to
+SGLang untouched. This module imports no sglang.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from a2ats_sglang.runtime.config import SELECTORS, WROPE_MODES, A2ATSConfig, ConfigError
+
+FLAG_PREFIX = "--a2ats-"
+
+
+class SplitArgv(NamedTuple):
+    config: A2ATSConfig  # codebook is the user's --a2ats-codebook (None: resolve from the cache)
+    rest: list[str]  # everything else, in order, for SGLang
+
+
+def _int_or_none(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--a2ats-*`` flags (defaults from :class:`A2ATSConfig`) as one argument group."""
+    d = A2ATSConfig()
+    g = parser.add_argument_group(
+        "A²ATS sparse decode attention",
+        "Decode attends to the attention sinks, a local window of recent tokens and the top-K "
+        "far tokens ranked by their vector-quantized keys; prefill stays exact.",
+    )
+    g.add_argument(
+        "--a2ats-codebook", metavar="DIR", default=None,
+        help="codebook directory from `python -m a2ats_sglang.calibrate` (checked against the "
+        "model at start-up). Default: the per-model cache under $A2ATS_SGLANG_CACHE "
+        "(~/.cache/a2ats_sglang), calibrated on first start; with --load-format dummy a random "
+        "codebook (throughput runs only).",
+    )
+    g.add_argument(
+        "--a2ats-budget-ratio", metavar="R", type=float, default=d.budget_ratio,
+        help="top-K far tokens per (request, kv head) = clamp(ceil(R × context length), MIN, "
+        "MAX), attended on top of sinks and window; in (0, 1]. Default: %(default)s",
+    )
+    g.add_argument(
+        "--a2ats-budget-min", metavar="MIN", type=int, default=d.budget_min,
+        help="lower bound of top-K (short contexts). Default: %(default)s",
+    )
+    g.add_argument(
+        "--a2ats-budget-max", metavar="MAX", type=_int_or_none, default=d.budget_max,
+        help="upper bound of top-K, or 'none' for no cap. Default: %(default)s",
+    )
+    g.add_argument(
+        "--a2ats-window", metavar="W", type=int, default=d.window,
+        help="recent tokens always attended exactly. Default: the codebook's (64, the paper's)",
+    )
+    g.add_argument(
+        "--a2ats-sinks", metavar="S", type=int, default=d.sinks,
+        help="first tokens always attended (attention sinks). Default: the codebook's (8)",
+    )
+    g.add_argument(
+        "--a2ats-b", metavar="B", type=int, default=d.b,
+        help="windowed-RoPE distance every far token is scored at (single mode). "
+        "Default: the codebook's (2048)",
+    )
+    g.add_argument(
+        "--a2ats-wrope", choices=WROPE_MODES, default=d.wrope,
+        help="how far tokens are scored: 'single' = the paper's one distance b; 'bucketed' = "
+        "one query rotation per log2 distance bucket (closer to exact RoPE). Default: %(default)s",
+    )
+    g.add_argument(
+        "--a2ats-selector", choices=SELECTORS, default=d.selector,
+        help="rank a kv head's tokens by the max or the mean of its query heads' approximate "
+        "scores (one token set per kv head). Default: %(default)s",
+    )
+
+
+def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
+    """Raises :class:`ConfigError` for values that parse but cannot work."""
+    return A2ATSConfig(
+        codebook=ns.a2ats_codebook,
+        budget_ratio=ns.a2ats_budget_ratio,
+        budget_min=ns.a2ats_budget_min,
+        budget_max=ns.a2ats_budget_max,
+        window=ns.a2ats_window,
+        sinks=ns.a2ats_sinks,
+        b=ns.a2ats_b,
+        wrope=ns.a2ats_wrope,
+        selector=ns.a2ats_selector,
+    )
+
+
+def a2ats_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    # allow_abbrev=False: an abbreviation must never swallow one of SGLang's flags
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    add_a2ats_args(parser)
+    return parser
+
+
+def split_argv(argv: Sequence[str], prog: str | None = None) -> SplitArgv:
+    """Our flags (``--flag value`` or ``--flag=value``) → config; the rest stays for SGLang.
+
+    Bad values, and any leftover ``--a2ats-*`` flag (a typo), exit with status 2 and the
+    message, as argparse does.
+    """
+    parser = a2ats_parser(prog)
+    ns, rest = parser.parse_known_args(list(argv))
+    unknown = [a.split("=", 1)[0] for a in rest if a.startswith(FLAG_PREFIX)]
+    if unknown:
+        known = sorted(o for a in parser._actions for o in a.option_strings)
+        parser.error(f"unrecognized A²ATS flag {unknown[0]} (known: {', '.join(known)})")
+    try:
+        config = config_from_args(ns)
+    except ConfigError as e:
+        parser.error(str(e))
+    return SplitArgv(config, rest)
