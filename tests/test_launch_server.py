@@ -1,0 +1,256 @@
+"""The launchers before SGLang starts: flag split, SGLang argv checks, codebook resolution and
+cache, config transport to spawned processes, and start-up errors that stop a launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_codebook import make_codebook
+
+from a2ats_sglang import launch_server
+from a2ats_sglang.method.codebook import Codebook, CodebookError
+from a2ats_sglang.runtime import codebook_cache
+from a2ats_sglang.runtime.codebook_cache import CalibrationFailed, resolve_codebook
+from a2ats_sglang.runtime.config import (
+    CONFIG_ENV,
+    ENABLE_ENV,
+    A2ATSConfig,
+    export_config,
+)
+from a2ats_sglang.runtime.flags import split_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def model_dir(tmp_path: Path, name: str) -> Path:
+    """A checkpoint directory holding only ``config.json`` (enough for everything pre-launch)."""
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text((CONFIGS / f"{name}.json").read_text())
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("A2ATS_SGLANG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(codebook_cache, "RANDOM_CODEBOOK_SIZE", 16)
+    return tmp_path / "cache"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "a2ats_sglang.launch_server", *args],
+        check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )
+
+
+# -- flags ---------------------------------------------------------------------------------
+
+
+def test_split_argv_both_forms_and_order() -> None:
+    config, rest = split_argv([
+        "--tp", "2", "--a2ats-window", "32", "--port=30000", "--a2ats-budget-max=none",
+        "--a2ats-wrope=single", "--a2ats-budget-ratio", "0.05", "--a2ats-selector", "mean",
+        "--a2ats-codebook=/cb", "--a2ats-sinks=4", "--a2ats-b", "1024", "--a2ats-budget-min=8",
+    ])
+    assert rest == ["--tp", "2", "--port=30000"]
+    assert config == A2ATSConfig(
+        codebook="/cb", budget_ratio=0.05, budget_min=8, budget_max=None, window=32, sinks=4,
+        b=1024, wrope="single", selector="mean",
+    )
+
+
+def test_split_argv_defaults() -> None:
+    assert split_argv(["--model-path", "m"]) == (A2ATSConfig(), ["--model-path", "m"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--a2ats-budget-ratio", "1.5"], "--a2ats-budget-ratio must be in (0, 1], got 1.5"),
+        (["--a2ats-budget-min=512", "--a2ats-budget-max=256"], "--a2ats-budget-max (256) must be >="),
+        (["--a2ats-budget-max", "lots"], "expected an integer or 'none', got 'lots'"),
+        (["--a2ats-window", "0"], "--a2ats-window must be positive"),
+        (["--a2ats-wrope=exact"], "invalid choice: 'exact'"),
+        (["--a2ats-windw", "3"], "unrecognized A²ATS flag --a2ats-windw"),
+    ],
+)
+def test_bad_flag_values_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        split_argv(["--tp", "1", *argv], prog="launch")
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_reaches_a_spawned_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (ENABLE_ENV, CONFIG_ENV):
+        monkeypatch.setenv(name, "")  # restored after the test
+    config = A2ATSConfig(codebook="/x/cb", budget_ratio=0.1, budget_max=None, window=16, wrope="single")
+    export_config(config)
+    code = "from a2ats_sglang.runtime.config import current_config, enabled; print(enabled(), current_config().to_json())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    flag, text = out.stdout.strip().split(" ", 1)
+    assert flag == "True" and A2ATSConfig.from_json(text) == config
+
+
+# -- SGLang argv -----------------------------------------------------------------------------
+
+
+def backend_argv(argv: list[str]) -> list[str]:
+    return launch_server._backend_argv(argv, lambda: "/default/model")[0]
+
+
+def test_sglang_argv_defaults() -> None:
+    assert backend_argv(["--port", "1"]) == [
+        "--port", "1", "--attention-backend", "a2ats", "--model-path", "/default/model",
+        "--cuda-graph-backend-prefill", "disabled",
+    ]
+
+
+def test_sglang_argv_keeps_user_choices() -> None:
+    argv = ["--model", "/m", "--attention-backend=a2ats", "--disable-cuda-graph"]
+    assert backend_argv(argv) == argv
+    argv = ["--model-path=/m", "--cuda-graph-backend-prefill", "breakable", "--prefill-attention-backend", "flashinfer"]
+    assert backend_argv(argv) == ["--model-path=/m", "--cuda-graph-backend-prefill", "breakable", "--attention-backend", "a2ats"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--attention-backend", "triton"], ["--decode-attention-backend=fa3"], ["--prefill-attention-backend", "triton"]],
+)
+def test_sglang_argv_refuses_other_backends(argv: list[str]) -> None:
+    with pytest.raises(launch_server.UsageError, match="a2ats"):
+        backend_argv(["--model-path", "/m", *argv])
+
+
+def test_plugin_whitelist_gets_our_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SGLANG_PLUGINS", "smg-zmq")
+    launch_server._allow_entry_point()
+    assert os.environ["SGLANG_PLUGINS"] == "smg-zmq,a2ats"
+    launch_server._allow_entry_point()
+    assert os.environ["SGLANG_PLUGINS"] == "smg-zmq,a2ats"
+
+
+# -- codebook resolution ---------------------------------------------------------------------
+
+
+def test_explicit_codebook(tmp_path: Path, cache: Path) -> None:
+    model = model_dir(tmp_path, "smollm2-135m")
+    cb = make_codebook().save(tmp_path / "cb")
+    assert resolve_codebook(str(model), str(cb), None) == str(cb.resolve())
+    other = model_dir(tmp_path, "llama-3.1-8b")
+    with pytest.raises(CodebookError, match=r"--a2ats-codebook .*num_layers: codebook 30, model 32"):
+        resolve_codebook(str(other), str(cb), None)
+    assert not cache.exists()  # an explicit codebook never touches the cache
+
+
+def test_dummy_weights_get_a_random_codebook_once(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = str(model_dir(tmp_path, "smollm2-135m"))
+    first = resolve_codebook(model, None, "dummy")
+    assert Path(first).parent == cache / "codebooks" and first.endswith("-random")
+    book = Codebook.load(first)
+    assert book.meta.calibration["random"] and book.meta.codebook_size == 16
+    monkeypatch.setattr(codebook_cache, "random_codebook", lambda *a, **k: pytest.fail("rewritten"))
+    assert resolve_codebook(model, None, "dummy") == first
+    # real weights never use the random codebook: they calibrate
+    monkeypatch.setattr(codebook_cache, "_calibrate", lambda m, out: make_codebook().save(out))
+    real = resolve_codebook(model, None, "auto")
+    assert real != first and not Codebook.load(real).meta.calibration.get("random")
+    assert resolve_codebook(model, None, "dummy") == real  # a calibrated codebook serves dummy runs too
+
+
+def test_calibrates_once_then_reuses(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = str(model_dir(tmp_path, "smollm2-135m"))
+    calls: list[str] = []
+
+    def calibrate(model_path: str, out: Path) -> None:
+        calls.append(model_path)
+        make_codebook().save(out)
+
+    monkeypatch.setattr(codebook_cache, "_calibrate", calibrate)
+    path = resolve_codebook(model, None, None)
+    assert Path(path).name.startswith("smollm2-135m-") and calls == [model]
+    assert resolve_codebook(model, None, None) == path and calls == [model]
+    # a corrupt cached codebook is replaced, not served
+    (Path(path) / "codebook.safetensors").write_bytes(b"junk")
+    assert resolve_codebook(model, None, None) == path and len(calls) == 2
+    Codebook.load(path)
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == sorted([Path(path).name, Path(path).name + ".lock"])
+
+
+def test_failed_calibration_is_reported(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = str(model_dir(tmp_path, "smollm2-135m"))
+    monkeypatch.setattr(codebook_cache.subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 3))
+    with pytest.raises(CalibrationFailed, match=r"exit 3.*--a2ats-codebook DIR"):
+        resolve_codebook(model, None, None)
+    assert [p.suffix for p in (cache / "codebooks").iterdir()] == [".lock"]  # no half-written codebook
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def test_codebook_for_another_model_stops_the_launch(tmp_path: Path) -> None:
+    model = model_dir(tmp_path, "llama-3.1-8b")
+    cb = make_codebook().save(tmp_path / "cb")  # built for SmolLM2
+    out = run_cli("--model-path", str(model), "--a2ats-codebook", str(cb), env={"A2ATS_SGLANG_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 1, out.stderr
+    assert "error: --a2ats-codebook" in out.stderr and "num_layers: codebook 30, model 32" in out.stderr
+    assert "sglang" not in out.stderr.replace("a2ats_sglang", "")  # stopped before SGLang was imported
+
+
+def test_other_attention_backend_is_refused(tmp_path: Path) -> None:
+    out = run_cli("--model-path", str(tmp_path), "--attention-backend", "triton")
+    assert out.returncode == 2
+    assert "--attention-backend triton: this launcher always serves with the a2ats backend" in out.stderr
+
+
+def test_launchers_hand_sglang_an_a2ats_configuration(tmp_path: Path) -> None:
+    """The whole pre-launch path into SGLang's own parsers, with the server/benchmark stubbed."""
+    model = model_dir(tmp_path, "smollm2-135m")
+    cb = make_codebook().save(tmp_path / "cb")
+    script = tmp_path / "stubbed.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import sglang.benchmark.offline_throughput as ot
+        import sglang.benchmark.one_batch as ob
+        import sglang.srt.entrypoints.http_server as http_server
+        import sglang.srt.utils as utils
+
+        from a2ats_sglang import bench_offline_throughput, bench_one_batch, launch_server
+
+        seen = {}
+        def launch(server_args, run_scheduler_process_func):
+            f = run_scheduler_process_func
+            seen["server"] = [server_args.get_attention_backends(), server_args.cuda_graph_config.prefill.backend,
+                              server_args.model_path, f"{f.__module__}.{f.__qualname__}"]
+        http_server.launch_server = launch
+        utils.kill_process_tree = lambda *a, **k: None
+        ob.main = lambda server_args, bench_args: seen.update(one_batch=[server_args.get_attention_backends(), bench_args.batch_size])
+        ot.throughput_test = lambda server_args, bench_args: seen.update(offline=[server_args.get_attention_backends(), bench_args.num_prompts])
+
+        args = sys.argv[1:]
+        seen["rc"] = launch_server.main(args)
+        bench_one_batch.main([*args, "--batch-size", "4"])
+        bench_offline_throughput.main([*args, "--num-prompts", "7"])
+        seen["env"] = [os.environ["A2ATS_SGLANG_ENABLE"], json.loads(os.environ["A2ATS_SGLANG_CONFIG"])]
+        print("SEEN", json.dumps(seen))
+    """))
+    out = subprocess.run(
+        [sys.executable, str(script), "--model-path", str(model), "--a2ats-codebook", str(cb),
+         "--a2ats-window", "32", "--device", "cpu", "--load-format", "dummy"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.split("SEEN ", 1)[1])
+    assert seen["rc"] == 0
+    assert seen["server"] == [["a2ats", "a2ats"], "disabled", str(model), "a2ats_sglang.runtime.plugin.run_scheduler_process"]
+    assert seen["one_batch"] == [["a2ats", "a2ats"], [4]]
+    assert seen["offline"] == [["a2ats", "a2ats"], 7]
+    assert seen["env"] == ["1", json.loads(A2ATSConfig(codebook=str(cb.resolve()), window=32).to_json())]
