@@ -155,6 +155,19 @@ class Codebook:
                 "not fit this model: " + "; ".join(problems)
             )
 
+    @classmethod
+    def random(cls, model: ModelIdentity, size: int, seed: int = 0, **meta: Any) -> Codebook:
+        """Seeded random codewords and a random SPD whitening, for tests and for benchmarks on
+        models with random (dummy) weights, where calibration would measure nothing."""
+        g = torch.Generator().manual_seed(seed)
+        lh = (model.num_layers, model.num_kv_heads)
+        a = torch.randn(*lh, model.head_dim, model.head_dim, generator=g) / model.head_dim**0.5
+        chol = torch.linalg.cholesky(a @ a.transpose(-1, -2) + torch.eye(model.head_dim))
+        meta.setdefault("kind", "kmeans")
+        meta.setdefault("calibration", {"random": True, "seed": seed})
+        return cls(CodebookMeta(model, size, **meta), torch.randn(*lh, size, model.head_dim, generator=g),
+                   chol, torch.linalg.inv(chol))
+
     # -- file format -----------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:

@@ -27,13 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from a2ats_sglang.default_model import cache_dir
 from a2ats_sglang.method.codebook import (
     Codebook,
     CodebookError,
-    CodebookMeta,
     ModelIdentity,
 )
 from a2ats_sglang.method.rope import UnsupportedRopeError
@@ -132,16 +129,9 @@ def resolve_codebook(
 
 
 def random_codebook(identity: ModelIdentity, size: int = RANDOM_CODEBOOK_SIZE, seed: int = RANDOM_SEED) -> Codebook:
-    """Seeded normal codewords with identity whitening: the right shapes for dummy weights."""
-    m = identity
-    g = torch.Generator().manual_seed(seed)
-    centroids = torch.randn(m.num_layers, m.num_kv_heads, size, m.head_dim, generator=g)  # float32
-    eye = torch.eye(m.head_dim).expand(m.num_layers, m.num_kv_heads, m.head_dim, m.head_dim).contiguous()
-    meta = CodebookMeta(
-        m, size, kind="kmeans",
-        calibration={"random": True, "seed": seed, "reason": "--load-format dummy: random weights, nothing to calibrate on"},
-    )
-    return Codebook(meta, centroids, eye, eye.clone())
+    """The right shapes for dummy weights, where calibration would measure nothing."""
+    reason = "--load-format dummy: random weights, nothing to calibrate on"
+    return Codebook.random(identity, size, seed, calibration={"random": True, "seed": seed, "reason": reason})
 
 
 def _usable(directory: Path, config: Any, allow_random: bool = False) -> bool:

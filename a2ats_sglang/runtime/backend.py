@@ -1,0 +1,157 @@
+"""The ``a2ats`` attention backend: FlashInfer prefill, A²ATS sparse decode.
+
+Prefill/extend is FlashInfer's, unchanged (exact); afterwards the new keys are encoded into the
+code pool. A decode step, per layer: store K/V and encode the new key, then
+:class:`~a2ats_sglang.runtime.sparse_decode.SparseDecoder` scores every token from its code,
+keeps sinks + window + top-K per (request, kv head), and FlashInfer decodes over exactly those.
+Everything in :meth:`forward_decode` is static-shape GPU work, so SGLang's decode CUDA graphs
+capture it; the only host work (the FlashInfer plan) runs in ``init_forward_metadata_out_graph``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+from a2ats_sglang.method.codebook import Codebook, CodebookError
+from a2ats_sglang.method.wrope import DistanceBuckets
+from a2ats_sglang.runtime.config import A2ATSConfig, current_config
+from a2ats_sglang.runtime.sparse_decode import (
+    Budget,
+    SparseDecodeBuffers,
+    SparseDecoder,
+)
+
+if TYPE_CHECKING:
+    from flashinfer import BatchDecodeWithPagedKVCacheWrapper
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+def build_decoder(cfg: A2ATSConfig, book: Codebook, slots: int, context_len: int, device) -> SparseDecoder:
+    """Flags override the codebook's calibration values (window, sinks, b)."""
+    meta = book.meta
+    window = cfg.window if cfg.window is not None else meta.window
+    sinks = cfg.sinks if cfg.sinks is not None else meta.sinks
+    b = cfg.b if cfg.b is not None else meta.b
+    buckets = DistanceBuckets.single(window, b) if cfg.wrope == "single" else DistanceBuckets.log2(window, context_len)
+    budget = Budget(sinks, window, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
+    return SparseDecoder(book, slots, context_len, budget, buckets, cfg.selector, device)
+
+
+class A2ATSAttnBackend(FlashInferAttnBackend):
+    def __init__(self, model_runner: ModelRunner, config: A2ATSConfig | None = None) -> None:
+        super().__init__(model_runner)
+        cfg = config or current_config()
+        if model_runner.server_args.speculative_algorithm is not None:
+            raise ValueError("the a2ats backend does not support speculative decoding yet")
+        if self.num_wrappers != 1:
+            raise ValueError("the a2ats backend does not support sliding-window or cross attention")
+        if model_runner.tp_size != 1:
+            raise ValueError("the a2ats backend runs with --tp-size 1 only for now")
+        if cfg.codebook is None:
+            raise CodebookError(
+                "no A²ATS codebook configured: start the server with python -m "
+                "a2ats_sglang.launch_server (it calibrates or finds one) or pass --a2ats-codebook"
+            )
+        mc = model_runner.model_config
+        book = Codebook.load(cfg.codebook, model_config=mc.hf_config)
+        pool = self.token_to_kv_pool
+        self.device = model_runner.device
+        self.decoder = build_decoder(cfg, book, pool.size + pool.page_size, mc.context_len, self.device)
+        self.num_kv_heads = self.decoder.num_kv_heads
+        self.graph_buffers: SparseDecodeBuffers | None = None
+        self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}
+        self.eager_buffers: SparseDecodeBuffers | None = None
+        self.eager_wrapper = self.decoder.new_wrapper(self.workspace_buffer)
+        self.step: tuple[SparseDecodeBuffers, BatchDecodeWithPagedKVCacheWrapper] | None = None
+        d = self.decoder
+        logger.info(
+            "A²ATS decode: codebook %s (%s, %d codewords), sinks %d, window %d, K = %.3g·len in "
+            "[%s, %s], wrope %s (%d buckets), static width %d; codes %.1f MiB, codebook %.1f MiB",
+            cfg.codebook, book.meta.kind, book.meta.codebook_size, d.budget.sinks, d.budget.window,
+            cfg.budget_ratio, cfg.budget_min, cfg.budget_max, cfg.wrope, len(d.buckets.edges), d.width,
+            d.codes.numel() * 2 / 2**20,
+            (d.proj.numel() * 4 + d.half_norm.numel() * 4 + d.decoded_t.numel() * 2) / 2**20,
+        )
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, kv_indices_buf=None) -> None:
+        super().init_cuda_graph_state(max_bs, max_num_tokens, kv_indices_buf)
+        self.graph_buffers = self._buffers(max_bs)
+
+    def _buffers(self, bs: int) -> SparseDecodeBuffers:
+        d = self.decoder
+        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, self.device)
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        if not forward_batch.forward_mode.is_decode_or_idle():
+            return super().init_forward_metadata(forward_batch)
+        bs = forward_batch.batch_size
+        if bs == 0:
+            self.step = None
+            return
+        if self.eager_buffers is None or self.eager_buffers.max_bs < bs:
+            self.eager_buffers = self._buffers(bs)
+        self._prepare(self.eager_wrapper, self.eager_buffers, forward_batch)
+
+    def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
+        if not forward_batch.forward_mode.is_decode_or_idle():
+            return super().init_forward_metadata_out_graph(forward_batch, in_capture)
+        bs = forward_batch.batch_size
+        buffers = self.graph_buffers
+        assert buffers is not None, "init_cuda_graph_state was not called"
+        if in_capture:
+            self.graph_wrappers[bs] = self.decoder.new_wrapper(self.workspace_buffer, buffers, bs)
+        self._prepare(self.graph_wrappers[bs], buffers, forward_batch)
+
+    def _prepare(self, wrapper, buffers: SparseDecodeBuffers, forward_batch: ForwardBatch) -> None:
+        bs = forward_batch.batch_size
+        # the row budgets on the device; recomputed inside the graph by init_forward_metadata_in_graph
+        buffers.set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
+        updater = self.indices_updater_decode
+        self.decoder.plan(wrapper, buffers, forward_batch.seq_lens_cpu[:bs], updater.data_type, updater.q_data_type)
+        self.step = (buffers, wrapper)
+
+    def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch) -> None:
+        if forward_batch.forward_mode.is_decode_or_idle() and self.step is not None:
+            self.step[0].set_counts(forward_batch.seq_lens[: forward_batch.batch_size], self.decoder.budget)
+        else:
+            super().init_forward_metadata_in_graph(forward_batch)
+
+    # -- forward --------------------------------------------------------------------------
+
+    def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
+        out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+        if k is not None:
+            self.decoder.encode(layer.layer_id, k, forward_batch.positions, forward_batch.out_cache_loc)
+        return out
+
+    def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
+        if k is not None:
+            if save_kv_cache:
+                self.token_to_kv_pool.set_kv_buffer(
+                    layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v, *self._kv_write_scales(layer)
+                )
+            self.decoder.encode(layer.layer_id, k, forward_batch.positions, forward_batch.out_cache_loc)
+        assert self.step is not None, "decode metadata was not initialised"
+        buffers, wrapper = self.step
+        bs = forward_batch.batch_size
+        q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
+        self.decoder.select(
+            layer.layer_id, q, forward_batch.positions, self.req_to_token_pool.req_to_token,
+            forward_batch.req_pool_indices, forward_batch.seq_lens, buffers,
+        )
+        k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        out = self.decoder.attend(
+            wrapper, q, k_pool, v_pool, layer.scaling, logits_soft_cap=layer.logit_cap,
+            k_scale=layer.k_scale_float, v_scale=layer.v_scale_float,
+        )
+        return out.view(bs, layer.tp_q_head_num * layer.head_dim)

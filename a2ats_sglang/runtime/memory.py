@@ -1,0 +1,44 @@
+"""Every GPU byte the ``a2ats`` backend adds, computed before SGLang sizes its KV pool.
+
+SGLang turns free memory into KV slots (``available_bytes // cell_size``); the backend adds a
+code per slot (int16 per layer and kv head), the codebook tensors (encode projection fp32,
+half norms fp32, decoded codewords bf16) and the decode graph's score/index buffers. The
+``pool_sizing`` patch charges them there, so ``--mem-fraction-static`` keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from a2ats_sglang.method.codebook import META_FILE
+from a2ats_sglang.runtime.config import A2ATSConfig
+from a2ats_sglang.runtime.sparse_decode import Budget, SparseDecodeBuffers
+
+CODE_BYTES = 2  # int16 per (slot, layer, kv head)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    per_token: int  # bytes per KV slot
+    fixed: int  # bytes independent of the pool size
+
+
+def codebook_size(cfg: A2ATSConfig) -> int:
+    if cfg.codebook is None:
+        return 4096
+    return int(json.loads((Path(cfg.codebook) / META_FILE).read_text())["codebook_size"])
+
+
+def footprint(
+    cfg: A2ATSConfig, num_layers: int, num_kv_heads: int, head_dim: int, context_len: int,
+    graph_max_bs: int, size: int | None = None,
+) -> Footprint:
+    size = codebook_size(cfg) if size is None else size
+    budget = Budget(cfg.sinks or 0, cfg.window or 64, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
+    # window/sinks only shift the static width by a few tokens; 64 + 8 covers the defaults
+    width = budget.width(context_len) + 8
+    per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
+    scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width) if graph_max_bs else 0
+    return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)

@@ -1,0 +1,192 @@
+"""Per-step state of the sparse decode: budgets, index and score buffers, FlashInfer wrappers.
+
+Different kv heads attend to different tokens, so the KV pool ``[slots, Hkv, d]`` is viewed as
+``[slots·Hkv, 1, 1, d]`` (pages of one token, one kv head) and one FlashInfer paged decode runs
+over ``bs·Hkv`` rows with ``num_kv_heads = 1`` and the GQA group as query heads. A row's length
+is its budget, known on the host from ``seq_lens_cpu`` before the step, so the FlashInfer plan
+happens outside the CUDA graph and only the indices (rewritten per layer) change inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from flashinfer import BatchDecodeWithPagedKVCacheWrapper
+from flashinfer.decode import fast_decode_plan
+
+from a2ats_sglang.kernels.encode import encode_keys, encode_projection
+from a2ats_sglang.kernels.score import score_tokens
+from a2ats_sglang.kernels.select import select_and_write
+from a2ats_sglang.method.codebook import Codebook
+from a2ats_sglang.method.rope import RopeSpec
+from a2ats_sglang.method.wrope import DistanceBuckets
+from a2ats_sglang.runtime.rotary import DeviceRotary
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Tokens kept per (request, kv head): sinks + window + clamp(⌈ratio·len⌉, min, max), ≤ len."""
+
+    sinks: int
+    window: int
+    ratio: float
+    minimum: int
+    maximum: int | None
+
+    def counts(self, seq_lens: torch.Tensor) -> torch.Tensor:
+        """Same arithmetic on host and device (float64 ceil), so plan and kernels agree. # int32"""
+        k = torch.ceil(seq_lens.to(torch.float64) * self.ratio).to(torch.int64).clamp_min(self.minimum)
+        if self.maximum is not None:
+            k = k.clamp_max(self.maximum)
+        return torch.minimum(seq_lens.to(torch.int64), k + self.sinks + self.window).to(torch.int32)
+
+    def width(self, context_len: int) -> int:
+        """The most tokens any row can keep: the static top-K width of the decode graph."""
+        k = max(self.minimum, math.ceil(context_len * self.ratio))
+        if self.maximum is not None:
+            k = min(k, self.maximum)
+        return min(context_len, k + self.sinks + self.window)
+
+
+class SparseDecodeBuffers:
+    """Every tensor the decode graph reads or writes, sized once for ``max_bs`` requests."""
+
+    def __init__(
+        self, max_bs: int, num_kv_heads: int, context_len: int, width: int, device: torch.device | str
+    ) -> None:
+        self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
+        rows = max_bs * num_kv_heads
+        self.rows_cap = rows
+        self.scores = torch.empty(rows, context_len, dtype=torch.float32, device=device)  # [rows, L]
+        self.picks = torch.zeros(rows, width, dtype=torch.int32, device=device)  # [rows, width]
+        self.counts = torch.zeros(rows, dtype=torch.int32, device=device)  # [rows]
+        self.indptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)  # [rows + 1]
+        self.indices = torch.zeros(rows * width, dtype=torch.int32, device=device)  # [rows·width]
+        self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
+
+    @staticmethod
+    def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int) -> int:
+        rows = max_bs * num_kv_heads
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1)
+
+    def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
+        """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
+        bs = seq_lens.shape[0]
+        rows = bs * self.num_kv_heads
+        per_req = budget.counts(seq_lens)  # [bs]
+        self.counts[:rows].copy_(per_req[:, None].expand(bs, self.num_kv_heads).reshape(-1))
+        torch.cumsum(self.counts[:rows], 0, dtype=torch.int32, out=self.indptr[1 : rows + 1])
+
+
+def host_indptr(seq_lens_cpu: torch.Tensor, budget: Budget, num_kv_heads: int) -> torch.Tensor:
+    """The row offsets FlashInfer plans with. # [bs·Hkv + 1] int32, CPU"""
+    per_row = budget.counts(seq_lens_cpu).repeat_interleave(num_kv_heads)
+    out = torch.zeros(per_row.numel() + 1, dtype=torch.int32)
+    torch.cumsum(per_row, 0, dtype=torch.int32, out=out[1:])
+    return out
+
+
+class SparseDecoder:
+    """The A²ATS math of one decode step, on the GPU, free of SGLang types.
+
+    Owns the codebook tensors and the code pool; the attention backend feeds it SGLang's
+    tensors. Kept separate so the GPU tests can drive it against the method references.
+    """
+
+    def __init__(
+        self, book: Codebook, slots: int, context_len: int, budget: Budget, buckets: DistanceBuckets,
+        reduce: str, device: torch.device | str,
+    ) -> None:
+        model = book.meta.model
+        self.num_kv_heads, self.head_dim = model.num_kv_heads, model.head_dim
+        self.group = model.group_size
+        self.context_len, self.budget, self.reduce = context_len, budget, reduce
+        self.width = budget.width(context_len)
+        self.buckets = buckets
+        self.edges = torch.tensor(buckets.edges, dtype=torch.int32, device=device)  # [nb]
+        self.reps = torch.tensor(buckets.representatives, dtype=torch.int64, device=device)  # [nb]
+        self.rotary = DeviceRotary(RopeSpec.from_dict(model.rope), device)
+        pairs = [encode_projection(book.chol[i].to(device), book.centroids_z[i].to(device))
+                 for i in range(model.num_layers)]
+        self.proj = torch.stack([p for p, _ in pairs])  # [layers, Hkv, d, C] float32
+        self.half_norm = torch.stack([h for _, h in pairs])  # [layers, Hkv, C] float32
+        # codewords in key space, transposed for the lookup-table GEMM  # [layers, Hkv, d, C] bf16
+        self.decoded_t = book.decoded.transpose(-1, -2).to(device=device, dtype=torch.bfloat16).contiguous()
+        self.codes = torch.zeros(model.num_layers, slots, self.num_kv_heads, dtype=torch.int16, device=device)
+
+    def encode(self, layer: int, k_post: torch.Tensor, positions: torch.Tensor, loc: torch.Tensor) -> None:
+        """Codes of keys just written to slots ``loc`` (post-RoPE in, un-rotated here)."""
+        k = k_post.reshape(-1, self.num_kv_heads, self.head_dim)
+        k_pre = self.rotary.unrotate_keys(k, positions[: k.shape[0]])
+        encode_keys(k_pre, self.proj[layer], self.half_norm[layer], loc, self.codes[layer])
+
+    def lookup_table(self, layer: int, q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Every query head's WRoPE logit for every codeword, per bucket. # [Hkv, bs, nb, G, C] f32
+
+        ``q`` ``[bs, Hq, d]`` post-RoPE at ``positions``; GEMM in bf16 with fp32 accumulation.
+        """
+        bs, nb = q.shape[0], self.reps.shape[0]
+        q_w = self.rotary.wrope_queries(q, positions[:bs], self.reps)  # [bs, nb, Hq, d]
+        q_w = q_w.view(bs, nb, self.num_kv_heads, self.group, self.head_dim).permute(2, 0, 1, 3, 4)
+        q_w = q_w.reshape(self.num_kv_heads, bs * nb * self.group, self.head_dim).to(torch.bfloat16)
+        lut = torch.bmm(q_w, self.decoded_t[layer], out_dtype=torch.float32)
+        return lut.view(self.num_kv_heads, bs, nb, self.group, -1)
+
+    def select(
+        self, layer: int, q: torch.Tensor, positions: torch.Tensor, req_to_token: torch.Tensor,
+        req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
+    ) -> None:
+        """Write this layer's picks as KV-pool row indices into ``buffers.indices``."""
+        bs = q.shape[0]
+        score_tokens(
+            self.lookup_table(layer, q, positions), self.codes[layer], req_to_token, req_pool_indices,
+            seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
+        )
+        select_and_write(
+            buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
+            self.num_kv_heads, bs * self.num_kv_heads, buffers.picks, buffers.indices,
+        )
+
+    def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
+                    bs: int = 0) -> BatchDecodeWithPagedKVCacheWrapper:
+        """A FlashInfer decode wrapper over the per-kv-head view; CUDA-graph bound if ``buffers``."""
+        if buffers is None:
+            return BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=True)
+        rows = bs * self.num_kv_heads
+        return BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_tensor_cores=True, use_cuda_graph=True,
+            paged_kv_indptr_buffer=buffers.indptr[: rows + 1], paged_kv_indices_buffer=buffers.indices,
+            paged_kv_last_page_len_buffer=buffers.last_page_len[:rows],
+        )
+
+    def plan(self, wrapper: BatchDecodeWithPagedKVCacheWrapper, buffers: SparseDecodeBuffers,
+             seq_lens_cpu: torch.Tensor, kv_dtype: torch.dtype, q_dtype: torch.dtype) -> None:
+        """FlashInfer plan for this step's row lengths, from the host ``seq_lens_cpu``.
+
+        A wrapper's first plan is FlashInfer's own (it builds the kernel module and reads the
+        device ``indptr`` once, so :meth:`SparseDecodeBuffers.set_counts` must have run); later
+        plans are ``fast_decode_plan`` with the host offsets: no device→host copy.
+        """
+        rows = seq_lens_cpu.shape[0] * self.num_kv_heads
+        args = (buffers.indptr[: rows + 1], buffers.indices, buffers.last_page_len[:rows],
+                self.group, 1, self.head_dim, 1)
+        kwargs = {"data_type": kv_dtype, "q_data_type": q_dtype, "non_blocking": True}
+        if not isinstance(wrapper.begin_forward, partial):
+            wrapper.begin_forward(*args, **kwargs)
+            wrapper.begin_forward = partial(fast_decode_plan, wrapper)
+        else:
+            indptr = host_indptr(seq_lens_cpu, self.budget, self.num_kv_heads)
+            wrapper.begin_forward(*args, **kwargs, global_override_indptr_cpu=indptr)
+
+    def attend(self, wrapper: BatchDecodeWithPagedKVCacheWrapper, q: torch.Tensor, k_pool: torch.Tensor,
+               v_pool: torch.Tensor, sm_scale: float, **kwargs) -> torch.Tensor:
+        """Decode attention over the picked tokens. ``q`` ``[bs, Hq, d]`` → ``[bs, Hq, d]``."""
+        bs, heads, dim = q.shape
+        out = wrapper.forward(
+            q.reshape(bs * self.num_kv_heads, self.group, dim),
+            (k_pool.view(-1, 1, 1, dim), v_pool.view(-1, 1, 1, dim)), sm_scale=sm_scale, **kwargs,
+        )
+        return out.view(bs, heads, dim)

@@ -1,0 +1,162 @@
+"""Decode attention time per step, A²ATS sparse vs stock FlashInfer, with the split.
+
+    python -m benchmarks.decode_step --config tests/configs/llama-3.1-8b.json --context 32768 --batch 1 8 16
+
+Times the attention part of one decode step (every layer) at a model's shape on random KV,
+without loading a model: stock = SGLang's FlashInfer paged decode over each request's whole
+context; A²ATS = encode the new key → lookup table → score every token → top-K and index write
+→ FlashInfer decode over the picked tokens. Each variant (and each A²ATS stage alone) is
+captured in a CUDA graph of ``layers`` back-to-back calls, as in SGLang's decode graph, and
+timed over replays. The rest of a decode step (weights, MLP) is the same for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.meta import run_meta
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_step", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "tests/configs/llama-3.1-8b.json"), help="HF config.json of the model shape")
+    p.add_argument("--context", type=int, default=32768, help="tokens per request")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    p.add_argument("--ratio", type=float, default=0.03, help="budget ratio")
+    p.add_argument("--budget-max", type=int, default=4096)
+    p.add_argument("--wrope", choices=["single", "bucketed"], default="bucketed")
+    p.add_argument("--codebook-size", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=None, help="layers per step (default: the model's)")
+    p.add_argument("--iters", type=int, default=20, help="graph replays timed per variant")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
+    return p
+
+
+def time_graph(fn: Callable[[], object], layers: int, iters: int) -> float:
+    """Mean milliseconds of one replay of a graph holding ``layers`` calls of ``fn``."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(layers):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
+    from flashinfer import BatchDecodeWithPagedKVCacheWrapper
+    from sglang.srt.layers.attention.flashinfer_backend import should_use_tensor_core
+
+    from a2ats_sglang.method.codebook import Codebook, ModelIdentity
+    from a2ats_sglang.runtime.backend import build_decoder
+    from a2ats_sglang.runtime.config import A2ATSConfig
+    from a2ats_sglang.runtime.sparse_decode import SparseDecodeBuffers
+
+    dev = "cuda"
+    book = Codebook.random(ModelIdentity.from_hf_config(config), args.codebook_size)
+    m = book.meta.model
+    layers = args.layers or m.num_layers
+    n = args.context
+    slots = bs * n + 1
+    context_len = n + 64
+    cfg = A2ATSConfig(codebook="unused", budget_ratio=args.ratio, budget_max=args.budget_max, wrope=args.wrope)
+    dec = build_decoder(cfg, book, slots, context_len, dev)
+    dec.codes[0].random_(0, args.codebook_size)
+    k_pool = torch.randn(slots, m.num_kv_heads, m.head_dim, dtype=torch.bfloat16, device=dev)
+    v_pool = torch.randn_like(k_pool)
+    req_to_token = torch.zeros(bs + 1, context_len, dtype=torch.int32, device=dev)
+    req_to_token[1:, :n] = (torch.randperm(slots - 1, device=dev)[: bs * n] + 1).view(bs, n).int()
+    rpi = torch.arange(1, bs + 1, device=dev)
+    seq_lens = torch.full((bs,), n, device=dev)
+    positions = seq_lens - 1
+    q = torch.randn(bs, m.num_attention_heads, m.head_dim, dtype=torch.bfloat16, device=dev)
+    k_new = torch.randn(bs, m.num_kv_heads, m.head_dim, dtype=torch.bfloat16, device=dev)
+    loc = req_to_token[1:, n - 1].long()
+    workspace = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
+    scale = m.head_dim**-0.5
+
+    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, dev)
+    wrapper = dec.new_wrapper(workspace, buffers, bs)
+    buffers.set_counts(seq_lens, dec.budget)
+    dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
+    dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
+    lut = dec.lookup_table(0, q, positions)
+
+    from a2ats_sglang.kernels.score import score_tokens
+    from a2ats_sglang.kernels.select import select_and_write
+
+    def score() -> None:
+        score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
+                     dec.budget.window, buffers.scores, reduce=dec.reduce)
+
+    def topk() -> None:
+        select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
+                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices)
+
+    def sparse_step() -> None:
+        dec.encode(0, k_new, positions, loc)
+        dec.select(0, q, positions, req_to_token, rpi, seq_lens, buffers)
+        dec.attend(wrapper, q, k_pool, v_pool, scale)
+
+    stages = {
+        "encode": lambda: dec.encode(0, k_new, positions, loc),
+        "lookup_table": lambda: dec.lookup_table(0, q, positions),
+        "score": score,
+        "topk": topk,
+        "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
+    }
+    result = {"batch": bs, "layers": layers, "kept_tokens_per_kv_head": int(buffers.counts[0])}
+    result["a2ats_stages_ms"] = {name: round(time_graph(fn, layers, args.iters), 4) for name, fn in stages.items()}
+    result["a2ats_ms"] = round(time_graph(sparse_step, layers, args.iters), 4)
+
+    # stock: SGLang's FlashInfer decode (GQA heads, page size 1, each request's whole context)
+    indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * n
+    indices = req_to_token[1:, :n].reshape(-1).contiguous()
+    stock = BatchDecodeWithPagedKVCacheWrapper(
+        workspace, "NHD", use_tensor_cores=should_use_tensor_core(torch.bfloat16, m.num_attention_heads, m.num_kv_heads),
+        use_cuda_graph=True,
+        paged_kv_indptr_buffer=indptr, paged_kv_indices_buffer=indices,
+        paged_kv_last_page_len_buffer=torch.ones(bs, dtype=torch.int32, device=dev),
+    )
+    stock.plan(indptr, indices, torch.ones(bs, dtype=torch.int32, device=dev), m.num_attention_heads,
+               m.num_kv_heads, m.head_dim, 1, data_type=torch.bfloat16, q_data_type=torch.bfloat16)
+    result["stock_ms"] = round(time_graph(lambda: stock.forward(q, (k_pool, v_pool), sm_scale=scale), layers, args.iters), 4)
+    result["speedup"] = round(result["stock_ms"] / result["a2ats_ms"], 3)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = json.loads(Path(args.config).read_text())
+    rows = []
+    for bs in args.batch:
+        row = run_batch(args, config, bs)
+        torch.cuda.empty_cache()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    workload = {k: getattr(args, k) for k in ("context", "batch", "ratio", "budget_max", "wrope", "codebook_size")}
+    out = {"meta": run_meta("cuda", Path(args.config).name, workload), "results": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
