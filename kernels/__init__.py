@@ -2,4 +2,14 @@
 
 Kernels implement the hot paths whose references live in ``a2ats_sglang.method``: key
 encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never import the runtime.
+
+- :mod:`.encode` — ``encode_projection`` (once per layer at load), ``encode_keys`` (new keys →
+  int16 codes in the code pool), ``encode_workspace``;
+- :mod:`.score` — ``score_tokens`` (per-(request, kv head) token scores from the codes and
+  the bucketed lookup table);
+- :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
+  KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``.
+
+Wrappers never synchronise with the host nor allocate: they write into caller buffers, so
+they run inside CUDA-graph capture.
 """

@@ -30,6 +30,62 @@ def _ordered_key(x):
 
 
 @triton.jit
+def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr):
+    """Histogram of digit ``P`` (8 bits, most significant first) of the keys in ``[lo, hi)``
+    whose higher digits equal ``prefix``'s. Works on u = key with the sign bit flipped
+    (unsigned order = float order); arithmetic shifts are fine: digits are masked and
+    prefixes compared shifted alike. # [256] int32"""
+    shift: tl.constexpr = 24 - 8 * P
+    hist = tl.zeros([256], tl.int32)
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < hi
+        u = _ordered_key(tl.load(base + offs, mask=ok, other=0.0)) ^ _SIGN
+        if P > 0:
+            ok = ok & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
+        hist += tl.histogram((u >> shift) & 0xFF, 256, mask=ok)
+    return hist
+
+
+@triton.jit
+def _pick_digit(hist, remaining):
+    """Digit of the ``remaining``-th largest matching key, and how many larger ones precede it.
+
+    at_least[v] = matching keys with digit ≥ v; the answer is the largest v with
+    at_least[v] ≥ remaining.
+    """
+    bins = tl.arange(0, 256)
+    at_least = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
+    digit = tl.max(tl.where(at_least >= remaining, bins, -1), axis=0)
+    return digit, tl.sum(tl.where(bins > digit, hist, 0), axis=0)
+
+
+@triton.jit
+def _compact(
+    base, lo, hi, threshold, remaining, taken_ties, written,
+    out_idx_row, req_to_token_row, out_indices_row, num_kv_heads, g,
+    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Write the columns in ``[lo, hi)`` with key > threshold, and those == threshold while
+    fewer than ``remaining`` ties are taken overall, in ascending order from ``written``."""
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < hi
+        key = _ordered_key(tl.load(base + offs, mask=ok, other=0.0))
+        above = ok & (key > threshold)
+        tie = ok & (key == threshold)
+        tie_rank = taken_ties + tl.cumsum(tie.to(tl.int32), axis=0) - 1
+        take = above | (tie & (tie_rank < remaining))
+        pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
+        tl.store(out_idx_row + pos, offs, mask=take)
+        if WRITE_INDICES:
+            slot = tl.load(req_to_token_row + offs, mask=take, other=0)
+            tl.store(out_indices_row + pos, slot * num_kv_heads + g, mask=take)
+        taken_ties += tl.sum(tie.to(tl.int32), axis=0)
+        written += tl.sum(take.to(tl.int32), axis=0)
+
+
+@triton.jit
 def _topk_kernel(
     scores_ptr, counts_ptr, out_idx_ptr,
     indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
@@ -37,80 +93,153 @@ def _topk_kernel(
     stride_sr, stride_or, stride_rr,
     WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """One program per row: four histogram passes, then the compaction."""
     row = tl.program_id(0)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
     if k > 0:
         base = scores_ptr + row.to(tl.int64) * stride_sr
-        bins = tl.arange(0, 256)
-        # radix select on u = key with the sign bit flipped (unsigned order = float order);
-        # arithmetic shifts are fine: digits are masked, prefixes compared shifted alike
         prefix = tl.zeros([], tl.int32)
-        remaining = k  # how many of the still-matching elements to take
+        remaining = k  # how many of the keys matching the prefix to take
         for p in tl.static_range(4):
-            shift = 24 - 8 * p
-            hist = tl.zeros([256], tl.int32)
-            for start in range(0, L, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                ok = offs < L
-                u = _ordered_key(tl.load(base + offs, mask=ok, other=0.0)) ^ _SIGN
-                if p > 0:
-                    ok = ok & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
-                hist += tl.histogram((u >> shift) & 0xFF, 256, mask=ok)
-            # at_least[v] = matching elements with digit ≥ v; the k-th largest has the largest
-            # digit v with at_least[v] ≥ remaining
-            at_least = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
-            digit = tl.max(tl.where(at_least >= remaining, bins, -1), axis=0)
-            remaining -= tl.sum(tl.where(bins > digit, hist, 0), axis=0)
-            prefix = prefix | (digit << shift)
-        threshold = prefix ^ _SIGN  # back to the signed-ordered key
-        # keep every key > threshold and the first `remaining` keys == threshold
-        if WRITE_INDICES:
-            b = row // num_kv_heads
-            g = row % num_kv_heads
-            pool = tl.load(req_pool_ptr + b).to(tl.int64)
-            dst = tl.load(indptr_ptr + row)
-        taken_ties = tl.zeros([], tl.int32)
-        written = tl.zeros([], tl.int32)
-        for start in range(0, L, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            ok = offs < L
-            key = _ordered_key(tl.load(base + offs, mask=ok, other=0.0))
-            above = ok & (key > threshold)
-            tie = ok & (key == threshold)
-            tie_rank = taken_ties + tl.cumsum(tie.to(tl.int32), axis=0) - 1
-            take = above | (tie & (tie_rank < remaining))
-            pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
-            tl.store(out_idx_ptr + row.to(tl.int64) * stride_or + pos, offs, mask=take)
-            if WRITE_INDICES:
-                slot = tl.load(req_to_token_ptr + pool * stride_rr + offs, mask=take, other=0)
-                tl.store(out_indices_ptr + dst + pos, slot * num_kv_heads + g, mask=take)
-            taken_ties += tl.sum(tie.to(tl.int32), axis=0)
-            written += tl.sum(take.to(tl.int32), axis=0)
+            digit, above = _pick_digit(_digit_histogram(base, 0, L, prefix, p, BLOCK), remaining)
+            remaining -= above
+            prefix = prefix | (digit << (24 - 8 * p))
+        b = row // num_kv_heads
+        g = row % num_kv_heads
+        pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
+        dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
+        _compact(
+            base, 0, L, prefix ^ _SIGN, remaining, tl.zeros([], tl.int32), tl.zeros([], tl.int32),
+            out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
+            out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
+        )
 
 
-def topk_rows(scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor, block: int = 4096) -> None:
+@triton.jit
+def _split_state(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
+    """Replay the digit choices of passes ``< P`` from every split's histograms in the workspace.
+
+    Returns the key prefix, how many keys equal to it are still to take, and (for the
+    compaction) how many keys above the final threshold and equal to it lie in earlier splits.
+    """
+    s_idx = tl.arange(0, SPLITS)
+    bins = tl.arange(0, 256)
+    prefix = tl.zeros([], tl.int32)
+    remaining = k
+    above_before = tl.zeros([], tl.int32)
+    ties_before = tl.zeros([], tl.int32)
+    for p in tl.static_range(P):
+        per_split = tl.load(ws_row + p * SPLITS * 256 + s_idx[:, None] * 256 + bins[None, :])  # [SPLITS, 256]
+        digit, above = _pick_digit(tl.sum(per_split, axis=0), remaining)
+        remaining -= above
+        prefix = prefix | (digit << (24 - 8 * p))
+        # a key is above the threshold iff at its first differing digit it is larger
+        earlier = s_idx[:, None] < split
+        above_before += tl.sum(tl.sum(tl.where(earlier & (bins[None, :] > digit), per_split, 0), axis=1), axis=0)
+        if p == 3:  # only in the compaction (P = 4)
+            ties_before = tl.sum(tl.sum(tl.where(earlier & (bins[None, :] == digit), per_split, 0), axis=1), axis=0)
+    return prefix, remaining, above_before, ties_before
+
+
+@triton.jit
+def _split_hist_kernel(
+    scores_ptr, counts_ptr, ws_ptr, L, kmax, split_len, stride_sr,
+    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Pass ``P`` for one split of a row: its digit histogram into the workspace."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
+    if k > 0:
+        ws_row = ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
+        prefix, _, _, _ = _split_state(ws_row, k, P, SPLITS, split)
+        lo = split * split_len
+        hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, tl.minimum(lo + split_len, L), prefix, P, BLOCK)
+        tl.store(ws_row + P * SPLITS * 256 + split * 256 + tl.arange(0, 256), hist)
+
+
+@triton.jit
+def _split_compact_kernel(
+    scores_ptr, counts_ptr, ws_ptr, out_idx_ptr,
+    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
+    L, kmax, split_len, num_kv_heads,
+    stride_sr, stride_or, stride_rr,
+    SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
+    if k > 0:
+        ws_row = ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
+        prefix, remaining, above_before, ties_before = _split_state(ws_row, k, 4, SPLITS, split)
+        b = row // num_kv_heads
+        g = row % num_kv_heads
+        pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
+        dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
+        lo = split * split_len
+        _compact(
+            scores_ptr + row.to(tl.int64) * stride_sr, lo, tl.minimum(lo + split_len, L), prefix ^ _SIGN, remaining,
+            ties_before, above_before + tl.minimum(ties_before, remaining),
+            out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
+            out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
+        )
+
+
+# (num_warps, block) measured best on an H200: one program per row, and one per split
+SINGLE_CONFIG = (8, 4096)
+SPLIT_CONFIG = (4, 2048)
+MIN_SPLIT_COLUMNS = 4096  # below this a split's histogram passes cost more than they save
+
+
+def topk_splits(rows: int, L: int) -> int:
+    """Programs per row for the split top-K: enough programs to fill the GPU, not too short a split."""
+    splits = 1
+    while splits < 64 and splits * 2 * MIN_SPLIT_COLUMNS <= L and rows * splits < 512:
+        splits *= 2
+    return splits
+
+
+def topk_workspace(rows_cap: int, L: int, device: torch.device | str) -> torch.Tensor:
+    """Scratch for :func:`topk_rows` on up to ``rows_cap`` rows of ``L`` columns (allocate once). # int32"""
+    most = max(r * topk_splits(r, L) for r in range(1, rows_cap + 1))
+    return torch.empty(4 * 256 * most, dtype=torch.int32, device=device)
+
+
+def topk_rows(
+    scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
+    workspace: torch.Tensor | None = None, block: int | None = None,
+) -> None:
     """Columns of the ``counts[r]`` largest scores of each row ``r < rows`` into ``out_idx[r, :counts[r]]``.
 
     ``scores`` ``[rows_cap, L]`` float32, ``counts`` ``[rows_cap]`` int32 (clamped to
     ``min(kmax, L)``), ``out_idx`` ``[rows_cap, kmax]`` int32. Ties at the threshold go to the
     lowest columns; ±inf are ordinary values (−0.0 equals +0.0). Order within a row is
     ascending column; entries past ``counts[r]`` are left untouched. No host sync, no allocation.
+
+    Without ``workspace`` one program handles a whole row (one launch; fine for many rows).
+    With a :func:`topk_workspace` buffer each row is split over up to 64 programs (five
+    launches), which is what few long rows need. H200, CUDA graph, all counts = k: 8 rows of
+    131072, k=4096: 48 µs split / 650 µs single / 85 µs ``torch.topk``; 8×32768, k=2048: 34 / 100
+    / 63 µs; 512×8192, k=512: 85 µs (single) / 120 µs; 256×32768, k=2048: 186 / 180 µs;
+    64×131072, k=4096: 194 µs split / 162 µs ``torch.topk`` (many long rows: no gain).
     """
-    _launch_topk(scores, counts, rows, out_idx, None, block)
+    _launch_topk(scores, counts, rows, out_idx, None, workspace, block)
 
 
 def select_and_write(
     scores: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor, num_kv_heads: int, rows: int, scratch_idx: torch.Tensor,
-    out_indices: torch.Tensor, block: int = 4096,
+    out_indices: torch.Tensor, workspace: torch.Tensor | None = None, block: int | None = None,
 ) -> None:
     """:func:`topk_rows` into ``scratch_idx`` fused with :func:`write_selected` into ``out_indices``."""
-    _launch_topk(scores, counts, rows, scratch_idx, (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices), block)
+    write = (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices)
+    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block)
 
 
 def _launch_topk(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
-    write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None, block: int,
+    write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None,
+    workspace: torch.Tensor | None, block: int | None,
 ) -> None:
     L = scores.shape[1]
     kmax = out_idx.shape[1]
@@ -126,12 +255,32 @@ def _launch_topk(
         indptr, req_to_token, req_pool, kv_heads, out_indices = write
         assert out_indices.dtype == torch.int32 and req_to_token.stride(1) == 1
         stride_rr = req_to_token.stride(0)
-    _topk_kernel[(rows,)](
-        scores, counts, out_idx,
+    splits = topk_splits(rows, L) if workspace is not None else 1
+    num_warps, default_block = SINGLE_CONFIG if splits == 1 else SPLIT_CONFIG
+    block = block or default_block
+    if splits == 1:
+        _topk_kernel[(rows,)](
+            scores, counts, out_idx,
+            indptr, req_to_token, req_pool, out_indices,
+            L, kmax, kv_heads,
+            scores.stride(0), out_idx.stride(0), stride_rr,
+            WRITE_INDICES=write is not None, BLOCK=block, num_warps=num_warps,
+        )
+        return
+    assert workspace is not None and workspace.dtype == torch.int32 and workspace.numel() >= 4 * 256 * rows * splits
+    split_len = triton.cdiv(triton.cdiv(L, splits), block) * block
+    block = min(block, split_len)
+    for p in range(4):
+        _split_hist_kernel[(rows, splits)](
+            scores, counts, workspace, L, kmax, split_len, scores.stride(0),
+            P=p, SPLITS=splits, BLOCK=block, num_warps=num_warps,
+        )
+    _split_compact_kernel[(rows, splits)](
+        scores, counts, workspace, out_idx,
         indptr, req_to_token, req_pool, out_indices,
-        L, kmax, kv_heads,
+        L, kmax, split_len, kv_heads,
         scores.stride(0), out_idx.stride(0), stride_rr,
-        WRITE_INDICES=write is not None, BLOCK=block,
+        SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block, num_warps=num_warps,
     )
 
 

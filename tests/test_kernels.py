@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from a2ats_sglang.kernels.encode import encode_keys, encode_projection
+from a2ats_sglang.kernels import select
+from a2ats_sglang.kernels.encode import encode_keys, encode_projection, encode_workspace
 from a2ats_sglang.kernels.score import score_tokens
-from a2ats_sglang.kernels.select import select_and_write, topk_rows, write_selected
+from a2ats_sglang.kernels.select import (
+    select_and_write,
+    topk_rows,
+    topk_workspace,
+    write_selected,
+)
 
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.scores import lookup_table
@@ -54,8 +60,8 @@ def check_codes(got: torch.Tensor, keys: torch.Tensor, chol: torch.Tensor, cz: t
     torch.testing.assert_close(d_got[differ], d_exp[differ], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_encode_matches_vq_encode(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("dtype, split", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
+def test_encode_matches_vq_encode(dtype: torch.dtype, split: bool) -> None:
     kv_heads, dim, size, n, slots = 2, 64, 300, 70, 200
     chol, cz = codebook(kv_heads, dim, size, seed=0)
     keys = torch.randn(n, kv_heads, dim, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -63,7 +69,8 @@ def test_encode_matches_vq_encode(dtype: torch.dtype) -> None:
     proj, half_norm = encode_projection(chol.to(DEVICE), cz.to(DEVICE))
     assert proj.shape == (kv_heads, dim, size) and proj.is_contiguous() and half_norm.shape == (kv_heads, size)
     codes = torch.full((slots, kv_heads), -7, dtype=torch.int16, device=DEVICE)
-    encode_keys(keys.to(DEVICE), proj, half_norm, loc.to(DEVICE).int(), codes)
+    workspace = encode_workspace(n, kv_heads, size, DEVICE) if split else None
+    encode_keys(keys.to(DEVICE), proj, half_norm, loc.to(DEVICE).int(), codes, workspace=workspace)
     codes = codes.cpu()
     untouched = torch.ones(slots, dtype=torch.bool)
     untouched[loc] = False
@@ -71,7 +78,8 @@ def test_encode_matches_vq_encode(dtype: torch.dtype) -> None:
     check_codes(codes[loc], keys, chol, cz)
 
 
-def test_encode_codes_past_int16_round_trip() -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_encode_codes_past_int16_round_trip(split: bool) -> None:
     """A 40000-word codebook: keys sitting on codewords ≥ 32768 get exactly those codes."""
     dim, size = 4, 40000
     cz = torch.randn(1, size, dim, generator=torch.Generator().manual_seed(3))
@@ -81,7 +89,10 @@ def test_encode_codes_past_int16_round_trip() -> None:
     proj, half_norm = encode_projection(chol.to(DEVICE), cz.to(DEVICE))
     codes = torch.zeros(16, 1, dtype=torch.int16, device=DEVICE)
     loc = torch.arange(8, 16, device=DEVICE)  # int64
-    encode_keys(keys.to(DEVICE), proj, half_norm, loc, codes, block_c=1024)
+    if split:
+        encode_keys(keys.to(DEVICE), proj, half_norm, loc, codes, workspace=encode_workspace(8, 1, size, DEVICE))
+    else:
+        encode_keys(keys.to(DEVICE), proj, half_norm, loc, codes, block_c=1024 if DEVICE == "cpu" else 64)
     assert (codes[8:, 0].long().cpu() & 0xFFFF).tolist() == want.tolist()
     assert codes[8 + 3, 0] < 0  # 32768 is stored as its low 16 bits
     assert (codes[:8] == 0).all()
@@ -94,13 +105,15 @@ def test_encode_nothing() -> None:
     assert (codes == 0).all()
 
 
-def test_encode_ties_take_the_lowest_index() -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_encode_ties_take_the_lowest_index(split: bool) -> None:
     cz = torch.zeros(1, 300, 16)
     cz[0, 7] = cz[0, 200] = cz[0, 250] = torch.ones(16)  # equal codewords, in different tiles
     proj, half_norm = encode_projection(torch.eye(16)[None].to(DEVICE), cz.to(DEVICE))
     codes = torch.zeros(2, 1, dtype=torch.int16, device=DEVICE)
     keys = torch.stack([torch.ones(1, 16), -torch.ones(1, 16)])  # [2, 1, 16]
-    encode_keys(keys.to(DEVICE), proj, half_norm, torch.arange(2, device=DEVICE), codes)
+    workspace = encode_workspace(2, 1, 300, DEVICE) if split else None  # 3 splits of 128
+    encode_keys(keys.to(DEVICE), proj, half_norm, torch.arange(2, device=DEVICE), codes, workspace=workspace)
     assert codes[:, 0].tolist() == [7, 0]  # the second key ties every zero codeword: lowest is 0
 
 
@@ -148,10 +161,18 @@ def score_reference(
     return out
 
 
-def run_score(lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, window: int, L: int, reduce: str, rows_cap: int) -> torch.Tensor:
+def run_score(
+    lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, window: int, L: int, reduce: str, rows_cap: int,
+    grouped: bool = False,
+) -> torch.Tensor:
     out = torch.full((rows_cap, L), 123.0, device=DEVICE)
+    table = lut.to(DEVICE)
+    if grouped:  # [bs, nb, Hkv, G, C] view of a [bs, nb, Hkv, C, G] buffer
+        bs, nb, _, size = lut.shape
+        kv_heads = batch.codes.shape[1]
+        table = table.view(bs, nb, kv_heads, -1, size).transpose(3, 4).contiguous().transpose(3, 4)
     score_tokens(
-        lut.to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        table, batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
         batch.lens.to(DEVICE), torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, out,
         reduce=reduce, block=64,
     )
@@ -159,16 +180,24 @@ def run_score(lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, win
 
 
 @pytest.mark.parametrize(
-    "edges, group, reduce",
-    [([8], 1, "max"), ([8], 3, "max"), ([8, 16, 32, 64], 3, "max"), ([8, 16, 32, 64], 3, "mean"), ([8, 20], 1, "mean")],
+    "edges, group, reduce, grouped",
+    [
+        ([8], 1, "max", False),
+        ([8], 3, "max", False),
+        ([8, 16, 32, 64], 3, "max", False),
+        ([8, 16, 32, 64], 3, "mean", False),
+        ([8, 20], 1, "mean", False),
+        ([8, 16, 32, 64], 3, "max", True),
+        ([8, 16], 4, "mean", True),
+    ],
 )
-def test_score_matches_reference(edges: list[int], group: int, reduce: str) -> None:
+def test_score_matches_reference(edges: list[int], group: int, reduce: str, grouped: bool) -> None:
     kv_heads, size, L, sinks, window = 2, 33000, 150, 4, edges[0]
     lens = [140, 1, 11, 13, 150, 70]  # len 1, len < sinks + window, len = sinks + window + 1, full
     batch = Batch(lens, kv_heads, size, max_ctx=160, seed=4)
     assert (batch.codes < 0).any()  # codes ≥ 32768 are read back with & 0xFFFF
     lut = torch.randn(len(lens), len(edges), group * kv_heads, size, generator=torch.Generator().manual_seed(5))
-    got = run_score(lut, batch, edges, sinks, window, L, reduce, rows_cap=len(lens) * kv_heads + 3)
+    got = run_score(lut, batch, edges, sinks, window, L, reduce, rows_cap=len(lens) * kv_heads + 3, grouped=grouped)
     expected = score_reference(lut, batch, edges, sinks, window, L, reduce)
     torch.testing.assert_close(got[: len(lens) * kv_heads], expected, rtol=1e-6, atol=1e-6)
     assert (got[len(lens) * kv_heads :] == 123.0).all()  # rows past bs·Hkv untouched
@@ -277,12 +306,18 @@ def tricky_scores(rows: int, L: int, seed: int) -> torch.Tensor:
     return s
 
 
-def test_topk_rows_selects_the_largest() -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_topk_rows_selects_the_largest(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     L, kmax = 700, 300
     scores = tricky_scores(8, L, seed=10)
     counts = torch.tensor([300, 250, 233, 100, 299, 1, 0, 300], dtype=torch.int32)
     out = torch.full((9, kmax), -1, dtype=torch.int32, device=DEVICE)  # rows_cap 9 > rows 8
-    topk_rows(scores.to(DEVICE), counts.to(DEVICE), 8, out, block=256)
+    workspace = None
+    if split:  # several programs per row even at this size
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
+        assert select.topk_splits(8, L) == 8
+        workspace = topk_workspace(9, L, DEVICE)
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), 8, out, workspace=workspace, block=64)
     out = out.cpu()
     for r in range(8):
         k = int(counts[r])
@@ -302,20 +337,26 @@ def test_topk_rows_whole_row() -> None:
         assert sorted(out[r].tolist()) == list(range(L))
 
 
-def test_select_and_write_is_topk_then_write() -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_select_and_write_is_topk_then_write(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     kv_heads, L, kmax = 2, 200, 64
     batch = Batch([200, 150, 1], kv_heads, size=16, max_ctx=L, seed=12, pool_rows=[1, 2, 0])
     rows = 3 * kv_heads
     scores = tricky_scores(rows, L, seed=13)
-    scores[:, 150:][2:4] = -INF
+    scores[2:4, 150:] = -INF
     counts = torch.tensor([64, 60, 30, 64, 1, 0], dtype=torch.int32)
     indptr = torch.zeros(rows + 1, dtype=torch.int32)
     indptr[1:] = counts.cumsum(0)
     scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
     out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
+    workspace = None
+    if split:
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
+        assert select.topk_splits(rows, L) == 4
+        workspace = topk_workspace(rows, L, DEVICE)
     select_and_write(
         scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-        kv_heads, rows, scratch, out, block=128,
+        kv_heads, rows, scratch, out, workspace=workspace, block=32,
     )
     scratch = scratch.cpu()
     for r in range(rows):
@@ -337,12 +378,13 @@ def test_topk_rows_large_matches_torch_topk() -> None:
     scores[2] = torch.randint(0, 100, (L,), device="cuda", generator=g).float()
     counts = torch.randint(0, kmax + 1, (rows,), device="cuda", generator=g, dtype=torch.int32)
     counts[0], counts[1] = kmax, 0
-    out = torch.full((rows, kmax), -1, dtype=torch.int32, device="cuda")
-    topk_rows(scores, counts, rows, out)
     expected = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]
-    for r in range(rows):
-        k = int(counts[r])
-        assert torch.equal(out[r, :k].sort().values.long(), expected[r, :k].sort().values), r
+    for workspace in (None, topk_workspace(rows, L, "cuda")):
+        out = torch.full((rows, kmax), -1, dtype=torch.int32, device="cuda")
+        topk_rows(scores, counts, rows, out, workspace=workspace)
+        for r in range(rows):
+            k = int(counts[r])
+            assert torch.equal(out[r, :k].sort().values.long(), expected[r, :k].sort().values), r
 
 
 @pytest.mark.gpu
@@ -351,36 +393,46 @@ def test_encode_serving_shape() -> None:
     chol, cz = codebook(kv_heads, dim, size, seed=15)
     keys = torch.randn(n, kv_heads, dim, generator=torch.Generator().manual_seed(16)).bfloat16()
     proj, half_norm = encode_projection(chol.cuda(), cz.cuda())
-    codes = torch.zeros(n, kv_heads, dtype=torch.int16, device="cuda")
-    encode_keys(keys.cuda(), proj, half_norm, torch.arange(n, device="cuda"), codes)
-    check_codes(codes.cpu(), keys, chol, cz)
+    for workspace in (None, encode_workspace(n, kv_heads, size, "cuda")):
+        codes = torch.zeros(n, kv_heads, dtype=torch.int16, device="cuda")
+        encode_keys(keys.cuda(), proj, half_norm, torch.arange(n, device="cuda"), codes, workspace=workspace)
+        check_codes(codes.cpu(), keys, chol, cz)
 
 
 @pytest.mark.gpu
 def test_kernels_capture_in_a_cuda_graph() -> None:
-    kv_heads, L, kmax, size = 2, 4096, 256, 512
-    batch = Batch([4096, 3000], kv_heads, size, max_ctx=L, seed=17)
+    """A decode step's kernels, split paths included, replay from a CUDA graph."""
+    kv_heads, L, kmax, size = 2, 16384, 256, 512
+    batch = Batch([16384, 12000], kv_heads, size, max_ctx=L, seed=17)
     lut = torch.randn(2, 2, 4, size, device="cuda")
-    args = [t.cuda() for t in (batch.codes, batch.req_to_token, batch.pool, batch.lens)]
+    codes, req_to_token, pool, lens = (t.cuda() for t in (batch.codes, batch.req_to_token, batch.pool, batch.lens))
     edges = torch.tensor([64, 1024], dtype=torch.int32, device="cuda")
+    proj, half_norm = encode_projection(torch.eye(64, device="cuda")[None].repeat(kv_heads, 1, 1), torch.randn(kv_heads, size, 64, device="cuda"))
+    new_keys = torch.randn(2, kv_heads, 64, device="cuda").bfloat16()
+    new_loc = req_to_token[pool, lens - 1]
+    encode_ws = encode_workspace(2, kv_heads, size, "cuda")
     scores = torch.empty(4, L, device="cuda")
     counts = torch.full((4,), kmax, dtype=torch.int32, device="cuda")
     indptr = torch.arange(5, dtype=torch.int32, device="cuda") * kmax
     scratch = torch.empty(4, kmax, dtype=torch.int32, device="cuda")
     out = torch.empty(4 * kmax, dtype=torch.int32, device="cuda")
+    topk_ws = topk_workspace(4, L, "cuda")
+    assert select.topk_splits(4, L) > 1
 
     def step() -> None:
-        score_tokens(lut, *args, edges, 4, 64, scores)
-        select_and_write(scores, counts, indptr, args[1], args[2], kv_heads, 4, scratch, out)
+        encode_keys(new_keys, proj, half_norm, new_loc, codes, workspace=encode_ws)
+        score_tokens(lut, codes, req_to_token, pool, lens, edges, 4, 64, scores)
+        select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, 4, scratch, out, workspace=topk_ws)
 
     step()  # compile outside the capture
     torch.cuda.synchronize()
-    expected = out.clone()
+    expected, expected_codes = out.clone(), codes.clone()
     out.zero_()
+    codes[new_loc] = 0
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, expected)
+    assert torch.equal(codes, expected_codes) and torch.equal(out, expected)
     assert math.isinf(float(scores[0, 0]))
