@@ -91,7 +91,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     workspace = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
     scale = m.head_dim**-0.5
 
-    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, dev)
+    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dev)
     wrapper = dec.new_wrapper(workspace, buffers, bs)
     buffers.set_counts(seq_lens, dec.budget)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
@@ -107,15 +107,15 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
 
     def topk() -> None:
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
-                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices)
+                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws)
 
     def sparse_step() -> None:
-        dec.encode(0, k_new, positions, loc)
+        dec.encode(0, k_new, positions, loc, buffers.encode_ws)
         dec.select(0, q, positions, req_to_token, rpi, seq_lens, buffers)
         dec.attend(wrapper, q, k_pool, v_pool, scale)
 
     stages = {
-        "encode": lambda: dec.encode(0, k_new, positions, loc),
+        "encode": lambda: dec.encode(0, k_new, positions, loc, buffers.encode_ws),
         "lookup_table": lambda: dec.lookup_table(0, q, positions),
         "score": score,
         "topk": topk,

@@ -78,7 +78,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             cfg.codebook, book.meta.kind, book.meta.codebook_size, d.budget.sinks, d.budget.window,
             cfg.budget_ratio, cfg.budget_min, cfg.budget_max, cfg.wrope, len(d.buckets.edges), d.width,
             d.codes.numel() * 2 / 2**20,
-            (d.proj.numel() * 4 + d.half_norm.numel() * 4 + d.decoded_t.numel() * 2) / 2**20,
+            (d.proj.numel() * 4 + d.half_norm.numel() * 4 + d.decoded.numel() * 2) / 2**20,
         )
 
     # -- metadata -------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def _buffers(self, bs: int) -> SparseDecodeBuffers:
         d = self.decoder
-        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, self.device)
+        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, self.device)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
@@ -135,14 +135,14 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         return out
 
     def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
-        if k is not None:
-            if save_kv_cache:
-                self.token_to_kv_pool.set_kv_buffer(
-                    layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v, *self._kv_write_scales(layer)
-                )
-            self.decoder.encode(layer.layer_id, k, forward_batch.positions, forward_batch.out_cache_loc)
+        if k is not None and save_kv_cache:
+            self.token_to_kv_pool.set_kv_buffer(
+                layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v, *self._kv_write_scales(layer)
+            )
         assert self.step is not None, "decode metadata was not initialised"
         buffers, wrapper = self.step
+        if k is not None:
+            self.decoder.encode(layer.layer_id, k, forward_batch.positions, forward_batch.out_cache_loc, buffers.encode_ws)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(

@@ -40,5 +40,5 @@ def footprint(
     # window/sinks only shift the static width by a few tokens; 64 + 8 covers the defaults
     width = budget.width(context_len) + 8
     per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
-    scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width) if graph_max_bs else 0
+    scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width, size) if graph_max_bs else 0
     return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)

@@ -17,9 +17,14 @@ import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper
 from flashinfer.decode import fast_decode_plan
 
-from a2ats_sglang.kernels.encode import encode_keys, encode_projection
+from a2ats_sglang.kernels.encode import (
+    SPLIT_CODES,
+    encode_keys,
+    encode_projection,
+    encode_workspace,
+)
 from a2ats_sglang.kernels.score import score_tokens
-from a2ats_sglang.kernels.select import select_and_write
+from a2ats_sglang.kernels.select import select_and_write, topk_splits, topk_workspace
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
@@ -55,7 +60,8 @@ class SparseDecodeBuffers:
     """Every tensor the decode graph reads or writes, sized once for ``max_bs`` requests."""
 
     def __init__(
-        self, max_bs: int, num_kv_heads: int, context_len: int, width: int, device: torch.device | str
+        self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int,
+        device: torch.device | str,
     ) -> None:
         self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
         rows = max_bs * num_kv_heads
@@ -66,11 +72,16 @@ class SparseDecodeBuffers:
         self.indptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)  # [rows + 1]
         self.indices = torch.zeros(rows * width, dtype=torch.int32, device=device)  # [rows·width]
         self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
+        # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
+        self.encode_ws = encode_workspace(max_bs, num_kv_heads, codebook_size, device)
+        self.topk_ws = topk_workspace(rows, context_len, device)
 
     @staticmethod
-    def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int) -> int:
+    def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int) -> int:
         rows = max_bs * num_kv_heads
-        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1)
+        encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows
+        topk_ws = 4 * 4 * 256 * max(r * topk_splits(r, context_len) for r in range(1, rows + 1))
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
@@ -103,6 +114,7 @@ class SparseDecoder:
         model = book.meta.model
         self.num_kv_heads, self.head_dim = model.num_kv_heads, model.head_dim
         self.group = model.group_size
+        self.codebook_size = book.meta.codebook_size
         self.context_len, self.budget, self.reduce = context_len, budget, reduce
         self.width = budget.width(context_len)
         self.buckets = buckets
@@ -113,27 +125,31 @@ class SparseDecoder:
                  for i in range(model.num_layers)]
         self.proj = torch.stack([p for p, _ in pairs])  # [layers, Hkv, d, C] float32
         self.half_norm = torch.stack([h for _, h in pairs])  # [layers, Hkv, C] float32
-        # codewords in key space, transposed for the lookup-table GEMM  # [layers, Hkv, d, C] bf16
-        self.decoded_t = book.decoded.transpose(-1, -2).to(device=device, dtype=torch.bfloat16).contiguous()
+        # codewords in key space for the lookup-table GEMM  # [layers, Hkv, C, d] bf16
+        self.decoded = book.decoded.to(device=device, dtype=torch.bfloat16).contiguous()
         self.codes = torch.zeros(model.num_layers, slots, self.num_kv_heads, dtype=torch.int16, device=device)
 
-    def encode(self, layer: int, k_post: torch.Tensor, positions: torch.Tensor, loc: torch.Tensor) -> None:
+    def encode(
+        self, layer: int, k_post: torch.Tensor, positions: torch.Tensor, loc: torch.Tensor,
+        workspace: torch.Tensor | None = None,
+    ) -> None:
         """Codes of keys just written to slots ``loc`` (post-RoPE in, un-rotated here)."""
         k = k_post.reshape(-1, self.num_kv_heads, self.head_dim)
         k_pre = self.rotary.unrotate_keys(k, positions[: k.shape[0]])
-        encode_keys(k_pre, self.proj[layer], self.half_norm[layer], loc, self.codes[layer])
+        encode_keys(k_pre, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace)
 
     def lookup_table(self, layer: int, q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Every query head's WRoPE logit for every codeword, per bucket. # [Hkv, bs, nb, G, C] f32
+        """Every query head's WRoPE logit for every codeword, per bucket. # [bs, nb, Hkv, G, C] f32
 
-        ``q`` ``[bs, Hq, d]`` post-RoPE at ``positions``; GEMM in bf16 with fp32 accumulation.
+        ``q`` ``[bs, Hq, d]`` post-RoPE at ``positions``; one bf16 GEMM per kv head with fp32
+        output whose memory keeps a group's heads adjacent (the score kernel reads them together).
         """
-        bs, nb = q.shape[0], self.reps.shape[0]
+        bs, nb, hkv, group = q.shape[0], self.reps.shape[0], self.num_kv_heads, self.group
         q_w = self.rotary.wrope_queries(q, positions[:bs], self.reps)  # [bs, nb, Hq, d]
-        q_w = q_w.view(bs, nb, self.num_kv_heads, self.group, self.head_dim).permute(2, 0, 1, 3, 4)
-        q_w = q_w.reshape(self.num_kv_heads, bs * nb * self.group, self.head_dim).to(torch.bfloat16)
-        lut = torch.bmm(q_w, self.decoded_t[layer], out_dtype=torch.float32)
-        return lut.view(self.num_kv_heads, bs, nb, self.group, -1)
+        q_w = q_w.view(bs, nb, hkv, group, self.head_dim).permute(2, 4, 0, 1, 3)  # [Hkv, d, bs, nb, G]
+        q_w = q_w.reshape(hkv, self.head_dim, bs * nb * group).to(torch.bfloat16)
+        lut = torch.bmm(self.decoded[layer], q_w, out_dtype=torch.float32)  # [Hkv, C, bs·nb·G]
+        return lut.view(hkv, -1, bs, nb, group).permute(2, 3, 0, 4, 1)
 
     def select(
         self, layer: int, q: torch.Tensor, positions: torch.Tensor, req_to_token: torch.Tensor,
@@ -147,7 +163,7 @@ class SparseDecoder:
         )
         select_and_write(
             buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
-            self.num_kv_heads, bs * self.num_kv_heads, buffers.picks, buffers.indices,
+            self.num_kv_heads, bs * self.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
         )
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
