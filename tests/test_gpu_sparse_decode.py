@@ -56,7 +56,8 @@ class Setup:
             k_post = self.rope.apply(k_pre.float(), torch.arange(n)).bfloat16()
             self.k_pool[loc.to(dev)] = k_post.to(dev)
             self.v_pool[loc.to(dev)] = v.to(dev)
-            self.decoder.encode(0, k_post.to(dev), torch.arange(n, device=dev), loc.to(dev))
+            tables = self.decoder.rotary.key_tables(torch.arange(n, device=dev))
+            self.decoder.encode(0, k_post.to(dev), loc.to(dev), tables)
             self.k_pre.append(k_pre)
             self.v.append(v)
         self.req_to_token = self.req_to_token.to(dev)
@@ -79,7 +80,8 @@ class Setup:
 
         def step() -> torch.Tensor:
             buffers.set_counts(seq_lens, d.budget)
-            d.select(0, q, positions, self.req_to_token, rpi, seq_lens, buffers)
+            tables = d.step_tables(positions)
+            d.select(0, q, tables.queries, self.req_to_token, rpi, seq_lens, buffers)
             return d.attend(wrapper, q, self.k_pool, self.v_pool, self.book.meta.model.head_dim**-0.5)
 
         if graph:

@@ -53,7 +53,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             raise ValueError("the a2ats backend does not support speculative decoding yet")
         if self.num_wrappers != 1:
             raise ValueError("the a2ats backend does not support sliding-window or cross attention")
-        if model_runner.tp_size != 1:
+        if model_runner.server_args.tp_size != 1:
             raise ValueError("the a2ats backend runs with --tp-size 1 only for now")
         if cfg.codebook is None:
             raise CodebookError(
@@ -71,6 +71,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.eager_buffers: SparseDecodeBuffers | None = None
         self.eager_wrapper = self.decoder.new_wrapper(self.workspace_buffer)
         self.step: tuple[SparseDecodeBuffers, BatchDecodeWithPagedKVCacheWrapper] | None = None
+        self.tables: StepTables | None = None  # this decode step's rotations, shared by all layers
         d = self.decoder
         logger.info(
             "A²ATS decode: codebook %s (%s, %d codewords), sinks %d, window %d, K = %.3g·len in "
@@ -101,6 +102,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         if self.eager_buffers is None or self.eager_buffers.max_bs < bs:
             self.eager_buffers = self._buffers(bs)
         self._prepare(self.eager_wrapper, self.eager_buffers, forward_batch)
+        self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
 
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
@@ -122,7 +124,9 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch) -> None:
         if forward_batch.forward_mode.is_decode_or_idle() and self.step is not None:
-            self.step[0].set_counts(forward_batch.seq_lens[: forward_batch.batch_size], self.decoder.budget)
+            bs = forward_batch.batch_size
+            self.step[0].set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
+            self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
         else:
             super().init_forward_metadata_in_graph(forward_batch)
 
@@ -131,7 +135,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
         out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
         if k is not None:
-            self.decoder.encode(layer.layer_id, k, forward_batch.positions, forward_batch.out_cache_loc)
+            tables = self.decoder.rotary.key_tables(forward_batch.positions[: forward_batch.out_cache_loc.shape[0]])
+            self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
         return out
 
     def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
@@ -142,11 +147,11 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         assert self.step is not None, "decode metadata was not initialised"
         buffers, wrapper = self.step
         if k is not None:
-            self.decoder.encode(layer.layer_id, k, forward_batch.positions, forward_batch.out_cache_loc, buffers.encode_ws)
+            self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, self.tables.keys, buffers.encode_ws)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(
-            layer.layer_id, q, forward_batch.positions, self.req_to_token_pool.req_to_token,
+            layer.layer_id, q, self.tables.queries, self.req_to_token_pool.req_to_token,
             forward_batch.req_pool_indices, forward_batch.seq_lens, buffers,
         )
         k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)

@@ -1,15 +1,23 @@
 """RoPE rotations on the GPU for the decode step: un-rotate keys, build WRoPE queries.
 
-The same math as :class:`a2ats_sglang.method.rope.RopeSpec` (a test checks they agree), with
-the frequencies computed once so the per-layer work inside the decode CUDA graph is a few
-elementwise ops.
+The same math as :class:`a2ats_sglang.method.rope.RopeSpec` (a test checks they agree). The
+angle tables depend only on positions, so a decode step computes them once
+(:meth:`DeviceRotary.tables`) and every layer does one fused rotation launch.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
+from a2ats_sglang.kernels.rotary import rotate
 from a2ats_sglang.method.rope import RopeSpec
+
+
+class Tables(NamedTuple):
+    cos: torch.Tensor  # [n, nb, rotary_dim / 2] float32
+    sin: torch.Tensor
 
 
 class DeviceRotary:
@@ -18,33 +26,32 @@ class DeviceRotary:
         self.inv_freq = spec.inv_freq(device).float()  # [rotary_dim // 2]
         self.factor = spec.attention_factor
 
-    def rotate(self, x: torch.Tensor, delta: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """``scale · R(delta) · x`` in fp32; ``x`` ``[n, ..., d]``, ``delta`` ``[n, ...]`` broadcast
-        over the remaining head axes (``delta.dim()`` leading axes of ``x``). # like x, float32"""
-        spec = self.spec
-        angles = delta.float()[..., None] * self.inv_freq  # [*delta.shape, rot/2]
-        while angles.dim() < x.dim():
-            angles = angles.unsqueeze(-2)
-        cos, sin = angles.cos(), angles.sin()
-        xf = x.float()
-        rot, rest = xf[..., : spec.rotary_dim], xf[..., spec.rotary_dim :]
-        if spec.neox:
-            half = spec.rotary_dim // 2
-            x1, x2 = rot[..., :half], rot[..., half:]
-            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        else:
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-            out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-        if rest.shape[-1]:
-            out = torch.cat((out, rest), dim=-1)
-        return out * scale if scale != 1.0 else out
+    def tables(self, delta: torch.Tensor) -> Tables:
+        """Angle tables of rotations by ``delta`` ``[n, nb]`` positions (fp32, like the models)."""
+        angles = delta.float()[..., None] * self.inv_freq
+        return Tables(angles.cos(), angles.sin())
 
-    def unrotate_keys(self, k_post: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Pre-RoPE keys ``[n, Hkv, d]`` from post-RoPE ones at positions ``pos`` ``[n]``."""
-        return self.rotate(k_post, -pos.to(torch.int64), 1.0 / self.factor)
+    def key_tables(self, positions: torch.Tensor) -> Tables:
+        return self.tables(-positions.to(torch.int64)[:, None])
 
-    def wrope_queries(self, q_post: torch.Tensor, pos: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
-        """WRoPE query per distance bucket: ``s·R(rep − pos)·q``. ``q_post`` ``[bs, Hq, d]``,
-        ``pos`` ``[bs]``, ``reps`` ``[nb]`` → ``[bs, nb, Hq, d]`` float32."""
-        delta = reps[None, :] - pos.to(torch.int64)[:, None]  # [bs, nb]
-        return self.rotate(q_post[:, None].expand(-1, reps.shape[0], -1, -1), delta, self.factor)
+    def query_tables(self, positions: torch.Tensor, reps: torch.Tensor) -> Tables:
+        return self.tables(reps[None, :] - positions.to(torch.int64)[:, None])
+
+    def unrotate_keys(self, k_post: torch.Tensor, tables: Tables) -> torch.Tensor:
+        """Pre-RoPE keys from post-RoPE ones. ``[n, Hkv, d]`` → ``[n, Hkv, d]`` float32."""
+        n, heads, dim = k_post.shape
+        out = torch.empty(n, heads, dim, dtype=torch.float32, device=k_post.device)
+        rotate(k_post, *tables, out, (heads * dim, 0, dim, 0, 1), 1, self.spec.neox, 1.0 / self.factor)
+        return out
+
+    def wrope_queries(self, q_post: torch.Tensor, tables: Tables, num_kv_heads: int) -> torch.Tensor:
+        """``s·R(rep − pos)·q`` per bucket, in the lookup-table GEMM layout.
+
+        ``q_post`` ``[bs, Hq, d]`` → ``[Hkv, d, bs·nb·G]`` bfloat16.
+        """
+        bs, heads, dim = q_post.shape
+        nb, group = tables.cos.shape[1], heads // num_kv_heads
+        out = torch.empty(num_kv_heads, dim, bs * nb * group, dtype=torch.bfloat16, device=q_post.device)
+        cols = bs * nb * group
+        rotate(q_post, *tables, out, (nb * group, group, dim * cols, 1, cols), group, self.spec.neox, self.factor)
+        return out

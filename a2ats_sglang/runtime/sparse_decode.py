@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper
@@ -28,7 +29,12 @@ from a2ats_sglang.kernels.select import select_and_write, topk_splits, topk_work
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
-from a2ats_sglang.runtime.rotary import DeviceRotary
+from a2ats_sglang.runtime.rotary import DeviceRotary, Tables
+
+
+class StepTables(NamedTuple):
+    keys: Tables  # un-rotate the step's new keys
+    queries: Tables  # WRoPE queries, one rotation per distance bucket
 
 
 @dataclass(frozen=True)
@@ -130,35 +136,38 @@ class SparseDecoder:
         self.codes = torch.zeros(model.num_layers, slots, self.num_kv_heads, dtype=torch.int16, device=device)
 
     def encode(
-        self, layer: int, k_post: torch.Tensor, positions: torch.Tensor, loc: torch.Tensor,
+        self, layer: int, k_post: torch.Tensor, loc: torch.Tensor, tables: Tables,
         workspace: torch.Tensor | None = None,
     ) -> None:
-        """Codes of keys just written to slots ``loc`` (post-RoPE in, un-rotated here)."""
+        """Codes of keys just written to slots ``loc`` (post-RoPE in, un-rotated with ``tables``
+        from :meth:`DeviceRotary.key_tables`)."""
         k = k_post.reshape(-1, self.num_kv_heads, self.head_dim)
-        k_pre = self.rotary.unrotate_keys(k, positions[: k.shape[0]])
+        k_pre = self.rotary.unrotate_keys(k, tables)
         encode_keys(k_pre, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace)
 
-    def lookup_table(self, layer: int, q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def step_tables(self, positions: torch.Tensor) -> StepTables:
+        """The rotations every layer of a decode step shares (queries at ``positions``)."""
+        return StepTables(self.rotary.key_tables(positions), self.rotary.query_tables(positions, self.reps))
+
+    def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables) -> torch.Tensor:
         """Every query head's WRoPE logit for every codeword, per bucket. # [bs, nb, Hkv, G, C] f32
 
-        ``q`` ``[bs, Hq, d]`` post-RoPE at ``positions``; one bf16 GEMM per kv head with fp32
-        output whose memory keeps a group's heads adjacent (the score kernel reads them together).
+        ``q`` ``[bs, Hq, d]`` post-RoPE; one bf16 GEMM per kv head with fp32 output whose memory
+        keeps a group's heads adjacent (the score kernel reads them together).
         """
         bs, nb, hkv, group = q.shape[0], self.reps.shape[0], self.num_kv_heads, self.group
-        q_w = self.rotary.wrope_queries(q, positions[:bs], self.reps)  # [bs, nb, Hq, d]
-        q_w = q_w.view(bs, nb, hkv, group, self.head_dim).permute(2, 4, 0, 1, 3)  # [Hkv, d, bs, nb, G]
-        q_w = q_w.reshape(hkv, self.head_dim, bs * nb * group).to(torch.bfloat16)
+        q_w = self.rotary.wrope_queries(q, tables, hkv)  # [Hkv, d, bs·nb·G] bf16
         lut = torch.bmm(self.decoded[layer], q_w, out_dtype=torch.float32)  # [Hkv, C, bs·nb·G]
         return lut.view(hkv, -1, bs, nb, group).permute(2, 3, 0, 4, 1)
 
     def select(
-        self, layer: int, q: torch.Tensor, positions: torch.Tensor, req_to_token: torch.Tensor,
+        self, layer: int, q: torch.Tensor, tables: Tables, req_to_token: torch.Tensor,
         req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
     ) -> None:
         """Write this layer's picks as KV-pool row indices into ``buffers.indices``."""
         bs = q.shape[0]
         score_tokens(
-            self.lookup_table(layer, q, positions), self.codes[layer], req_to_token, req_pool_indices,
+            self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
         )
         select_and_write(
