@@ -23,6 +23,7 @@ from a2ats_sglang.runtime.sparse_decode import (
     Budget,
     SparseDecodeBuffers,
     SparseDecoder,
+    StepTables,
 )
 
 if TYPE_CHECKING:
