@@ -315,11 +315,13 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, rows in report["results"].items():
+    colors = plt.get_cmap("tab20").colors  # 11+ selectors: the default cycle repeats after 10
+    for i, (name, rows) in enumerate(report["results"].items()):
         x = [100 * float(b) for b in rows]
         style = "--" if name == "oracle" or "exact_keys" in name else ("-." if "bucketed" in name else "-")
-        ax1.plot(x, [r["recall"] for r in rows.values()], style, marker="o", label=name)
-        ax2.plot(x, [r["output_rel_error"] for r in rows.values()], style, marker="o", label=name)
+        kw = {"color": colors[i % len(colors)], "marker": "osD^v<>ph*X"[i % 11], "markersize": 4, "label": name}
+        ax1.plot(x, [r["recall"] for r in rows.values()], style, **kw)
+        ax2.plot(x, [r["output_rel_error"] for r in rows.values()], style, **kw)
     ax1.set(xlabel="budget K (% of context)", ylabel="attention-mass recall", title="Recall (higher is better)")
     ax2.set(xlabel="budget K (% of context)", ylabel="‖o − o_dense‖ / ‖o_dense‖", title="Output error (lower is better)", yscale="log")
     ax1.legend(fontsize=7)

@@ -12,15 +12,17 @@ from typing import Any
 
 
 def git_commit() -> str:
-    """HEAD of the checkout (``+dirty`` when it has changes); ``A2ATS_COMMIT`` where there is
-    no git (the GPU node receives a copy of the tree without ``.git``)."""
+    """``A2ATS_COMMIT`` when set (the GPU node receives a copy of the tree, and whatever ``.git``
+    it finds there may be stale), else HEAD of the checkout (``+dirty`` when it has changes)."""
+    if os.environ.get("A2ATS_COMMIT"):
+        return os.environ["A2ATS_COMMIT"]
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("A2ATS_COMMIT", "unknown")
+        return "unknown"
 
 
 def device_name(device: str) -> str:

@@ -53,21 +53,32 @@ def fidelity_block(results: Path) -> str:
 
 
 def accuracy_block(results: Path) -> str:
+    """One table per prompt length, a column per run (runs without that length are left out)."""
     files = _load("accuracy-*.json", results)
     if not files:
         return "_no accuracy results yet_"
+    lengths = sorted({int(k) for _, r in files for cells in r["results"].values() for k in cells})
+    tasks = list(dict.fromkeys(t for _, r in files for t in r["results"]))
     out = []
+    for x in lengths:
+        runs = [(p, r) for p, r in files if any(str(x) in c for c in r["results"].values())]
+        lines = ["| task | " + " | ".join(r["label"] for _, r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        for task in tasks:
+            cells = [r["results"].get(task, {}).get(str(x)) for _, r in runs]
+            lines.append(f"| {task} | " + " | ".join(f"{c['score']:.2f}" if c else "–" for c in cells) + " |")
+        means = []
+        for _, r in runs:
+            scores = [c[str(x)]["score"] for c in r["results"].values() if str(x) in c]
+            means.append(f"**{sum(scores) / len(scores):.2f}**")
+        lines.append("| **mean** | " + " | ".join(means) + " |")
+        out.append(f"**{x:,} tokens**\n\n" + "\n".join(lines))
+    sources = []
     for path, r in files:
-        lengths = sorted({int(k) for cells in r["results"].values() for k in cells})
         n = sorted({c["n"] for cells in r["results"].values() for c in cells.values()})
-        head = f"**{r['label']}** ({'complete' if r.get('complete') else 'PARTIAL: ' + str(r.get('error'))}; {'/'.join(map(str, n))} samples per cell). " + _source(path, r)
-        lines = ["| task | " + " | ".join(f"{x:,} tok" for x in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
-        for task, cells in r["results"].items():
-            lines.append(f"| {task} | " + " | ".join(f"{cells[str(x)]['score']:.2f}" if str(x) in cells else "–" for x in lengths) + " |")
-        means = [sum(c[str(x)]["score"] for c in r["results"].values() if str(x) in c) / max(1, sum(str(x) in c for c in r["results"].values())) for x in lengths]
-        lines.append("| **mean** | " + " | ".join(f"**{m:.2f}**" for m in means) + " |")
-        out.append(head + "\n\n" + "\n".join(lines))
-    return "\n\n".join(out)
+        state = "complete" if r.get("complete") else "PARTIAL: " + str(r.get("error"))
+        server = f"; server: `{r['meta']['server']}`" if r["meta"].get("server") else ""
+        sources.append(f"- **{r['label']}** ({state}; {'/'.join(map(str, n))} samples per cell): " + _source(path, r) + server)
+    return "\n\n".join(out) + "\n\n" + "\n".join(sources)
 
 
 def throughput_block(results: Path) -> str:

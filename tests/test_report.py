@@ -39,7 +39,10 @@ def test_report_fills_readme_blocks_and_plots(tmp_path: Path) -> None:
     assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and text.startswith("# x\n") and "\nmiddle\n" in text and text.endswith("end\n")
-    assert "| passkey | 1.00 | 0.80 |" in text and "| **mean** | **0.75** | **0.53** |" in text
+    # one table per length, a column per run; a run without a length is left out of its table
+    assert "**2,048 tokens**\n\n| task | broken | stock |" in text and "**4,096 tokens**\n\n| task | stock |" in text
+    assert "| passkey | 0.00 | 1.00 |" in text and "| vt | – | 0.50 |" in text
+    assert "| **mean** | **0.00** | **0.75** |" in text and "| passkey | 0.80 |" in text and "| **mean** | **0.53** |" in text
     assert "PARTIAL: HTTP 500" in text and "commit abcdef1" in text
     assert "| stock | 32,768 | 12 | 123.5 | 20.5 | 61.2 | 423,499 | 76.2 |" in text
     assert "one request needs 1000255 tokens" in text
