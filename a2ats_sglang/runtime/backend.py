@@ -102,7 +102,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             return
         if self.eager_buffers is None or self.eager_buffers.max_bs < bs:
             self.eager_buffers = self._buffers(bs)
-        self._prepare(self.eager_wrapper, self.eager_buffers, forward_batch)
+        self._prepare(self.eager_wrapper, self.eager_buffers, forward_batch, graph=False)
         self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
 
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
@@ -113,14 +113,19 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         assert buffers is not None, "init_cuda_graph_state was not called"
         if in_capture:
             self.graph_wrappers[bs] = self.decoder.new_wrapper(self.workspace_buffer, buffers, bs)
-        self._prepare(self.graph_wrappers[bs], buffers, forward_batch)
+        self._prepare(self.graph_wrappers[bs], buffers, forward_batch, graph=True)
 
-    def _prepare(self, wrapper, buffers: SparseDecodeBuffers, forward_batch: ForwardBatch) -> None:
+    def _prepare(self, wrapper, buffers: SparseDecodeBuffers, forward_batch: ForwardBatch, graph: bool) -> None:
         bs = forward_batch.batch_size
         # the row budgets on the device; recomputed inside the graph by init_forward_metadata_in_graph
         buffers.set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
         updater = self.indices_updater_decode
-        self.decoder.plan(wrapper, buffers, forward_batch.seq_lens_cpu[:bs], updater.data_type, updater.q_data_type)
+        # split settings as FlashInfer's own decode uses them (deterministic mode fixes them)
+        split = {"fixed_split_size": None, "disable_split_kv": self.disable_cuda_graph_kv_split} if graph else {
+            "fixed_split_size": self.decode_split_tile_size, "disable_split_kv": False}
+        self.decoder.plan(
+            wrapper, buffers, forward_batch.seq_lens_cpu[:bs], updater.data_type, updater.q_data_type, **split
+        )
         self.step = (buffers, wrapper)
 
     def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch) -> None:

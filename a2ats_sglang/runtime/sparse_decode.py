@@ -188,17 +188,20 @@ class SparseDecoder:
         )
 
     def plan(self, wrapper: BatchDecodeWithPagedKVCacheWrapper, buffers: SparseDecodeBuffers,
-             seq_lens_cpu: torch.Tensor, kv_dtype: torch.dtype, q_dtype: torch.dtype) -> None:
+             seq_lens_cpu: torch.Tensor, kv_dtype: torch.dtype, q_dtype: torch.dtype,
+             fixed_split_size: int | None = None, disable_split_kv: bool = False) -> None:
         """FlashInfer plan for this step's row lengths, from the host ``seq_lens_cpu``.
 
         A wrapper's first plan is FlashInfer's own (it builds the kernel module and reads the
         device ``indptr`` once, so :meth:`SparseDecodeBuffers.set_counts` must have run); later
-        plans are ``fast_decode_plan`` with the host offsets: no device→host copy.
+        plans are ``fast_decode_plan`` with the host offsets: no device→host copy. The split
+        settings are SGLang's (``--enable-deterministic-inference`` fixes the split size).
         """
         rows = seq_lens_cpu.shape[0] * self.num_kv_heads
         args = (buffers.indptr[: rows + 1], buffers.indices, buffers.last_page_len[:rows],
                 self.group, 1, self.head_dim, 1)
-        kwargs = {"data_type": kv_dtype, "q_data_type": q_dtype, "non_blocking": True}
+        kwargs = {"data_type": kv_dtype, "q_data_type": q_dtype, "non_blocking": True,
+                  "fixed_split_size": fixed_split_size, "disable_split_kv": disable_split_kv}
         if not isinstance(wrapper.begin_forward, partial):
             wrapper.begin_forward(*args, **kwargs)
             wrapper.begin_forward = partial(fast_decode_plan, wrapper)

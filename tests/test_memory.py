@@ -1,0 +1,65 @@
+"""GPU bytes the a2ats backend adds are charged in SGLang's KV-pool sizing (patches/pool_sizing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from a2ats_sglang.method.codebook import ModelIdentity
+from a2ats_sglang.runtime.config import A2ATSConfig
+from a2ats_sglang.runtime.memory import footprint
+from a2ats_sglang.runtime.sparse_decode import Budget, SparseDecodeBuffers
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def llama() -> ModelIdentity:
+    return ModelIdentity.from_hf_config(json.loads((CONFIGS / "llama-3.1-8b.json").read_text()))
+
+
+def test_footprint_counts_codes_codebooks_and_scratch() -> None:
+    m = llama()
+    cfg = A2ATSConfig(codebook=None, budget_ratio=0.03, budget_max=4096)
+    fp = footprint(cfg, m.num_layers, m.num_kv_heads, m.head_dim, context_len=32832, graph_max_bs=16, size=4096)
+    assert fp.per_token == 32 * 8 * 2  # one int16 code per layer and kv head
+    codebooks = 32 * 8 * 4096 * (128 * 4 + 4 + 128 * 2)  # encode projection fp32, half norms, decoded bf16
+    width = Budget(0, 64, 0.03, 256, 4096).width(32832) + 8
+    assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096)
+    no_graph = footprint(cfg, m.num_layers, m.num_kv_heads, m.head_dim, 32832, graph_max_bs=0, size=4096)
+    assert no_graph.fixed == codebooks
+
+
+def test_pool_sizing_charges_only_the_a2ats_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sglang.srt.model_executor import pool_configurator
+
+    from a2ats_sglang.patches import pool_sizing
+
+    cell = 131072  # Llama-3.1-8B: 32 layers × 8 kv heads × 128 × 2 (K, V) × 2 bytes
+    monkeypatch.setattr(pool_configurator, "create_memory_pool_configurator", lambda kvc: SimpleNamespace(_cell_size=cell))
+    monkeypatch.setenv("A2ATS_SGLANG_CONFIG", A2ATSConfig(codebook=None).to_json())
+    m = llama()
+    decode = SimpleNamespace(backend="full", bs=[1, 2, 4, 8, 16])
+
+    def kvc(backend: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            server_args=SimpleNamespace(attention_backend=backend, decode_attention_backend=None,
+                                        cuda_graph_config=SimpleNamespace(decode=decode)),
+            model_config=SimpleNamespace(get_num_kv_heads=lambda tp: m.num_kv_heads, head_dim=m.head_dim, context_len=32832),
+            layer_info=SimpleNamespace(num_effective_layers=m.num_layers),
+        )
+
+    def original(kvc, budget, **kwargs):
+        return SimpleNamespace(max_total_num_tokens=budget // cell)
+
+    budget = 60 * 2**30
+    stock = pool_sizing.charge(original, kvc("flashinfer"), budget)
+    assert stock.max_total_num_tokens == budget // cell
+    ours = pool_sizing.charge(original, kvc("a2ats"), budget)
+    fp = footprint(A2ATSConfig(), m.num_layers, m.num_kv_heads, m.head_dim, 32832, graph_max_bs=16)
+    # slots × (KV + codes) + fixed bytes fit the budget, and one more slot would not
+    slots = ours.max_total_num_tokens
+    assert slots * (cell + fp.per_token) + fp.fixed <= budget < (slots + 2) * (cell + fp.per_token) + fp.fixed
+    assert slots < stock.max_total_num_tokens
