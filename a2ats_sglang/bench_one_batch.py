@@ -25,29 +25,12 @@ if enabled():  # true in spawned workers: the parent exported the config before 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from a2ats_sglang.launch_server import (
-        print_a2ats_help,
-        run_prepare,
-        setup_logging,
-        wants_help,
-    )
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if wants_help(argv):
-        from a2ats_sglang.runtime.plugin import install
-
-        print_a2ats_help(PROG, "python -m sglang.bench_one_batch")
-        install()
-        sglang_argv = ["--help"]
-    else:
-        setup_logging()
-        sglang_argv = run_prepare(argv, PROG).argv
-
     from sglang.benchmark import one_batch
 
-    sys.argv = [PROG, *sglang_argv]  # its cli_main parses sys.argv
-    one_batch.cli_main()
-    return 0
+    from a2ats_sglang.launch_server import run_sglang_cli
+
+    args = sys.argv[1:] if argv is None else argv
+    return run_sglang_cli(PROG, "python -m sglang.bench_one_batch", one_batch.cli_main, args)
 
 
 if __name__ == "__main__":

@@ -218,6 +218,24 @@ def run_prepare(argv: Sequence[str], prog: str) -> Launch:
         raise SystemExit(1) from None
 
 
+def run_sglang_cli(prog: str, sglang_cli: str, cli_main: Callable[[], object], argv: Sequence[str]) -> int:
+    """Run one of SGLang's own CLIs (``cli_main`` parses ``sys.argv``) on the a2ats backend:
+    our flags split off and prepared as for the server; ``--help`` shows ours, then SGLang's."""
+    from a2ats_sglang.runtime.plugin import install
+
+    argv = list(argv)
+    if wants_help(argv):
+        print_a2ats_help(prog, sglang_cli)
+        install()
+        sglang_argv = ["--help"]
+    else:
+        setup_logging()
+        sglang_argv = run_prepare(argv, prog).argv
+    sys.argv = [prog, *sglang_argv]
+    cli_main()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
