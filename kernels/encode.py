@@ -39,14 +39,14 @@ SPLIT_CODES = 128  # codewords per program when a few keys are spread over many 
 
 @triton.jit
 def _encode_kernel(
-    k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr,
-    n, num_codes, dim, split_codes,
+    k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
+    n, num_codes, dim, split_codes, rot_half, scale,
     stride_kn, stride_kh, stride_kd,
     stride_pg, stride_pd,
     stride_hg,
-    stride_cs, stride_ch,
+    stride_cs, stride_ch, stride_rn,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT: tl.constexpr,
+    SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     g = tl.program_id(1)
@@ -57,6 +57,25 @@ def _encode_kernel(
     d_ok = dd < dim
     k_ptrs = k_ptr + rows[:, None].to(tl.int64) * stride_kn + g * stride_kh + dd[None, :] * stride_kd
     k = tl.load(k_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
+    if ROTATE:  # un-rotate post-RoPE keys in registers: R(−pos)·k from the step's angle tables
+        rot = dd < 2 * rot_half
+        if NEOX:
+            first = dd < rot_half
+            pair = tl.where(first, dd + rot_half, dd - rot_half)
+            freq = tl.where(first, dd, dd - rot_half)
+            sign = tl.where(first, -1.0, 1.0)
+        else:
+            even = (dd % 2) == 0
+            pair = tl.where(even, dd + 1, dd - 1)
+            freq = dd // 2
+            sign = tl.where(even, -1.0, 1.0)
+        m = row_ok[:, None] & (d_ok & rot)[None, :]
+        kp = tl.load(k_ptr + rows[:, None].to(tl.int64) * stride_kn + g * stride_kh + pair[None, :] * stride_kd,
+                     mask=m, other=0.0).to(tl.float32)
+        t = rows[:, None].to(tl.int64) * stride_rn + freq[None, :]
+        c = tl.load(cos_ptr + t, mask=m, other=1.0)
+        sn = tl.load(sin_ptr + t, mask=m, other=0.0)
+        k = (k * c + sign[None, :] * kp * sn) * scale
 
     best = tl.full([BLOCK_N], float("-inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
@@ -107,10 +126,20 @@ def encode_workspace(max_tokens: int, kv_heads: int, num_codes: int, device: tor
     return torch.empty(triton.cdiv(num_codes, SPLIT_CODES) * max_tokens * kv_heads, dtype=torch.int64, device=device)
 
 
+class Unrotate(NamedTuple):
+    """Keys arrive post-RoPE: un-rotate them in the kernel (``scale·R(θ)·k``) first."""
+
+    cos: torch.Tensor  # [n, 1, rotary_dim / 2] float32, the angles of −position
+    sin: torch.Tensor
+    neox: bool
+    scale: float
+
+
 def encode_keys(
     k_pre: torch.Tensor, proj: torch.Tensor, half_norm: torch.Tensor, loc: torch.Tensor, codes: torch.Tensor,
     workspace: torch.Tensor | None = None, precision: str = "tf32x3",
     block_n: int | None = None, block_c: int = 64, num_warps: int | None = None, num_stages: int = 2,
+    unrotate: Unrotate | None = None,
 ) -> None:
     """``codes[loc[i], g] = argmax_c k_pre[i, g]·proj[g, :, c] − half_norm[g, c]`` (lowest index on ties).
 
@@ -119,6 +148,8 @@ def encode_keys(
     int16 written in place. No host synchronisation, no allocation; ``n = 0`` launches nothing.
     With an :func:`encode_workspace` big enough for ``n`` keys, each program scores only
     ``SPLIT_CODES`` codewords and a second launch takes the best (the decode-step path).
+    With ``unrotate`` the keys are post-RoPE and are un-rotated in registers first (saves the
+    decode step a launch and a buffer per layer).
 
     ``precision`` is Triton's ``input_precision`` of the GEMM: "tf32x3" (default) is fp32-accurate
     on tensor cores; "ieee" is plain fp32 FMA, which Triton runs ~40x slower on Hopper (H200,
@@ -146,15 +177,23 @@ def encode_keys(
     if num_warps is None:
         num_warps = 8 if block_n >= 128 else 4
     grid = (triton.cdiv(n, block_n), kv_heads, splits if split else 1)
+    if unrotate is not None:
+        assert unrotate.cos.shape[0] >= n and unrotate.cos.stride(-1) == 1 and unrotate.cos.stride() == unrotate.sin.stride()
+        cos, sin, rot_half, scale = unrotate.cos, unrotate.sin, unrotate.cos.shape[-1], unrotate.scale
+    else:
+        cos = sin = proj  # unused
+        rot_half, scale = 0, 1.0
     _encode_kernel[grid](
-        k_pre, proj, half_norm, loc, codes, workspace if split else codes,
-        n, num_codes, dim, SPLIT_CODES if split else num_codes,
+        k_pre, proj, half_norm, loc, codes, workspace if split else codes, cos, sin,
+        n, num_codes, dim, SPLIT_CODES if split else num_codes, rot_half, scale,
         k_pre.stride(0), k_pre.stride(1), k_pre.stride(2),
         proj.stride(0), proj.stride(1),
         half_norm.stride(0),
-        codes.stride(0), codes.stride(1),
+        codes.stride(0), codes.stride(1), cos.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=max(16, triton.next_power_of_2(dim)),
-        PRECISION=precision, SPLIT=split, num_warps=num_warps, num_stages=num_stages,
+        PRECISION=precision, SPLIT=split, ROTATE=unrotate is not None,
+        NEOX=bool(unrotate.neox) if unrotate is not None else True,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if split:
         assert workspace.dtype == torch.int64

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from a2ats_sglang.kernels.encode import encode_keys, encode_projection
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.rotary import DeviceRotary
@@ -30,12 +31,19 @@ def test_keys_and_queries_match_ropespec(spec: RopeSpec) -> None:
     rot = DeviceRotary(spec, DEVICE)
     n, hkv, group = 5, 2, 3
     pos = torch.tensor([0, 7, 300, 4095, 70000])
-    k_pre = torch.randn(n, hkv, spec.head_dim, generator=g)
-    k_post = spec.apply(k_pre, pos)
-    got = rot.unrotate_keys(k_post.to(DEVICE), rot.key_tables(pos.to(DEVICE)))
-    # the reference on the same device: fp32 cos/sin of angles up to 7e4 rad differ between
-    # CPU and CUDA libm by ~1e-3, which is not what this test is about
-    torch.testing.assert_close(got, spec.unrotate(k_post.to(DEVICE), pos.to(DEVICE)), atol=2e-4, rtol=1e-4)
+    # keys: the encode kernel un-rotates post-RoPE keys itself; its codes must equal those of
+    # keys un-rotated by RopeSpec (on the same device: fp32 cos/sin of angles up to 7e4 rad
+    # differ between CPU and CUDA libm by ~1e-3, which is not what this test is about)
+    many = torch.randint(0, 70000, (300,), generator=g)
+    k_many = spec.apply(torch.randn(300, hkv, spec.head_dim, generator=g), many).to(DEVICE)
+    chol = torch.eye(spec.head_dim).expand(hkv, -1, -1).contiguous().to(DEVICE)
+    proj, half = encode_projection(chol, torch.randn(hkv, 64, spec.head_dim, generator=g).to(DEVICE))
+    loc = torch.arange(300, device=DEVICE)
+    fused = torch.zeros(300, hkv, dtype=torch.int16, device=DEVICE)
+    encode_keys(k_many, proj, half, loc, fused, unrotate=rot.unrotate(rot.key_tables(many.to(DEVICE))))
+    plain = torch.zeros_like(fused)
+    encode_keys(spec.unrotate(k_many, many.to(DEVICE)).contiguous(), proj, half, loc, plain)
+    assert (fused == plain).float().mean() > 0.99  # a wrong rotation changes most codes
 
     buckets = DistanceBuckets.log2(64, 8192)
     q = torch.randn(n, hkv * group, spec.head_dim, generator=g)

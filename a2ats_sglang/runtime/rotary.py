@@ -2,7 +2,8 @@
 
 The same math as :class:`a2ats_sglang.method.rope.RopeSpec` (a test checks they agree). The
 angle tables depend only on positions, so a decode step computes them once
-(:meth:`DeviceRotary.tables`) and every layer does one fused rotation launch.
+(:meth:`DeviceRotary.tables`); every layer rotates its queries in one launch and its new keys
+inside the encode kernel.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from a2ats_sglang.kernels.encode import Unrotate
 from a2ats_sglang.kernels.rotary import rotate
 from a2ats_sglang.method.rope import RopeSpec
 
@@ -37,12 +39,9 @@ class DeviceRotary:
     def query_tables(self, positions: torch.Tensor, reps: torch.Tensor) -> Tables:
         return self.tables(reps[None, :] - positions.to(torch.int64)[:, None])
 
-    def unrotate_keys(self, k_post: torch.Tensor, tables: Tables) -> torch.Tensor:
-        """Pre-RoPE keys from post-RoPE ones. ``[n, Hkv, d]`` → ``[n, Hkv, d]`` float32."""
-        n, heads, dim = k_post.shape
-        out = torch.empty(n, heads, dim, dtype=torch.float32, device=k_post.device)
-        rotate(k_post, *tables, out, (heads * dim, 0, dim, 0, 1), 1, self.spec.neox, 1.0 / self.factor)
-        return out
+    def unrotate(self, tables: Tables) -> Unrotate:
+        """What :func:`encode_keys` needs to un-rotate post-RoPE keys itself (``key_tables``)."""
+        return Unrotate(tables.cos, tables.sin, self.spec.neox, 1.0 / self.factor)
 
     def wrope_queries(self, q_post: torch.Tensor, tables: Tables, num_kv_heads: int) -> torch.Tensor:
         """``s·R(rep − pos)·q`` per bucket, in the lookup-table GEMM layout.

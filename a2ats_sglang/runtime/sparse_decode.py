@@ -139,11 +139,11 @@ class SparseDecoder:
         self, layer: int, k_post: torch.Tensor, loc: torch.Tensor, tables: Tables,
         workspace: torch.Tensor | None = None,
     ) -> None:
-        """Codes of keys just written to slots ``loc`` (post-RoPE in, un-rotated with ``tables``
-        from :meth:`DeviceRotary.key_tables`)."""
+        """Codes of keys just written to slots ``loc``: post-RoPE in, un-rotated inside the
+        encode kernel with ``tables`` from :meth:`DeviceRotary.key_tables`."""
         k = k_post.reshape(-1, self.num_kv_heads, self.head_dim)
-        k_pre = self.rotary.unrotate_keys(k, tables)
-        encode_keys(k_pre, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace)
+        encode_keys(k, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace,
+                    unrotate=self.rotary.unrotate(tables))
 
     def step_tables(self, positions: torch.Tensor) -> StepTables:
         """The rotations every layer of a decode step shares (queries at ``positions``)."""
