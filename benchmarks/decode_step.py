@@ -99,11 +99,16 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     tables = dec.step_tables(positions)
     lut = dec.lookup_table(0, q, tables.queries)
 
-    def score() -> None:  # includes the top-K's first-digit histogram (and the fill clearing it)
-        dec.score(lut, 0, req_to_token, rpi, seq_lens, buffers)
+    from a2ats_sglang.kernels.score import score_tokens
+    from a2ats_sglang.kernels.select import select_and_write
+
+    def score() -> None:
+        score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
+                     dec.budget.window, buffers.scores, reduce=dec.reduce)
 
     def topk() -> None:
-        dec.pick(bs, req_to_token, rpi, buffers)
+        select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
+                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws)
 
     def sparse_step() -> None:
         dec.encode(0, k_new, loc, tables.keys, buffers.encode_ws)

@@ -4,9 +4,7 @@ Reference: :func:`a2ats_sglang.method.wrope.wrope_code_logits` (look each token'
 its distance bucket's table) followed by the group reduction of
 :func:`a2ats_sglang.method.selection.select_per_kv_head`. Protected tokens (sinks, local
 window) score ``+inf`` so any top-K keeps them; invisible ones ``−inf``. The scores feed
-:mod:`a2ats_sglang.kernels.select`; given its ``hist``, the kernel also counts the first radix
-digit of every score (the top byte of its ordered key) per top-K split, which saves the top-K a
-pass over the scores.
+:mod:`a2ats_sglang.kernels.select`.
 """
 
 from __future__ import annotations
@@ -15,19 +13,16 @@ import torch
 import triton
 import triton.language as tl
 
-from a2ats_sglang.kernels.select import FIRST_BINS, ordered_key
-
 
 @triton.jit
 def _score_kernel(
-    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, hist_ptr,
-    num_kv_heads, group, num_buckets, L, sinks, window, split_len,
+    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr,
+    num_kv_heads, group, num_buckets, L, sinks, window,
     stride_lb, stride_lk, stride_lg, stride_li, stride_lc,
     stride_cs, stride_ch,
     stride_rr,
     stride_or,
-    stride_hr, stride_hs,
-    REDUCE_MAX: tl.constexpr, BLOCK: tl.constexpr, GROUP_P2: tl.constexpr, HIST: tl.constexpr,
+    REDUCE_MAX: tl.constexpr, BLOCK: tl.constexpr, GROUP_P2: tl.constexpr,
 ):
     row = tl.program_id(0)
     blk = tl.program_id(1)
@@ -37,7 +32,7 @@ def _score_kernel(
     t = blk * BLOCK + tl.arange(0, BLOCK)
     out_ptrs = out_ptr + row.to(tl.int64) * stride_or + t
     if blk * BLOCK >= seq_len:  # wholly past the context: no loads
-        res = tl.full([BLOCK], float("-inf"), tl.float32)
+        tl.store(out_ptrs, tl.full([BLOCK], float("-inf"), tl.float32), mask=t < L)
     else:
         visible = t < seq_len
         protected = (t < sinks) | (t >= seq_len - window)
@@ -62,38 +57,26 @@ def _score_kernel(
             acc = tl.sum(vals, axis=1) / group
         res = tl.where(protected, float("inf"), acc)
         res = tl.where(visible, res, float("-inf"))
-    tl.store(out_ptrs, res, mask=t < L)
-    if HIST:  # the top-K's first digit: integer atomics, so the counts are exact in any order
-        digit = ((ordered_key(res) >> 24) & 0xFF) ^ 0x80  # top byte of the key with the sign flipped
-        counts = tl.histogram(digit, 256, mask=t < L)
-        split = (blk * BLOCK) // split_len
-        dst = hist_ptr + row.to(tl.int64) * stride_hr + split * stride_hs + tl.arange(0, 256)
-        tl.atomic_add(dst, counts, mask=counts > 0, sem="relaxed")
+        tl.store(out_ptrs, res, mask=t < L)
 
 
 def score_tokens(
     lut: torch.Tensor, codes: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor, edges: torch.Tensor, sinks: int, window: int, out: torch.Tensor,
-    reduce: str = "max", block: int = 512, hist: torch.Tensor | None = None, split_len: int = 0,
+    reduce: str = "max", block: int = 512,
 ) -> None:
     """Score tokens ``[0, L)`` of each row ``b·Hkv + g`` into ``out[:bs·Hkv, :L]`` (float32).
 
     ``lut`` ``[bs, nb, Hq, C]`` float32 (table of bucket ``k`` for query head ``h``), or the same
     as ``[bs, nb, Hkv, G, C]`` with any strides: a permuted view of a ``[bs, nb, Hkv, C, G]``
     buffer puts a group's heads in one memory sector and halves the time (H200, bs=32, Hkv=8,
-    Hq=32, nb=8, C=4096, L=32768: 176 µs vs 342 µs, without ``hist``; with it: unmeasured).
+    Hq=32, nb=8, C=4096, L=32768: 176 µs vs 342 µs).
     ``codes`` ``[slots, Hkv]`` int16, ``req_to_token`` ``[R, max_ctx]`` int32,
     ``req_pool_indices`` and ``seq_lens`` ``[bs]`` (context length including the current
     token), ``edges`` ``[nb]`` int32 bucket edges (``edges[0] = window``). ``t ≥ len`` → −inf;
     sinks and the last ``window`` tokens → +inf; otherwise ``reduce`` ("max"/"mean") over the
     group's query heads of ``lut[b, bucket(len − 1 − t), h, code]``. No host synchronisation,
     no allocation.
-
-    ``hist`` ``[bs·Hkv, splits, 256]`` int32 (from :func:`~a2ats_sglang.kernels.select.score_histogram`,
-    with its ``split_len``): cleared here (one small fill launch), then ``hist[r, s, v]`` counts
-    the columns ``t < L`` of split ``s`` (``t // split_len``) whose ordered key's top byte, sign
-    flipped, is ``v`` — ±inf and the −inf past ``len`` included. ``split_len`` must be a
-    multiple of ``block`` so that no block straddles two splits.
     """
     kv_heads = codes.shape[1]
     if lut.dim() == 4:
@@ -106,21 +89,13 @@ def score_tokens(
     assert lut_kv_heads == kv_heads and edges.shape[0] == num_buckets
     assert out.stride(1) == 1 and req_to_token.stride(1) == 1
     assert out.shape[0] >= bs * kv_heads and out.dtype == torch.float32 and lut.dtype == torch.float32
-    if hist is not None:
-        assert hist.dtype == torch.int32 and hist.shape[0] == bs * kv_heads and hist.shape[2] == FIRST_BINS
-        if hist.shape[1] == 1:
-            split_len = L
-        assert hist.stride(2) == 1 and hist.shape[1] * split_len >= L
-        assert hist.shape[1] == 1 or split_len % block == 0, "a score block would straddle two splits"
-        hist.zero_()
     grid = (bs * kv_heads, triton.cdiv(L, block))
     _score_kernel[grid](
-        lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out, hist if hist is not None else out,
-        kv_heads, group, num_buckets, L, sinks, window, split_len or L,
+        lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out,
+        kv_heads, group, num_buckets, L, sinks, window,
         *lut.stride(),
         codes.stride(0), codes.stride(1),
         req_to_token.stride(0),
         out.stride(0),
-        *(hist.stride()[:2] if hist is not None else (0, 0)),
-        REDUCE_MAX=reduce == "max", BLOCK=block, GROUP_P2=triton.next_power_of_2(group), HIST=hist is not None,
+        REDUCE_MAX=reduce == "max", BLOCK=block, GROUP_P2=triton.next_power_of_2(group),
     )

@@ -15,11 +15,9 @@ from a2ats_sglang.kernels import select
 from a2ats_sglang.kernels.encode import encode_keys, encode_projection, encode_workspace
 from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import (
-    score_histogram,
     select_and_write,
     topk_rows,
     topk_workspace,
-    topk_workspace_nbytes,
     write_selected,
 )
 
@@ -367,149 +365,6 @@ def test_select_and_write_is_topk_then_write(split: bool, monkeypatch: pytest.Mo
     assert torch.equal(out.cpu(), write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
 
 
-# -- score → top-K with the first radix digit counted by the score kernel -----------------------
-
-
-def key_top_byte(scores: torch.Tensor) -> torch.Tensor:
-    """Top byte of select's ordered key with the sign flipped (the first radix digit). # int64"""
-    bits = scores.contiguous().view(torch.int32).clone()
-    bits[scores == 0] = 0
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (((key >> 24) & 0xFF) ^ 0x80).long()
-
-
-def first_digit_reference(scores: torch.Tensor, splits: int, split_len: int) -> torch.Tensor:
-    """Per row and split, how many columns have each top byte. # [rows, splits, 256]"""
-    top = key_top_byte(scores)
-    out = torch.zeros(scores.shape[0], splits, 256, dtype=torch.int32)
-    for r in range(scores.shape[0]):
-        for s in range(splits):
-            out[r, s] = torch.bincount(top[r, s * split_len : (s + 1) * split_len], minlength=256).int()
-    return out
-
-
-def test_score_histogram_counts_the_top_byte_per_split() -> None:
-    """Blocks of 32 in splits of 64 (several blocks add into a split); L not a multiple of
-    either; a stale hist is cleared; ±inf, −inf padding and len-1 rows counted like any score."""
-    kv_heads, size, L, sinks, window = 2, 50, 150, 2, 8
-    batch = Batch([140, 1, 11, 150, 70], kv_heads, size, max_ctx=160, seed=20)
-    lut = torch.randn(5, 2, 2 * kv_heads, size, generator=torch.Generator().manual_seed(21))
-    lut[:, :, :, :10] = 0.0  # exact zeros
-    lut[:, :, :, 10:20] *= 1e-39  # subnormals
-    lut[0, :, :, 20:] = -0.0  # −0.0 folds onto +0.0
-    rows = 5 * kv_heads
-    out = torch.empty(rows + 2, L, device=DEVICE)
-    hist = torch.full((rows, 3, 256), 7, dtype=torch.int32, device=DEVICE)
-    score_tokens(
-        lut.to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-        batch.lens.to(DEVICE), torch.tensor([8, 30], dtype=torch.int32, device=DEVICE), sinks, window, out,
-        block=32, hist=hist, split_len=64,
-    )
-    scores = out[:rows].cpu()
-    torch.testing.assert_close(scores, score_reference(lut, batch, [8, 30], sinks, window, L, "max"))
-    assert torch.equal(hist.cpu(), first_digit_reference(scores, 3, 64))
-    assert int(hist[2].sum()) == L and int(hist[2, 0, 0xFF]) == 1 and int(hist[2, :, 0x00].sum()) == L - 1  # len 1: +inf, then −inf
-    with pytest.raises(AssertionError, match="straddle"):
-        score_tokens(
-            lut.to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-            batch.lens.to(DEVICE), torch.tensor([8, 30], dtype=torch.int32, device=DEVICE), sinks, window, out,
-            block=32, hist=hist, split_len=80,
-        )
-
-
-class Pipeline:
-    """A decode step's selection: ``score_tokens`` counting the first digit, then the top-K."""
-
-    def __init__(self, lens: list[int], kv_heads: int, size: int, L: int, seed: int, pool_rows: list[int] | None = None,
-                 ties: bool = False) -> None:
-        self.kv_heads, self.L = kv_heads, L
-        self.batch = Batch(lens, kv_heads, size, max_ctx=L, seed=seed, pool_rows=pool_rows)
-        g = torch.Generator().manual_seed(seed + 1)
-        self.lut = torch.randn(len(lens), 2, 2 * kv_heads, size, generator=g)
-        if ties:  # a handful of values: ties at the threshold across every split
-            self.lut = torch.randint(0, 3, self.lut.shape, generator=g).float()
-        self.rows = len(lens) * kv_heads
-
-    def run(self, counts: torch.Tensor, workspace, block: int | None, score_block: int = 32,
-            fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores, picks, written indices and indptr. The picks: ``[rows, kmax]``, −1 past counts."""
-        b = self.batch
-        kmax = int(counts.max())
-        scores = torch.full((self.rows, self.L), 5.0, device=DEVICE)
-        hist, split_len = score_histogram(workspace, self.rows, self.L, block) if fused else (None, 0)
-        args = (b.req_to_token.to(DEVICE), b.pool.to(DEVICE))
-        score_tokens(
-            self.lut.to(DEVICE), b.codes.to(DEVICE), *args, b.lens.to(DEVICE),
-            torch.tensor([4, 40], dtype=torch.int32, device=DEVICE), 2, 4, scores, block=score_block,
-            hist=hist, split_len=split_len,
-        )
-        indptr = torch.zeros(self.rows + 1, dtype=torch.int32)
-        indptr[1:] = counts.cumsum(0)
-        picks = torch.full((self.rows, kmax), -1, dtype=torch.int32, device=DEVICE)
-        out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
-        select_and_write(
-            scores, counts.to(DEVICE), indptr.to(DEVICE), *args, self.kv_heads, self.rows, picks, out,
-            workspace=workspace, block=block, hist_ready=fused,
-        )
-        return scores.cpu(), picks.cpu(), out.cpu(), indptr
-
-    def check(self, counts: torch.Tensor, scores: torch.Tensor, picks: torch.Tensor, out: torch.Tensor,
-              indptr: torch.Tensor) -> None:
-        for r in range(self.rows):
-            k = min(int(counts[r]), self.L)
-            assert picks[r, :k].tolist() == topk_reference(scores[r], k), r  # ascending columns
-            assert (picks[r, k:] == -1).all()
-        assert torch.equal(out, write_reference(picks, counts, indptr, self.batch, self.kv_heads, self.rows, out.numel()))
-
-
-@pytest.mark.parametrize("split", [True, False])
-@pytest.mark.parametrize("ties", [False, True])
-def test_score_then_topk_matches_the_reference(split: bool, ties: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """L = 300 (not a multiple of the blocks), rows with len < L, counts = len, counts above len
-    (−inf ties), counts 0, CUDA-graph padding rows (pool row 0, len 1)."""
-    if split:  # 8 programs per row of 300 at this size (splits of 64, two score blocks each)
-        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
-    p = Pipeline([300, 170, 1, 64, 1], kv_heads=2, size=40, L=300, seed=22, pool_rows=[1, 2, 0, 3, 0], ties=ties)
-    assert select.topk_splits(p.rows, 300) == (8 if split else 1)
-    counts = torch.tensor([40, 300, 170, 250, 1, 1, 64, 0, 1, 1], dtype=torch.int32)  # len: 300 300 170 170 1 1 64 64 1 1
-    ws = topk_workspace(p.rows, 300, DEVICE)
-    got = p.run(counts, ws, block=32 if split else None)
-    p.check(counts, *got)
-    if ties:  # the threshold's ties really span several splits
-        scores = got[0]
-        k = int(counts[0])
-        threshold = scores[0].sort(descending=True).values[k - 1]
-        assert (scores[0, :150] == threshold).any() and (scores[0, 150:] == threshold).any()
-    assert (ws.total1 == 0).all()  # left clear for the next call
-
-
-def test_topk_repeats_and_changes_batch_on_one_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The benchmark's pattern (top-K replayed on the same scores), another batch on the same
-    workspace (another split layout), and the unfused split path: same picks."""
-    monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
-    ws = topk_workspace(4, 256, DEVICE)
-    big = Pipeline([256, 100], kv_heads=2, size=30, L=256, seed=23)
-    small = Pipeline([256], kv_heads=1, size=30, L=256, seed=24, ties=True)
-    assert select.topk_splits(big.rows, 256) == 8 and select.topk_splits(small.rows, 256) == 8
-    counts_big = torch.tensor([30, 200, 64, 99], dtype=torch.int32)
-    counts_small = torch.tensor([50], dtype=torch.int32)
-    first = big.run(counts_big, ws, block=32)
-    big.check(counts_big, *first)
-    small.check(counts_small, *small.run(counts_small, ws, block=64))  # splits of 64: a different layout
-    scores, picks, out, indptr = first
-    again = torch.full_like(picks, -1).to(DEVICE)  # the top-K alone, on the big batch's scores
-    topk_rows(scores.to(DEVICE), counts_big.to(DEVICE), big.rows, again, workspace=ws, block=32)
-    assert torch.equal(again.cpu(), picks)
-    big.check(counts_big, *big.run(counts_big, ws, block=32, fused=False))
-    assert (ws.total1 == 0).all()
-
-
-def test_topk_workspace_nbytes() -> None:
-    for rows_cap, L in ((1, 700), (9, 32832), (128, 32832), (3, 131072)):
-        ws = topk_workspace(rows_cap, L, "cpu")
-        assert topk_workspace_nbytes(rows_cap, L) == sum(t.numel() * t.element_size() for t in ws)
-
-
 # -- serving-sized shapes on the GPU ---------------------------------------------------------
 
 
@@ -563,13 +418,11 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
     out = torch.empty(4 * kmax, dtype=torch.int32, device="cuda")
     topk_ws = topk_workspace(4, L, "cuda")
     assert select.topk_splits(4, L) > 1
-    hist, split_len = score_histogram(topk_ws, 4, L)
 
     def step() -> None:
         encode_keys(new_keys, proj, half_norm, new_loc, codes, workspace=encode_ws)
-        score_tokens(lut, codes, req_to_token, pool, lens, edges, 4, 64, scores, hist=hist, split_len=split_len)
-        select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, 4, scratch, out, workspace=topk_ws,
-                         hist_ready=True)
+        score_tokens(lut, codes, req_to_token, pool, lens, edges, 4, 64, scores)
+        select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, 4, scratch, out, workspace=topk_ws)
 
     step()  # compile outside the capture
     torch.cuda.synchronize()
@@ -583,31 +436,3 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
     torch.cuda.synchronize()
     assert torch.equal(codes, expected_codes) and torch.equal(out, expected)
     assert math.isinf(float(scores[0, 0]))
-    expected_picks = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]
-    assert torch.equal(scratch.sort(dim=1).values.long(), expected_picks.sort(dim=1).values)
-
-
-@pytest.mark.gpu
-def test_score_then_topk_serving_shape() -> None:
-    """Batch 1 of Llama-3.1-8B at 32K (8 rows, the split path) and batch 64 (512 rows, one
-    program per row), the first digit counted by the score kernel, against a stable sort."""
-    kv_heads, size, L = 8, 4096, 32832
-    for bs, n in ((1, 32768), (64, 2000)):
-        batch = Batch([n] * (bs - 1) + [1], kv_heads, size, max_ctx=L, seed=25)
-        lut = torch.randn(bs, 8, 4 * kv_heads, size, device="cuda")
-        rows = bs * kv_heads
-        scores = torch.empty(rows, L, device="cuda")
-        counts = torch.tensor([min(1056, n)] * (rows - kv_heads) + [1] * kv_heads, dtype=torch.int32, device="cuda")
-        picks = torch.full((rows, 1056), -1, dtype=torch.int32, device="cuda")
-        ws = topk_workspace(rows, L, "cuda")
-        hist, split_len = score_histogram(ws, rows, L)
-        edges = torch.tensor([64, 128, 256, 512, 1024, 2048, 4096, 8192], dtype=torch.int32, device="cuda")
-        score_tokens(lut, batch.codes.cuda(), batch.req_to_token.cuda(), batch.pool.cuda(), batch.lens.cuda(), edges,
-                     4, 64, scores, hist=hist, split_len=split_len)
-        assert torch.equal(hist.sum(1).cpu(), torch.stack([torch.bincount(r, minlength=256) for r in key_top_byte(scores.cpu())]).int())
-        topk_rows(scores, counts, rows, picks, workspace=ws, hist_ready=True)
-        expected = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        for r in range(rows):
-            k = int(counts[r])
-            assert torch.equal(picks[r, :k].long(), expected[r, :k].sort().values), r
-        assert (ws.total1 == 0).all()

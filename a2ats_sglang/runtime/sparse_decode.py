@@ -25,12 +25,7 @@ from a2ats_sglang.kernels.encode import (
     encode_workspace,
 )
 from a2ats_sglang.kernels.score import score_tokens
-from a2ats_sglang.kernels.select import (
-    score_histogram,
-    select_and_write,
-    topk_workspace,
-    topk_workspace_nbytes,
-)
+from a2ats_sglang.kernels.select import select_and_write, topk_splits, topk_workspace
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
@@ -83,8 +78,7 @@ class SparseDecodeBuffers:
         self.indptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)  # [rows + 1]
         self.indices = torch.zeros(rows * width, dtype=torch.int32, device=device)  # [rows·width]
         self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
-        # kernel scratch: the codebook split over programs for a step's few new keys; the top-K's
-        # digit counts (the first filled by the score kernel) and per-split state
+        # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
         self.encode_ws = encode_workspace(max_bs, num_kv_heads, codebook_size, device)
         self.topk_ws = topk_workspace(rows, context_len, device)
 
@@ -92,7 +86,7 @@ class SparseDecodeBuffers:
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int) -> int:
         rows = max_bs * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows
-        topk_ws = topk_workspace_nbytes(rows, context_len)
+        topk_ws = 4 * 4 * 256 * max(r * topk_splits(r, context_len) for r in range(1, rows + 1))
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
@@ -171,32 +165,14 @@ class SparseDecoder:
         req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
     ) -> None:
         """Write this layer's picks as KV-pool row indices into ``buffers.indices``."""
-        self.score(self.lookup_table(layer, q, tables), layer, req_to_token, req_pool_indices, seq_lens, buffers)
-        self.pick(q.shape[0], req_to_token, req_pool_indices, buffers)
-
-    def score(
-        self, lut: torch.Tensor, layer: int, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
-        seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
-    ) -> None:
-        """Every token's score into ``buffers.scores`` from :meth:`lookup_table`'s ``lut``; the
-        kernel also counts the top-K's first radix digit into ``buffers.topk_ws`` (a small fill
-        launch clears the counts first)."""
-        rows = lut.shape[0] * self.num_kv_heads
-        hist, split_len = score_histogram(buffers.topk_ws, rows, buffers.scores.shape[1])
+        bs = q.shape[0]
         score_tokens(
-            lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges, self.budget.sinks,
-            self.budget.window, buffers.scores, reduce=self.reduce, hist=hist, split_len=split_len,
+            self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
+            seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
         )
-
-    def pick(
-        self, bs: int, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, buffers: SparseDecodeBuffers,
-    ) -> None:
-        """The top-K of the scores :meth:`score` just wrote (for ``bs`` requests), as KV-pool row
-        indices into ``buffers.indices``: three launches for few long rows, one for many."""
         select_and_write(
             buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
             self.num_kv_heads, bs * self.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
-            hist_ready=True,
         )
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
