@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from a2ats_sglang.kernels.rotary import rope_pairs
+
 
 class EncodeProjection(NamedTuple):
     proj: torch.Tensor  # [Hkv, d, C] float32, contiguous: L c'ᵀ
@@ -59,16 +61,7 @@ def _encode_kernel(
     k = tl.load(k_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
     if ROTATE:  # un-rotate post-RoPE keys in registers: R(−pos)·k from the step's angle tables
         rot = dd < 2 * rot_half
-        if NEOX:
-            first = dd < rot_half
-            pair = tl.where(first, dd + rot_half, dd - rot_half)
-            freq = tl.where(first, dd, dd - rot_half)
-            sign = tl.where(first, -1.0, 1.0)
-        else:
-            even = (dd % 2) == 0
-            pair = tl.where(even, dd + 1, dd - 1)
-            freq = dd // 2
-            sign = tl.where(even, -1.0, 1.0)
+        pair, freq, sign = rope_pairs(dd, rot_half, NEOX)
         m = row_ok[:, None] & (d_ok & rot)[None, :]
         kp = tl.load(k_ptr + rows[:, None].to(tl.int64) * stride_kn + g * stride_kh + pair[None, :] * stride_kd,
                      mask=m, other=0.0).to(tl.float32)

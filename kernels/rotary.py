@@ -15,6 +15,24 @@ import triton.language as tl
 
 
 @triton.jit
+def rope_pairs(d, rot_half, NEOX: tl.constexpr):
+    """For each dimension ``d``: the dimension it rotates with, its frequency index, and the
+    sign of the partner's term (``y = x·cos + sign·x_pair·sin``). Neox pairs ``i`` with
+    ``i + rot/2``; the interleaved (GPT-J) layout pairs ``2i`` with ``2i + 1``."""
+    if NEOX:
+        first = d < rot_half
+        pair = tl.where(first, d + rot_half, d - rot_half)
+        freq = tl.where(first, d, d - rot_half)
+        sign = tl.where(first, -1.0, 1.0)
+    else:
+        even = (d % 2) == 0
+        pair = tl.where(even, d + 1, d - 1)
+        freq = d // 2
+        sign = tl.where(even, -1.0, 1.0)
+    return pair, freq, sign
+
+
+@triton.jit
 def _rotate_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr,
     group, rot_half, dim, scale,
@@ -29,16 +47,7 @@ def _rotate_kernel(
     d = tl.arange(0, BLOCK_D)
     live = d < dim
     rot = d < 2 * rot_half
-    if NEOX:
-        first = d < rot_half
-        pair = tl.where(first, d + rot_half, d - rot_half)
-        freq = tl.where(first, d, d - rot_half)
-        sign = tl.where(first, -1.0, 1.0)
-    else:
-        even = (d % 2) == 0
-        pair = tl.where(even, d + 1, d - 1)
-        freq = d // 2
-        sign = tl.where(even, -1.0, 1.0)
+    pair, freq, sign = rope_pairs(d, rot_half, NEOX)
     base = x_ptr + n.to(tl.int64) * sx_n + h * sx_h
     x = tl.load(base + d, mask=live, other=0.0).to(tl.float32)
     xp = tl.load(base + pair, mask=live & rot, other=0.0).to(tl.float32)
