@@ -74,7 +74,6 @@ class Setup:
         positions = seq_lens - 1
         rpi = torch.arange(1, bs + 1, device="cuda")
         q = self.q.cuda()
-        buffers.set_counts(seq_lens, d.budget)
         d.plan(wrapper, buffers, self.lengths, torch.bfloat16, torch.bfloat16)
         d.plan(wrapper, buffers, self.lengths, torch.bfloat16, torch.bfloat16)  # the fast plan
 

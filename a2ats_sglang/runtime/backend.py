@@ -66,7 +66,6 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         pool = self.token_to_kv_pool
         self.device = model_runner.device
         self.decoder = build_decoder(cfg, book, pool.size + pool.page_size, mc.context_len, self.device)
-        self.num_kv_heads = self.decoder.num_kv_heads
         self.graph_buffers: SparseDecodeBuffers | None = None
         self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}
         self.eager_buffers: SparseDecodeBuffers | None = None
@@ -103,7 +102,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         if self.eager_buffers is None or self.eager_buffers.max_bs < bs:
             self.eager_buffers = self._buffers(bs)
         self._prepare(self.eager_wrapper, self.eager_buffers, forward_batch, graph=False)
-        self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
+        self._device_state(forward_batch)
 
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
@@ -116,9 +115,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self._prepare(self.graph_wrappers[bs], buffers, forward_batch, graph=True)
 
     def _prepare(self, wrapper, buffers: SparseDecodeBuffers, forward_batch: ForwardBatch, graph: bool) -> None:
+        """Host side of a decode step: the FlashInfer plan for this step's row lengths."""
         bs = forward_batch.batch_size
-        # the row budgets on the device; recomputed inside the graph by init_forward_metadata_in_graph
-        buffers.set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
         updater = self.indices_updater_decode
         # split settings as FlashInfer's own decode uses them (deterministic mode fixes them)
         split = {"fixed_split_size": None, "disable_split_kv": self.disable_cuda_graph_kv_split} if graph else {
@@ -130,18 +128,23 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch) -> None:
         if forward_batch.forward_mode.is_decode_or_idle() and self.step is not None:
-            bs = forward_batch.batch_size
-            self.step[0].set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
-            self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
+            self._device_state(forward_batch)
         else:
             super().init_forward_metadata_in_graph(forward_batch)
+
+    def _device_state(self, forward_batch: ForwardBatch) -> None:
+        """Device side of a decode step, shared by every layer: row budgets and offsets, and the
+        rotation tables (recorded into the decode graph)."""
+        bs = forward_batch.batch_size
+        self.step[0].set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
+        self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
 
     # -- forward --------------------------------------------------------------------------
 
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
         out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
         if k is not None:
-            tables = self.decoder.rotary.key_tables(forward_batch.positions[: forward_batch.out_cache_loc.shape[0]])
+            tables = self.decoder.rotary.key_tables(forward_batch.positions)
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
         return out
 

@@ -193,20 +193,22 @@ class SparseDecoder:
         """FlashInfer plan for this step's row lengths, from the host ``seq_lens_cpu``.
 
         A wrapper's first plan is FlashInfer's own (it builds the kernel module and reads the
-        device ``indptr`` once, so :meth:`SparseDecodeBuffers.set_counts` must have run); later
-        plans are ``fast_decode_plan`` with the host offsets: no device→host copy. The split
-        settings are SGLang's (``--enable-deterministic-inference`` fixes the split size).
+        device ``indptr``, filled here from the host once); later plans are ``fast_decode_plan``
+        with the host offsets: no device→host copy. The device offsets of every step come from
+        :meth:`SparseDecodeBuffers.set_counts` inside the step. The split settings are SGLang's
+        (``--enable-deterministic-inference`` fixes the split size).
         """
         rows = seq_lens_cpu.shape[0] * self.num_kv_heads
+        indptr = host_indptr(seq_lens_cpu, self.budget, self.num_kv_heads)
         args = (buffers.indptr[: rows + 1], buffers.indices, buffers.last_page_len[:rows],
                 self.group, 1, self.head_dim, 1)
         kwargs = {"data_type": kv_dtype, "q_data_type": q_dtype, "non_blocking": True,
                   "fixed_split_size": fixed_split_size, "disable_split_kv": disable_split_kv}
         if not isinstance(wrapper.begin_forward, partial):
+            buffers.indptr[: rows + 1].copy_(indptr)
             wrapper.begin_forward(*args, **kwargs)
             wrapper.begin_forward = partial(fast_decode_plan, wrapper)
         else:
-            indptr = host_indptr(seq_lens_cpu, self.budget, self.num_kv_heads)
             wrapper.begin_forward(*args, **kwargs, global_override_indptr_cpu=indptr)
 
     def attend(self, wrapper: BatchDecodeWithPagedKVCacheWrapper, q: torch.Tensor, k_pool: torch.Tensor,
