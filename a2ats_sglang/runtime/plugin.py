@@ -55,13 +55,19 @@ def install() -> None:
     )
     from sglang.srt.server_args import (
         ATTENTION_BACKEND_CHOICES,
+        DETERMINISTIC_ATTENTION_BACKEND_CHOICES,
         add_attention_backend_choices,
+        add_deterministic_attention_backend_choices,
     )
 
     from a2ats_sglang.patches import install_all
 
     if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
         add_attention_backend_choices([BACKEND_NAME])
+    # --enable-deterministic-inference: FlashInfer's decode settings (tensor cores, fixed split)
+    # reach our plan, and selection has no float atomics, so the backend qualifies
+    if BACKEND_NAME not in DETERMINISTIC_ATTENTION_BACKEND_CHOICES:
+        add_deterministic_attention_backend_choices([BACKEND_NAME])
     register_attention_backend(BACKEND_NAME)(create_a2ats_backend)
     install_all()
     _installed = True
