@@ -28,6 +28,7 @@ from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import select_and_write, topk_splits, topk_workspace
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
+from a2ats_sglang.method.selection import budget_tokens
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.rotary import DeviceRotary, Tables
 
@@ -49,9 +50,7 @@ class Budget:
 
     def counts(self, seq_lens: torch.Tensor) -> torch.Tensor:
         """Same arithmetic on host and device (float64 ceil), so plan and kernels agree. # int32"""
-        k = torch.ceil(seq_lens.to(torch.float64) * self.ratio).to(torch.int64).clamp_min(self.minimum)
-        if self.maximum is not None:
-            k = k.clamp_max(self.maximum)
+        k = budget_tokens(seq_lens, self.ratio, self.minimum, self.maximum)
         return torch.minimum(seq_lens.to(torch.int64), k + self.sinks + self.window).to(torch.int32)
 
     def width(self, context_len: int) -> int:
