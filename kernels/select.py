@@ -86,15 +86,27 @@ def _compact(
 
 
 @triton.jit
+def _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS: tl.constexpr):
+    """Columns a row holds: its request's context length when given (the rest are −inf padding
+    no pick can reach, so the passes skip them), else all ``L``."""
+    if HAS_LENS:
+        n = tl.minimum(tl.load(lens_ptr + row // num_kv_heads).to(tl.int32), L)
+    else:
+        n = L
+    return n
+
+
+@triton.jit
 def _topk_kernel(
     scores_ptr, counts_ptr, out_idx_ptr,
-    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
+    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
-    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
     """One program per row: four histogram passes, then the compaction."""
     row = tl.program_id(0)
+    L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
     if k > 0:
         base = scores_ptr + row.to(tl.int64) * stride_sr
@@ -143,12 +155,14 @@ def _split_state(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
 
 @triton.jit
 def _split_hist_kernel(
-    scores_ptr, counts_ptr, ws_ptr, L, kmax, split_len, stride_sr,
-    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
+    scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, split_len, num_kv_heads, stride_sr,
+    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
-    """Pass ``P`` for one split of a row: its digit histogram into the workspace."""
+    """Pass ``P`` for one split of a row: its digit histogram into the workspace (empty for a
+    split wholly past the row's length)."""
     row = tl.program_id(0)
     split = tl.program_id(1)
+    L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
     if k > 0:
         ws_row = ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
@@ -161,13 +175,14 @@ def _split_hist_kernel(
 @triton.jit
 def _split_compact_kernel(
     scores_ptr, counts_ptr, ws_ptr, out_idx_ptr,
-    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
+    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
     L, kmax, split_len, num_kv_heads,
     stride_sr, stride_or, stride_rr,
-    SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+    SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
+    L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
     if k > 0:
         ws_row = ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
@@ -208,11 +223,14 @@ def topk_workspace(rows_cap: int, L: int, device: torch.device | str) -> torch.T
 def topk_rows(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     workspace: torch.Tensor | None = None, block: int | None = None,
+    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1,
 ) -> None:
     """Columns of the ``counts[r]`` largest scores of each row ``r < rows`` into ``out_idx[r, :counts[r]]``.
 
     ``scores`` ``[rows_cap, L]`` float32, ``counts`` ``[rows_cap]`` int32 (clamped to
-    ``min(kmax, L)``), ``out_idx`` ``[rows_cap, kmax]`` int32. Ties at the threshold go to the
+    ``min(kmax, L)``), ``out_idx`` ``[rows_cap, kmax]`` int32. With ``seq_lens`` ``[bs]``, row
+    ``r`` holds only columns ``< seq_lens[r // num_kv_heads]``: the rest is never read, so a
+    server whose graphs are sized for a long context does not pay for it on short requests. Ties at the threshold go to the
     lowest columns; ±inf are ordinary values (−0.0 equals +0.0). Order within a row is
     ascending column; entries past ``counts[r]`` are left untouched. No host sync, no allocation.
 
@@ -223,23 +241,25 @@ def topk_rows(
     / 63 µs; 512×8192, k=512: 85 µs (single) / 120 µs; 256×32768, k=2048: 186 / 180 µs;
     64×131072, k=4096: 194 µs split / 162 µs ``torch.topk`` (many long rows: no gain).
     """
-    _launch_topk(scores, counts, rows, out_idx, None, workspace, block)
+    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads)
 
 
 def select_and_write(
     scores: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor, num_kv_heads: int, rows: int, scratch_idx: torch.Tensor,
     out_indices: torch.Tensor, workspace: torch.Tensor | None = None, block: int | None = None,
+    seq_lens: torch.Tensor | None = None,
 ) -> None:
     """:func:`topk_rows` into ``scratch_idx`` fused with :func:`write_selected` into ``out_indices``."""
     write = (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices)
-    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block)
+    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads)
 
 
 def _launch_topk(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None,
     workspace: torch.Tensor | None, block: int | None,
+    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1,
 ) -> None:
     L = scores.shape[1]
     kmax = out_idx.shape[1]
@@ -249,22 +269,23 @@ def _launch_topk(
     assert out_idx.dtype == torch.int32 and out_idx.stride(1) == 1
     assert rows <= scores.shape[0] and rows <= out_idx.shape[0] and rows <= counts.shape[0]
     if write is None:
-        indptr, req_to_token, req_pool, kv_heads, out_indices = counts, counts, counts, 1, counts  # unused
-        stride_rr = 0
+        indptr, req_to_token, req_pool, out_indices = counts, counts, counts, counts  # unused
+        kv_heads, stride_rr = num_kv_heads, 0
     else:
         indptr, req_to_token, req_pool, kv_heads, out_indices = write
         assert out_indices.dtype == torch.int32 and req_to_token.stride(1) == 1
         stride_rr = req_to_token.stride(0)
+    lens = seq_lens if seq_lens is not None else counts  # unused without seq_lens
     splits = topk_splits(rows, L) if workspace is not None else 1
     num_warps, default_block = SINGLE_CONFIG if splits == 1 else SPLIT_CONFIG
     block = block or default_block
     if splits == 1:
         _topk_kernel[(rows,)](
             scores, counts, out_idx,
-            indptr, req_to_token, req_pool, out_indices,
+            indptr, req_to_token, req_pool, out_indices, lens,
             L, kmax, kv_heads,
             scores.stride(0), out_idx.stride(0), stride_rr,
-            WRITE_INDICES=write is not None, BLOCK=block, num_warps=num_warps,
+            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
         )
         return
     assert workspace is not None and workspace.dtype == torch.int32 and workspace.numel() >= 4 * 256 * rows * splits
@@ -272,15 +293,16 @@ def _launch_topk(
     block = min(block, split_len)
     for p in range(4):
         _split_hist_kernel[(rows, splits)](
-            scores, counts, workspace, L, kmax, split_len, scores.stride(0),
-            P=p, SPLITS=splits, BLOCK=block, num_warps=num_warps,
+            scores, counts, workspace, lens, L, kmax, split_len, kv_heads, scores.stride(0),
+            P=p, SPLITS=splits, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
         )
     _split_compact_kernel[(rows, splits)](
         scores, counts, workspace, out_idx,
-        indptr, req_to_token, req_pool, out_indices,
+        indptr, req_to_token, req_pool, out_indices, lens,
         L, kmax, split_len, kv_heads,
         scores.stride(0), out_idx.stride(0), stride_rr,
-        SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block, num_warps=num_warps,
+        SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None,
+        num_warps=num_warps,
     )
 
 

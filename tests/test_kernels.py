@@ -365,6 +365,38 @@ def test_select_and_write_is_topk_then_write(split: bool, monkeypatch: pytest.Mo
     assert torch.equal(out.cpu(), write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_select_ignores_columns_past_each_requests_length(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``seq_lens`` the picks come only from ``[0, len)``: even +inf garbage past the length
+    (stale scores of a longer earlier request) is never read."""
+    kv_heads, L, kmax = 2, 300, 64
+    lens = [300, 90, 1, 200]
+    batch = Batch(lens, kv_heads, size=16, max_ctx=L, seed=14, pool_rows=[1, 2, 0, 3])
+    rows = len(lens) * kv_heads
+    scores = tricky_scores(rows, L, seed=15)
+    for r in range(rows):
+        scores[r, lens[r // kv_heads]:] = INF
+    counts = torch.tensor([64, 50, 64, 37, 1, 1, 64, 5], dtype=torch.int32)
+    indptr = torch.zeros(rows + 1, dtype=torch.int32)
+    indptr[1:] = counts.cumsum(0)
+    scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
+    workspace = None
+    if split:
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
+        workspace = topk_workspace(rows, L, DEVICE)
+        assert select.topk_splits(rows, L) > 1
+    select_and_write(
+        scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        kv_heads, rows, scratch, out, workspace=workspace, block=32, seq_lens=torch.tensor(lens).to(DEVICE),
+    )
+    scratch = scratch.cpu()
+    for r in range(rows):
+        n, k = lens[r // kv_heads], int(counts[r])
+        assert sorted(scratch[r, :k].tolist()) == topk_reference(scores[r, :n], k), r
+    assert torch.equal(out.cpu(), write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
+
+
 # -- serving-sized shapes on the GPU ---------------------------------------------------------
 
 

@@ -172,6 +172,7 @@ class SparseDecoder:
         select_and_write(
             buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
             self.num_kv_heads, bs * self.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
+            seq_lens=seq_lens,
         )
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
