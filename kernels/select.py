@@ -154,6 +154,14 @@ def _split_state(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
 
 
 @triton.jit
+def _split_row(counts_ptr, ws_ptr, lens_ptr, row, L, kmax, num_kv_heads, SPLITS: tl.constexpr, HAS_LENS: tl.constexpr):
+    """A split program's row: its length, how many to pick, and its workspace."""
+    L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
+    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
+    return L, k, ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
+
+
+@triton.jit
 def _split_hist_kernel(
     scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, split_len, num_kv_heads, stride_sr,
     P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
@@ -162,10 +170,8 @@ def _split_hist_kernel(
     split wholly past the row's length)."""
     row = tl.program_id(0)
     split = tl.program_id(1)
-    L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
-    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
+    L, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        ws_row = ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
         prefix, _, _, _ = _split_state(ws_row, k, P, SPLITS, split)
         lo = split * split_len
         hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, tl.minimum(lo + split_len, L), prefix, P, BLOCK)
@@ -182,10 +188,8 @@ def _split_compact_kernel(
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
-    L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
-    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
+    L, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        ws_row = ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
         prefix, remaining, above_before, ties_before = _split_state(ws_row, k, 4, SPLITS, split)
         b = row // num_kv_heads
         g = row % num_kv_heads

@@ -337,6 +337,27 @@ def test_topk_rows_whole_row() -> None:
         assert sorted(out[r].tolist()) == list(range(L))
 
 
+def run_select(batch: Batch, scores: torch.Tensor, counts: torch.Tensor, kv_heads: int, kmax: int, split: bool,
+               monkeypatch: pytest.MonkeyPatch, seq_lens: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``select_and_write`` on one or several programs per row. → (picks, indices, indptr) on CPU"""
+    rows, L = scores.shape
+    indptr = torch.zeros(rows + 1, dtype=torch.int32)
+    indptr[1:] = counts.cumsum(0)
+    scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
+    workspace = None
+    if split:  # several programs per row even at this size
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
+        assert select.topk_splits(rows, L) > 1
+        workspace = topk_workspace(rows, L, DEVICE)
+    select_and_write(
+        scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        kv_heads, rows, scratch, out, workspace=workspace, block=32,
+        seq_lens=None if seq_lens is None else torch.tensor(seq_lens).to(DEVICE),
+    )
+    return scratch.cpu(), out.cpu(), indptr
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_select_and_write_is_topk_then_write(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     kv_heads, L, kmax = 2, 200, 64
@@ -345,24 +366,11 @@ def test_select_and_write_is_topk_then_write(split: bool, monkeypatch: pytest.Mo
     scores = tricky_scores(rows, L, seed=13)
     scores[2:4, 150:] = -INF
     counts = torch.tensor([64, 60, 30, 64, 1, 0], dtype=torch.int32)
-    indptr = torch.zeros(rows + 1, dtype=torch.int32)
-    indptr[1:] = counts.cumsum(0)
-    scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
-    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
-    workspace = None
-    if split:
-        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
-        assert select.topk_splits(rows, L) == 4
-        workspace = topk_workspace(rows, L, DEVICE)
-    select_and_write(
-        scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-        kv_heads, rows, scratch, out, workspace=workspace, block=32,
-    )
-    scratch = scratch.cpu()
+    scratch, out, indptr = run_select(batch, scores, counts, kv_heads, kmax, split, monkeypatch)
     for r in range(rows):
         k = int(counts[r])
         assert sorted(scratch[r, :k].tolist()) == topk_reference(scores[r], k)
-    assert torch.equal(out.cpu(), write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
+    assert torch.equal(out, write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -377,24 +385,11 @@ def test_select_ignores_columns_past_each_requests_length(split: bool, monkeypat
     for r in range(rows):
         scores[r, lens[r // kv_heads]:] = INF
     counts = torch.tensor([64, 50, 64, 37, 1, 1, 64, 5], dtype=torch.int32)
-    indptr = torch.zeros(rows + 1, dtype=torch.int32)
-    indptr[1:] = counts.cumsum(0)
-    scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
-    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
-    workspace = None
-    if split:
-        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
-        workspace = topk_workspace(rows, L, DEVICE)
-        assert select.topk_splits(rows, L) > 1
-    select_and_write(
-        scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-        kv_heads, rows, scratch, out, workspace=workspace, block=32, seq_lens=torch.tensor(lens).to(DEVICE),
-    )
-    scratch = scratch.cpu()
+    scratch, out, indptr = run_select(batch, scores, counts, kv_heads, kmax, split, monkeypatch, seq_lens=lens)
     for r in range(rows):
         n, k = lens[r // kv_heads], int(counts[r])
         assert sorted(scratch[r, :k].tolist()) == topk_reference(scores[r, :n], k), r
-    assert torch.equal(out.cpu(), write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
+    assert torch.equal(out, write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
 
 
 # -- serving-sized shapes on the GPU ---------------------------------------------------------
