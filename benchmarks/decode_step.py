@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-max", type=int, default=4096)
     p.add_argument("--wrope", choices=["single", "bucketed"], default="bucketed")
     p.add_argument("--codebook-size", type=int, default=4096)
+    p.add_argument("--graph-context", type=int, default=None,
+                   help="static context length the decode buffers are sized for, as a server's "
+                        "context_len (default: --context + 64)")
     p.add_argument("--layers", type=int, default=None, help="layers per step (default: the model's)")
     p.add_argument("--iters", type=int, default=20, help="graph replays timed per variant")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
@@ -74,7 +77,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     layers = args.layers or m.num_layers
     n = args.context
     slots = bs * n + 1
-    context_len = n + 64
+    context_len = args.graph_context or n + 64
     cfg = A2ATSConfig(codebook="unused", budget_ratio=args.ratio, budget_max=args.budget_max, wrope=args.wrope)
     dec = build_decoder(cfg, book, slots, context_len, dev)
     dec.codes[0].random_(0, args.codebook_size)
@@ -104,11 +107,12 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
 
     def score() -> None:
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
-                     dec.budget.window, buffers.scores, reduce=dec.reduce)
+                     dec.budget.window, buffers.scores, reduce=dec.reduce, topk_workspace=buffers.topk_ws, pad=False)
 
-    def topk() -> None:
+    def topk() -> None:  # passes 1-3 and the compaction: the score kernel counts pass 0
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
-                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws)
+                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
+                         seq_lens=seq_lens, first_pass_done=True)
 
     def sparse_step() -> None:
         dec.encode(0, k_new, loc, tables.keys, buffers.encode_ws)
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         rows.append(row)
-    workload = {k: getattr(args, k) for k in ("context", "batch", "ratio", "budget_max", "wrope", "codebook_size")}
+    workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size")}
     out = {"meta": run_meta("cuda", Path(args.config).name, workload), "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -13,31 +13,38 @@ import torch
 import triton
 import triton.language as tl
 
+from a2ats_sglang.kernels.select import first_digit_histogram, split_bounds, topk_splits
+
 
 @triton.jit
 def _score_kernel(
-    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr,
+    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, ws_ptr,
     num_kv_heads, group, num_buckets, L, sinks, window,
     stride_lb, stride_lk, stride_lg, stride_li, stride_lc,
     stride_cs, stride_ch,
     stride_rr,
     stride_or,
     REDUCE_MAX: tl.constexpr, BLOCK: tl.constexpr, GROUP_P2: tl.constexpr,
+    SPLITS: tl.constexpr, HIST: tl.constexpr, PAD: tl.constexpr,
 ):
+    """One program per (row, split of the row's own length), as the split top-K cuts it."""
     row = tl.program_id(0)
-    blk = tl.program_id(1)
+    split = tl.program_id(1)
     b = row // num_kv_heads
     g = row % num_kv_heads
     seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
-    t = blk * BLOCK + tl.arange(0, BLOCK)
-    out_ptrs = out_ptr + row.to(tl.int64) * stride_or + t
-    if blk * BLOCK >= seq_len:  # wholly past the context: no loads
-        tl.store(out_ptrs, tl.full([BLOCK], float("-inf"), tl.float32), mask=t < L)
-    else:
-        visible = t < seq_len
+    row_len = tl.minimum(seq_len, L)
+    pool = tl.load(req_pool_ptr + b).to(tl.int64)
+    head = tl.arange(0, GROUP_P2)
+    lut_row = lut_ptr + b.to(tl.int64) * stride_lb + g.to(tl.int64) * stride_lg
+    out_row = out_ptr + row.to(tl.int64) * stride_or
+    lo, hi = split_bounds(row_len, split, SPLITS)
+    hist = tl.zeros([256], tl.int32)
+    for start in range(lo, hi, BLOCK):
+        t = start + tl.arange(0, BLOCK)
+        visible = t < hi
         protected = (t < sinks) | (t >= seq_len - window)
-        scored = visible & ~protected & (t < L)
-        pool = tl.load(req_pool_ptr + b).to(tl.int64)
+        scored = visible & ~protected
         slot = tl.load(req_to_token_ptr + pool * stride_rr + t, mask=scored, other=0).to(tl.int64)
         code = tl.load(codes_ptr + slot * stride_cs + g * stride_ch, mask=scored, other=0).to(tl.int32) & 0xFFFF
         dist = seq_len - 1 - t
@@ -45,25 +52,31 @@ def _score_kernel(
         for k in range(1, num_buckets):
             bucket += (dist >= tl.load(edges_ptr + k)).to(tl.int32)
         # the group's heads in one 2-D load: one sector per token when the heads are adjacent
-        head = tl.arange(0, GROUP_P2)
         offs = bucket.to(tl.int64) * stride_lk + code.to(tl.int64) * stride_lc
-        ptrs = lut_ptr + b.to(tl.int64) * stride_lb + g.to(tl.int64) * stride_lg + offs[:, None] + head[None, :] * stride_li
+        ptrs = lut_row + offs[:, None] + head[None, :] * stride_li
         mask = scored[:, None] & (head[None, :] < group)
         if REDUCE_MAX:
-            vals = tl.load(ptrs, mask=mask, other=float("-inf"))  # [BLOCK, GROUP_P2]
-            acc = tl.max(vals, axis=1)
+            acc = tl.max(tl.load(ptrs, mask=mask, other=float("-inf")), axis=1)  # [BLOCK]
         else:
-            vals = tl.load(ptrs, mask=mask, other=0.0)
-            acc = tl.sum(vals, axis=1) / group
+            acc = tl.sum(tl.load(ptrs, mask=mask, other=0.0), axis=1) / group
         res = tl.where(protected, float("inf"), acc)
-        res = tl.where(visible, res, float("-inf"))
-        tl.store(out_ptrs, res, mask=t < L)
+        tl.store(out_row + t, res, mask=visible)
+        if HIST:
+            hist += first_digit_histogram(res, visible)
+    if HIST:
+        tl.store(ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256) + split * 256 + tl.arange(0, 256), hist)
+    if PAD:  # columns past the context: −inf, shared out over the row's programs
+        pad_len = tl.cdiv(L - row_len, SPLITS)
+        pad_hi = tl.minimum(row_len + (split + 1) * pad_len, L)
+        for start in range(row_len + split * pad_len, pad_hi, BLOCK):
+            t = start + tl.arange(0, BLOCK)
+            tl.store(out_row + t, tl.full([BLOCK], float("-inf"), tl.float32), mask=t < pad_hi)
 
 
 def score_tokens(
     lut: torch.Tensor, codes: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor, edges: torch.Tensor, sinks: int, window: int, out: torch.Tensor,
-    reduce: str = "max", block: int = 512,
+    reduce: str = "max", block: int = 1024, topk_workspace: torch.Tensor | None = None, pad: bool = True,
 ) -> None:
     """Score tokens ``[0, L)`` of each row ``b·Hkv + g`` into ``out[:bs·Hkv, :L]`` (float32).
 
@@ -73,10 +86,13 @@ def score_tokens(
     Hq=32, nb=8, C=4096, L=32768: 176 µs vs 342 µs).
     ``codes`` ``[slots, Hkv]`` int16, ``req_to_token`` ``[R, max_ctx]`` int32,
     ``req_pool_indices`` and ``seq_lens`` ``[bs]`` (context length including the current
-    token), ``edges`` ``[nb]`` int32 bucket edges (``edges[0] = window``). ``t ≥ len`` → −inf;
+    token), ``edges`` ``[nb]`` int32 bucket edges (``edges[0] = window``). ``t ≥ len`` → −inf
+    (left untouched with ``pad=False``: a top-K given ``seq_lens`` never reads them);
     sinks and the last ``window`` tokens → +inf; otherwise ``reduce`` ("max"/"mean") over the
-    group's query heads of ``lut[b, bucket(len − 1 − t), h, code]``. No host synchronisation,
-    no allocation.
+    group's query heads of ``lut[b, bucket(len − 1 − t), h, code]``. With ``topk_workspace``
+    (a :func:`~a2ats_sglang.kernels.select.topk_workspace`) the kernel also counts the split
+    top-K's first radix pass; call the top-K with ``first_pass_done=True``. No host
+    synchronisation, no allocation.
     """
     kv_heads = codes.shape[1]
     if lut.dim() == 4:
@@ -89,13 +105,19 @@ def score_tokens(
     assert lut_kv_heads == kv_heads and edges.shape[0] == num_buckets
     assert out.stride(1) == 1 and req_to_token.stride(1) == 1
     assert out.shape[0] >= bs * kv_heads and out.dtype == torch.float32 and lut.dtype == torch.float32
-    grid = (bs * kv_heads, triton.cdiv(L, block))
-    _score_kernel[grid](
+    rows = bs * kv_heads
+    splits = topk_splits(rows, L)
+    if topk_workspace is not None:
+        assert topk_workspace.dtype == torch.int32 and topk_workspace.numel() >= 4 * 256 * rows * splits
+    block = min(block, triton.next_power_of_2(triton.cdiv(L, splits)))
+    _score_kernel[(rows, splits)](
         lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out,
+        topk_workspace if topk_workspace is not None else out,
         kv_heads, group, num_buckets, L, sinks, window,
         *lut.stride(),
         codes.stride(0), codes.stride(1),
         req_to_token.stride(0),
         out.stride(0),
         REDUCE_MAX=reduce == "max", BLOCK=block, GROUP_P2=triton.next_power_of_2(group),
+        SPLITS=splits, HIST=topk_workspace is not None, PAD=pad,
     )

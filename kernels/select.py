@@ -49,7 +49,8 @@ def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr)
 
 @triton.jit
 def _pick_digit(hist, remaining):
-    """Digit of the ``remaining``-th largest matching key, and how many larger ones precede it.
+    """Digit of the ``remaining``-th largest matching key, how many larger ones precede it, and
+    how many share it.
 
     at_least[v] = matching keys with digit ≥ v; the answer is the largest v with
     at_least[v] ≥ remaining.
@@ -57,31 +58,43 @@ def _pick_digit(hist, remaining):
     bins = tl.arange(0, 256)
     at_least = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
     digit = tl.max(tl.where(at_least >= remaining, bins, -1), axis=0)
-    return digit, tl.sum(tl.where(bins > digit, hist, 0), axis=0)
+    return digit, tl.sum(tl.where(bins > digit, hist, 0), axis=0), tl.sum(tl.where(bins == digit, hist, 0), axis=0)
+
+
+@triton.jit
+def first_digit_histogram(x, ok):
+    """Pass 0's histogram (top 8 bits of the order-preserving key) of the values ``x`` where
+    ``ok``: what the score kernel counts as it writes the scores. # [256] int32"""
+    u = _ordered_key(x) ^ _SIGN
+    return tl.histogram((u >> 24) & 0xFF, 256, mask=ok)
 
 
 @triton.jit
 def _compact(
-    base, lo, hi, threshold, remaining, taken_ties, written,
+    base, lo, hi, threshold, remaining, all_ties, taken_ties, written,
     out_idx_row, req_to_token_row, out_indices_row, num_kv_heads, g,
     WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Write the columns in ``[lo, hi)`` with key > threshold, and those == threshold while
-    fewer than ``remaining`` ties are taken overall, in ascending order from ``written``."""
+    fewer than ``remaining`` ties are taken overall, in ascending order from ``written``.
+    ``all_ties``: the row's ties at the threshold are exactly ``remaining`` (the usual case), so
+    every tie is taken and the tie ranks need no scan."""
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         ok = offs < hi
         key = _ordered_key(tl.load(base + offs, mask=ok, other=0.0))
-        above = ok & (key > threshold)
-        tie = ok & (key == threshold)
-        tie_rank = taken_ties + tl.cumsum(tie.to(tl.int32), axis=0) - 1
-        take = above | (tie & (tie_rank < remaining))
+        if all_ties:
+            take = ok & (key >= threshold)
+        else:
+            tie = ok & (key == threshold)
+            tie_rank = taken_ties + tl.cumsum(tie.to(tl.int32), axis=0) - 1
+            take = (ok & (key > threshold)) | (tie & (tie_rank < remaining))
+            taken_ties += tl.sum(tie.to(tl.int32), axis=0)
         pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
         tl.store(out_idx_row + pos, offs, mask=take)
         if WRITE_INDICES:
             slot = tl.load(req_to_token_row + offs, mask=take, other=0)
             tl.store(out_indices_row + pos, slot * num_kv_heads + g, mask=take)
-        taken_ties += tl.sum(tie.to(tl.int32), axis=0)
         written += tl.sum(take.to(tl.int32), axis=0)
 
 
@@ -98,13 +111,14 @@ def _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS: tl.constexpr):
 
 @triton.jit
 def _topk_kernel(
-    scores_ptr, counts_ptr, out_idx_ptr,
+    scores_ptr, counts_ptr, out_idx_ptr, ws_ptr,
     indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
-    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
+    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr, HIST0: tl.constexpr,
 ):
-    """One program per row: four histogram passes, then the compaction."""
+    """One program per row: four histogram passes (the first read from the workspace when the
+    score kernel counted it, ``HIST0``), then the compaction."""
     row = tl.program_id(0)
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
@@ -112,8 +126,13 @@ def _topk_kernel(
         base = scores_ptr + row.to(tl.int64) * stride_sr
         prefix = tl.zeros([], tl.int32)
         remaining = k  # how many of the keys matching the prefix to take
+        ties = k
         for p in tl.static_range(4):
-            digit, above = _pick_digit(_digit_histogram(base, 0, L, prefix, p, BLOCK), remaining)
+            if HIST0 and p == 0:
+                hist = tl.load(ws_ptr + row.to(tl.int64) * (4 * 256) + tl.arange(0, 256))
+            else:
+                hist = _digit_histogram(base, 0, L, prefix, p, BLOCK)
+            digit, above, ties = _pick_digit(hist, remaining)
             remaining -= above
             prefix = prefix | (digit << (24 - 8 * p))
         b = row // num_kv_heads
@@ -121,7 +140,7 @@ def _topk_kernel(
         pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
         dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
         _compact(
-            base, 0, L, prefix ^ _SIGN, remaining, tl.zeros([], tl.int32), tl.zeros([], tl.int32),
+            base, 0, L, prefix ^ _SIGN, remaining, ties == remaining, tl.zeros([], tl.int32), tl.zeros([], tl.int32),
             out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
             out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
         )
@@ -132,17 +151,19 @@ def _split_state(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
     """Replay the digit choices of passes ``< P`` from every split's histograms in the workspace.
 
     Returns the key prefix, how many keys equal to it are still to take, and (for the
-    compaction) how many keys above the final threshold and equal to it lie in earlier splits.
+    compaction) how many keys above the final threshold and equal to it lie in earlier splits,
+    and how many equal it in the whole row.
     """
     s_idx = tl.arange(0, SPLITS)
     bins = tl.arange(0, 256)
     prefix = tl.zeros([], tl.int32)
     remaining = k
+    ties = k
     above_before = tl.zeros([], tl.int32)
     ties_before = tl.zeros([], tl.int32)
     for p in tl.static_range(P):
         per_split = tl.load(ws_row + p * SPLITS * 256 + s_idx[:, None] * 256 + bins[None, :])  # [SPLITS, 256]
-        digit, above = _pick_digit(tl.sum(per_split, axis=0), remaining)
+        digit, above, ties = _pick_digit(tl.sum(per_split, axis=0), remaining)
         remaining -= above
         prefix = prefix | (digit << (24 - 8 * p))
         # a key is above the threshold iff at its first differing digit it is larger
@@ -150,31 +171,44 @@ def _split_state(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
         above_before += tl.sum(tl.sum(tl.where(earlier & (bins[None, :] > digit), per_split, 0), axis=1), axis=0)
         if p == 3:  # only in the compaction (P = 4)
             ties_before = tl.sum(tl.sum(tl.where(earlier & (bins[None, :] == digit), per_split, 0), axis=1), axis=0)
-    return prefix, remaining, above_before, ties_before
+    return prefix, remaining, above_before, ties_before, ties
+
+
+SPLIT_ALIGN: tl.constexpr = tl.constexpr(128)
 
 
 @triton.jit
-def _split_row(counts_ptr, ws_ptr, lens_ptr, row, L, kmax, num_kv_heads, SPLITS: tl.constexpr, HAS_LENS: tl.constexpr):
-    """A split program's row: its length, how many to pick, and its workspace."""
+def split_bounds(row_len, split, SPLITS: tl.constexpr):
+    """Columns ``[lo, hi)`` of split ``split`` of a row of ``row_len`` columns: the row's own
+    length is shared out, so a short request in a graph sized for a long context keeps every
+    program busy. The score kernel counts pass 0 over the same bounds."""
+    split_len = tl.cdiv(tl.cdiv(row_len, SPLITS), SPLIT_ALIGN) * SPLIT_ALIGN
+    lo = split * split_len
+    return lo, tl.minimum(lo + split_len, row_len)
+
+
+@triton.jit
+def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS: tl.constexpr, HAS_LENS: tl.constexpr):
+    """A split program's row: its columns, how many to pick, and its workspace."""
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
-    return L, k, ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
+    lo, hi = split_bounds(L, split, SPLITS)
+    return lo, hi, k, ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
 
 
 @triton.jit
 def _split_hist_kernel(
-    scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, split_len, num_kv_heads, stride_sr,
+    scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, num_kv_heads, stride_sr,
     P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
     """Pass ``P`` for one split of a row: its digit histogram into the workspace (empty for a
     split wholly past the row's length)."""
     row = tl.program_id(0)
     split = tl.program_id(1)
-    L, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
+    lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix, _, _, _ = _split_state(ws_row, k, P, SPLITS, split)
-        lo = split * split_len
-        hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, tl.minimum(lo + split_len, L), prefix, P, BLOCK)
+        prefix, _, _, _, _ = _split_state(ws_row, k, P, SPLITS, split)
+        hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix, P, BLOCK)
         tl.store(ws_row + P * SPLITS * 256 + split * 256 + tl.arange(0, 256), hist)
 
 
@@ -182,88 +216,93 @@ def _split_hist_kernel(
 def _split_compact_kernel(
     scores_ptr, counts_ptr, ws_ptr, out_idx_ptr,
     indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
-    L, kmax, split_len, num_kv_heads,
+    L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
     SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
-    L, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
+    lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix, remaining, above_before, ties_before = _split_state(ws_row, k, 4, SPLITS, split)
+        prefix, remaining, above_before, ties_before, ties = _split_state(ws_row, k, 4, SPLITS, split)
         b = row // num_kv_heads
         g = row % num_kv_heads
         pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
         dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
-        lo = split * split_len
         _compact(
-            scores_ptr + row.to(tl.int64) * stride_sr, lo, tl.minimum(lo + split_len, L), prefix ^ _SIGN, remaining,
-            ties_before, above_before + tl.minimum(ties_before, remaining),
+            scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix ^ _SIGN, remaining,
+            ties == remaining, ties_before, above_before + tl.minimum(ties_before, remaining),
             out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
             out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
         )
 
 
-# (num_warps, block) measured best on an H200: one program per row, and one per split
+# (num_warps, block): one program per row, and one per split
 SINGLE_CONFIG = (8, 4096)
 SPLIT_CONFIG = (4, 2048)
-MIN_SPLIT_COLUMNS = 4096  # below this a split's histogram passes cost more than they save
+MIN_SPLIT_COLUMNS = 2048  # below this a split's histogram passes cost more than they save
+MAX_PROGRAMS = 1024  # rows × splits: enough to fill an H100 several times over
+MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
 
 
 def topk_splits(rows: int, L: int) -> int:
     """Programs per row for the split top-K: enough programs to fill the GPU, not too short a split."""
     splits = 1
-    while splits < 64 and splits * 2 * MIN_SPLIT_COLUMNS <= L and rows * splits < 512:
+    while splits < MAX_SPLITS and splits * 2 * MIN_SPLIT_COLUMNS <= L and rows * splits * 2 <= MAX_PROGRAMS:
         splits *= 2
     return splits
 
 
 def topk_workspace(rows_cap: int, L: int, device: torch.device | str) -> torch.Tensor:
     """Scratch for :func:`topk_rows` on up to ``rows_cap`` rows of ``L`` columns (allocate once). # int32"""
-    most = max(r * topk_splits(r, L) for r in range(1, rows_cap + 1))
-    return torch.empty(4 * 256 * most, dtype=torch.int32, device=device)
+    return torch.empty(topk_workspace_numel(rows_cap, L), dtype=torch.int32, device=device)
+
+
+def topk_workspace_numel(rows_cap: int, L: int) -> int:
+    return 4 * 256 * max(r * topk_splits(r, L) for r in range(1, rows_cap + 1))
 
 
 def topk_rows(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     workspace: torch.Tensor | None = None, block: int | None = None,
-    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1,
+    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1, first_pass_done: bool = False,
 ) -> None:
     """Columns of the ``counts[r]`` largest scores of each row ``r < rows`` into ``out_idx[r, :counts[r]]``.
 
     ``scores`` ``[rows_cap, L]`` float32, ``counts`` ``[rows_cap]`` int32 (clamped to
     ``min(kmax, L)``), ``out_idx`` ``[rows_cap, kmax]`` int32. With ``seq_lens`` ``[bs]``, row
     ``r`` holds only columns ``< seq_lens[r // num_kv_heads]``: the rest is never read, so a
-    server whose graphs are sized for a long context does not pay for it on short requests. Ties at the threshold go to the
-    lowest columns; ±inf are ordinary values (−0.0 equals +0.0). Order within a row is
-    ascending column; entries past ``counts[r]`` are left untouched. No host sync, no allocation.
+    server whose graphs are sized for a long context does not pay for it on short requests.
+    Ties at the threshold go to the lowest columns; ±inf are ordinary values (−0.0 equals
+    +0.0). Order within a row is ascending column; entries past ``counts[r]`` are left
+    untouched. No host sync, no allocation.
 
     Without ``workspace`` one program handles a whole row (one launch; fine for many rows).
-    With a :func:`topk_workspace` buffer each row is split over up to 64 programs (five
-    launches), which is what few long rows need. H200, CUDA graph, all counts = k: 8 rows of
-    131072, k=4096: 48 µs split / 650 µs single / 85 µs ``torch.topk``; 8×32768, k=2048: 34 / 100
-    / 63 µs; 512×8192, k=512: 85 µs (single) / 120 µs; 256×32768, k=2048: 186 / 180 µs;
-    64×131072, k=4096: 194 µs split / 162 µs ``torch.topk`` (many long rows: no gain).
+    With a :func:`topk_workspace` buffer each row's own length is split over up to :data:`MAX_SPLITS` programs
+    (up to :data:`MAX_PROGRAMS` in all; four histogram launches and a compaction), which is what
+    few long rows need. ``first_pass_done``: :func:`a2ats_sglang.kernels.score.score_tokens`
+    already counted pass 0 into the workspace while writing the scores (one launch and one
+    read of the scores fewer); needs ``seq_lens``.
     """
-    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads)
+    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads, first_pass_done)
 
 
 def select_and_write(
     scores: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor, num_kv_heads: int, rows: int, scratch_idx: torch.Tensor,
     out_indices: torch.Tensor, workspace: torch.Tensor | None = None, block: int | None = None,
-    seq_lens: torch.Tensor | None = None,
+    seq_lens: torch.Tensor | None = None, first_pass_done: bool = False,
 ) -> None:
     """:func:`topk_rows` into ``scratch_idx`` fused with :func:`write_selected` into ``out_indices``."""
     write = (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices)
-    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads)
+    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads, first_pass_done)
 
 
 def _launch_topk(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None,
     workspace: torch.Tensor | None, block: int | None,
-    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1,
+    seq_lens: torch.Tensor | None, num_kv_heads: int, first_pass_done: bool,
 ) -> None:
     L = scores.shape[1]
     kmax = out_idx.shape[1]
@@ -272,6 +311,8 @@ def _launch_topk(
     assert scores.dtype == torch.float32 and scores.stride(1) == 1
     assert out_idx.dtype == torch.int32 and out_idx.stride(1) == 1
     assert rows <= scores.shape[0] and rows <= out_idx.shape[0] and rows <= counts.shape[0]
+    assert not first_pass_done or (workspace is not None and seq_lens is not None), \
+        "pass 0 from the score kernel needs the workspace it was counted into and the row lengths"
     if write is None:
         indptr, req_to_token, req_pool, out_indices = counts, counts, counts, counts  # unused
         kv_heads, stride_rr = num_kv_heads, 0
@@ -282,28 +323,27 @@ def _launch_topk(
     lens = seq_lens if seq_lens is not None else counts  # unused without seq_lens
     splits = topk_splits(rows, L) if workspace is not None else 1
     num_warps, default_block = SINGLE_CONFIG if splits == 1 else SPLIT_CONFIG
-    block = block or default_block
+    block = min(block or default_block, triton.next_power_of_2(triton.cdiv(L, splits)))
     if splits == 1:
         _topk_kernel[(rows,)](
-            scores, counts, out_idx,
+            scores, counts, out_idx, workspace if first_pass_done else counts,
             indptr, req_to_token, req_pool, out_indices, lens,
             L, kmax, kv_heads,
             scores.stride(0), out_idx.stride(0), stride_rr,
-            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
+            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, HIST0=first_pass_done,
+            num_warps=num_warps,
         )
         return
     assert workspace is not None and workspace.dtype == torch.int32 and workspace.numel() >= 4 * 256 * rows * splits
-    split_len = triton.cdiv(triton.cdiv(L, splits), block) * block
-    block = min(block, split_len)
-    for p in range(4):
+    for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
-            scores, counts, workspace, lens, L, kmax, split_len, kv_heads, scores.stride(0),
+            scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),
             P=p, SPLITS=splits, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
         )
     _split_compact_kernel[(rows, splits)](
         scores, counts, workspace, out_idx,
         indptr, req_to_token, req_pool, out_indices, lens,
-        L, kmax, split_len, kv_heads,
+        L, kmax, kv_heads,
         scores.stride(0), out_idx.stride(0), stride_rr,
         SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None,
         num_warps=num_warps,

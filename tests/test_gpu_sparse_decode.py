@@ -152,3 +152,21 @@ def test_full_budget_is_dense_attention() -> None:
         assert bool(mask.all()), "a budget of the whole context keeps every token"
         _, ref_out = s.reference(r, torch.ones_like(mask))
         torch.testing.assert_close(out[r], ref_out, atol=2e-2, rtol=2e-2)
+
+
+def test_lookup_table_under_deterministic_inference() -> None:
+    """SGLang's ``--enable-deterministic-inference`` swaps ``torch.bmm`` for a batch-invariant
+    kernel without fp32 output; the lookup table must not depend on it."""
+    from sglang.srt.batch_invariant_ops import batch_invariant_ops as bio
+
+    s = Setup("smollm2-135m.json", [300, 40], ratio=0.05, wrope="bucketed")
+    d = s.decoder
+    tables = d.step_tables(s.lengths.cuda() - 1).queries
+    want = d.lookup_table(0, s.q.cuda(), tables)
+    bio.enable_batch_invariant_mode()
+    try:
+        got = d.lookup_table(0, s.q.cuda(), tables)
+    finally:
+        bio.disable_batch_invariant_mode()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

@@ -25,7 +25,7 @@ from a2ats_sglang.kernels.encode import (
     encode_workspace,
 )
 from a2ats_sglang.kernels.score import score_tokens
-from a2ats_sglang.kernels.select import select_and_write, topk_splits, topk_workspace
+from a2ats_sglang.kernels.select import select_and_write, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.selection import budget_tokens
@@ -85,7 +85,7 @@ class SparseDecodeBuffers:
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int) -> int:
         rows = max_bs * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows
-        topk_ws = 4 * 4 * 256 * max(r * topk_splits(r, context_len) for r in range(1, rows + 1))
+        topk_ws = 4 * topk_workspace_numel(rows, context_len)
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
@@ -156,7 +156,9 @@ class SparseDecoder:
         """
         bs, nb, hkv, group = q.shape[0], self.reps.shape[0], self.num_kv_heads, self.group
         q_w = self.rotary.wrope_queries(q, tables, hkv)  # [Hkv, d, bs·nb·G] bf16
-        lut = torch.bmm(self.decoded[layer], q_w, out_dtype=torch.float32)  # [Hkv, C, bs·nb·G]
+        # aten's overload directly: SGLang's deterministic mode replaces ``torch.bmm`` with a
+        # batch-invariant kernel that has no fp32 output (and each column here is one request's)
+        lut = torch.ops.aten.bmm.dtype(self.decoded[layer], q_w, torch.float32)  # [Hkv, C, bs·nb·G]
         return lut.view(hkv, -1, bs, nb, group).permute(2, 3, 0, 4, 1)
 
     def select(
@@ -165,14 +167,17 @@ class SparseDecoder:
     ) -> None:
         """Write this layer's picks as KV-pool row indices into ``buffers.indices``."""
         bs = q.shape[0]
+        # the score kernel also counts the top-K's first radix pass; columns past a request's
+        # length are neither written nor read
         score_tokens(
             self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
+            topk_workspace=buffers.topk_ws, pad=False,
         )
         select_and_write(
             buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
             self.num_kv_heads, bs * self.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
-            seq_lens=seq_lens,
+            seq_lens=seq_lens, first_pass_done=True,
         )
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
