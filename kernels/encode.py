@@ -48,22 +48,44 @@ def _encode_kernel(
     stride_hg,
     stride_cs, stride_ch, stride_rn,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr,
+    SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr, GATHER: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     g = tl.program_id(1)
     split = tl.program_id(2)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n
+    if GATHER:  # keys already in the pool, at their slots; slot −1 = nothing to encode
+        key_row = tl.load(loc_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+        row_ok = key_row >= 0
+    else:
+        key_row = rows.to(tl.int64)
+    if tl.max(row_ok.to(tl.int32), axis=0) > 0:  # a whole block of idle rows skips the codebook
+        _encode_rows(
+            k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
+            rows, key_row, row_ok, g, split, n, num_codes, dim, split_codes, rot_half, scale,
+            stride_kn, stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
+            BLOCK_N, BLOCK_C, BLOCK_D, PRECISION, SPLIT, ROTATE, NEOX,
+        )
+
+
+@triton.jit
+def _encode_rows(
+    k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
+    rows, key_row, row_ok, g, split, n, num_codes, dim, split_codes, rot_half, scale,
+    stride_kn, stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr,
+):
     dd = tl.arange(0, BLOCK_D)
     d_ok = dd < dim
-    k_ptrs = k_ptr + rows[:, None].to(tl.int64) * stride_kn + g * stride_kh + dd[None, :] * stride_kd
+    k_ptrs = k_ptr + key_row[:, None] * stride_kn + g * stride_kh + dd[None, :] * stride_kd
     k = tl.load(k_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
     if ROTATE:  # un-rotate post-RoPE keys in registers: R(−pos)·k from the step's angle tables
         rot = dd < 2 * rot_half
         pair, freq, sign = rope_pairs(dd, rot_half, NEOX)
         m = row_ok[:, None] & (d_ok & rot)[None, :]
-        kp = tl.load(k_ptr + rows[:, None].to(tl.int64) * stride_kn + g * stride_kh + pair[None, :] * stride_kd,
+        kp = tl.load(k_ptr + key_row[:, None] * stride_kn + g * stride_kh + pair[None, :] * stride_kd,
                      mask=m, other=0.0).to(tl.float32)
         t = rows[:, None].to(tl.int64) * stride_rn + freq[None, :]
         c = tl.load(cos_ptr + t, mask=m, other=1.0)
@@ -109,8 +131,9 @@ def _encode_reduce_kernel(ws_ptr, loc_ptr, codes_ptr, total, kv_heads, splits, s
     for s in range(1, splits):
         acc = tl.maximum(acc, tl.load(ws_ptr + s * total + e, mask=ok, other=0))
     code = 65535 - (acc & 0xFFFF).to(tl.int32)
-    slot = tl.load(loc_ptr + e // kv_heads, mask=ok, other=0).to(tl.int64)
-    tl.store(codes_ptr + slot * stride_cs + (e % kv_heads) * stride_ch, code.to(tl.int16), mask=ok)
+    slot = tl.load(loc_ptr + e // kv_heads, mask=ok, other=-1).to(tl.int64)
+    # slot −1: an idle row whose workspace entries were never written
+    tl.store(codes_ptr + slot * stride_cs + (e % kv_heads) * stride_ch, code.to(tl.int16), mask=ok & (slot >= 0))
 
 
 def encode_workspace(max_tokens: int, kv_heads: int, num_codes: int, device: torch.device | str) -> torch.Tensor:
@@ -132,7 +155,7 @@ def encode_keys(
     k_pre: torch.Tensor, proj: torch.Tensor, half_norm: torch.Tensor, loc: torch.Tensor, codes: torch.Tensor,
     workspace: torch.Tensor | None = None, precision: str = "tf32x3",
     block_n: int | None = None, block_c: int = 64, num_warps: int | None = None, num_stages: int = 2,
-    unrotate: Unrotate | None = None,
+    unrotate: Unrotate | None = None, gather: bool = False,
 ) -> None:
     """``codes[loc[i], g] = argmax_c k_pre[i, g]·proj[g, :, c] − half_norm[g, c]`` (lowest index on ties).
 
@@ -142,14 +165,18 @@ def encode_keys(
     With an :func:`encode_workspace` big enough for ``n`` keys, each program scores only
     ``SPLIT_CODES`` codewords and a second launch takes the best (the decode-step path).
     With ``unrotate`` the keys are post-RoPE and are un-rotated in registers first (saves the
-    decode step a launch and a buffer per layer).
+    decode step a launch and a buffer per layer). With ``gather`` ``k_pre`` is the KV pool's key
+    buffer ``[slots, Hkv, d]`` and key ``i`` is the one already stored at slot ``loc[i]``
+    (``n = len(loc)``); ``loc[i] = −1`` skips it, and a block of skipped keys never reads the
+    codebook (the decode step's deferred encoding, most of whose rows are idle).
 
     ``precision`` is Triton's ``input_precision`` of the GEMM: "tf32x3" (default) is fp32-accurate
     on tensor cores; "ieee" is plain fp32 FMA, which Triton runs ~40x slower on Hopper (H200,
     n=16384, Hkv=8, d=128, C=4096: 208 ms vs cuBLAS fp32 5.6 ms; tf32x3 3.1 ms); "tf32" is
     fastest (1.7 ms) and flips ~0.07% of codes to a near-tie.
     """
-    n, kv_heads, dim = k_pre.shape
+    _, kv_heads, dim = k_pre.shape
+    n = loc.shape[0] if gather else k_pre.shape[0]
     num_codes = proj.shape[2]
     if n == 0:
         return
@@ -185,7 +212,7 @@ def encode_keys(
         codes.stride(0), codes.stride(1), cos.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=max(16, triton.next_power_of_2(dim)),
         PRECISION=precision, SPLIT=split, ROTATE=unrotate is not None,
-        NEOX=bool(unrotate.neox) if unrotate is not None else True,
+        NEOX=bool(unrotate.neox) if unrotate is not None else True, GATHER=gather,
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:

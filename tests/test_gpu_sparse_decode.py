@@ -79,7 +79,8 @@ class Setup:
 
         def step() -> torch.Tensor:
             buffers.set_counts(seq_lens, d.budget)
-            tables = d.step_tables(positions)
+            tables = d.step_tables(positions, self.req_to_token, rpi)
+            d.encode_pool(0, self.k_pool, tables.due, buffers.encode_ws)  # re-encodes due groups: same codes
             d.select(0, q, tables.queries, self.req_to_token, rpi, seq_lens, buffers)
             return d.attend(wrapper, q, self.k_pool, self.v_pool, self.book.meta.model.head_dim**-0.5)
 
@@ -133,7 +134,7 @@ class Setup:
 @pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("config_name,wrope", [("smollm2-135m.json", "bucketed"), ("llama-3.1-8b.json", "single")])
 def test_sparse_decode_matches_reference(config_name: str, wrope: str, graph: bool) -> None:
-    s = Setup(config_name, [40, 700, 2500], ratio=0.05, wrope=wrope)
+    s = Setup(config_name, [40, 704, 2500], ratio=0.05, wrope=wrope)  # 704: a due group
     out, buffers = s.decode(graph)
     for r, mask in enumerate(s.picked(buffers)):
         ref_mask, _ = s.reference(r)
@@ -161,7 +162,7 @@ def test_lookup_table_under_deterministic_inference() -> None:
 
     s = Setup("smollm2-135m.json", [300, 40], ratio=0.05, wrope="bucketed")
     d = s.decoder
-    tables = d.step_tables(s.lengths.cuda() - 1).queries
+    tables = d.rotary.query_tables(s.lengths.cuda() - 1, d.reps)
     want = d.lookup_table(0, s.q.cuda(), tables)
     bio.enable_batch_invariant_mode()
     try:

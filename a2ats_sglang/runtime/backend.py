@@ -1,7 +1,9 @@
 """The ``a2ats`` attention backend: FlashInfer prefill, A²ATS sparse decode.
 
 Prefill/extend is FlashInfer's, unchanged (exact); afterwards the new keys are encoded into the
-code pool. A decode step, per layer: store K/V and encode the new key, then
+code pool. A decode step, per layer: store K/V, encode the keys whose group of
+:func:`~a2ats_sglang.runtime.sparse_decode.encode_group` positions the step completes (read back
+from the pool; a newer key sits in the local window, which is never scored), then
 :class:`~a2ats_sglang.runtime.sparse_decode.SparseDecoder` scores every token from its code,
 keeps sinks + window + top-K per (request, kv head), and FlashInfer decodes over exactly those.
 Everything in :meth:`forward_decode` is static-shape GPU work, so SGLang's decode CUDA graphs
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import torch
 from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
@@ -21,6 +24,7 @@ from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.config import A2ATSConfig, current_config
 from a2ats_sglang.runtime.sparse_decode import (
     Budget,
+    PoolKeys,
     SparseDecodeBuffers,
     SparseDecoder,
     StepTables,
@@ -64,6 +68,11 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         mc = model_runner.model_config
         book = Codebook.load(cfg.codebook, model_config=mc.hf_config)
         pool = self.token_to_kv_pool
+        if pool.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"the a2ats backend encodes keys read back from the KV cache and needs it in 16 bits, "
+                f"not {pool.dtype}: use --kv-cache-dtype auto"
+            )
         self.device = model_runner.device
         self.decoder = build_decoder(cfg, book, pool.size + pool.page_size, mc.context_len, self.device)
         self.graph_buffers: SparseDecodeBuffers | None = None
@@ -72,6 +81,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.eager_wrapper = self.decoder.new_wrapper(self.workspace_buffer)
         self.step: tuple[SparseDecodeBuffers, BatchDecodeWithPagedKVCacheWrapper] | None = None
         self.tables: StepTables | None = None  # this decode step's rotations, shared by all layers
+        self.extend_tails: PoolKeys | None = None  # reused-prefix keys this extend encodes
         d = self.decoder
         logger.info(
             "A²ATS decode: codebook %s (%s, %d codewords), sinks %d, window %d, K = %.3g·len in "
@@ -94,6 +104,9 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
+            prefix_lens = forward_batch.extend_prefix_lens
+            self.extend_tails = None if prefix_lens is None else self.decoder.prefix_tails(
+                self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
             return super().init_forward_metadata(forward_batch)
         bs = forward_batch.batch_size
         if bs == 0:
@@ -133,11 +146,12 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             super().init_forward_metadata_in_graph(forward_batch)
 
     def _device_state(self, forward_batch: ForwardBatch) -> None:
-        """Device side of a decode step, shared by every layer: row budgets and offsets, and the
-        rotation tables (recorded into the decode graph)."""
+        """Device side of a decode step, shared by every layer: row budgets and offsets, the keys
+        due for encoding and the rotation tables (recorded into the decode graph)."""
         bs = forward_batch.batch_size
         self.step[0].set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
-        self.tables = self.decoder.step_tables(forward_batch.positions[:bs])
+        self.tables = self.decoder.step_tables(
+            forward_batch.positions[:bs], self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs])
 
     # -- forward --------------------------------------------------------------------------
 
@@ -146,6 +160,9 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         if k is not None:
             tables = self.decoder.rotary.key_tables(forward_batch.positions)
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
+            if self.extend_tails is not None:
+                k_pool = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+                self.decoder.encode_pool(layer.layer_id, k_pool, self.extend_tails)
         return out
 
     def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
@@ -155,15 +172,15 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             )
         assert self.step is not None, "decode metadata was not initialised"
         buffers, wrapper = self.step
-        if k is not None:
-            self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, self.tables.keys, buffers.encode_ws)
+        k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        if k is not None:  # the new key waits in the window; whole groups are encoded from the pool
+            self.decoder.encode_pool(layer.layer_id, k_pool, self.tables.due, buffers.encode_ws)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(
             layer.layer_id, q, self.tables.queries, self.req_to_token_pool.req_to_token,
             forward_batch.req_pool_indices, forward_batch.seq_lens, buffers,
         )
-        k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         out = self.decoder.attend(
             wrapper, q, k_pool, v_pool, layer.scaling, logits_soft_cap=layer.logit_cap,
             k_scale=layer.k_scale_float, v_scale=layer.v_scale_float,

@@ -33,9 +33,27 @@ from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.rotary import DeviceRotary, Tables
 
 
+class PoolKeys(NamedTuple):
+    """Keys already in the KV pool that are due for encoding."""
+
+    slots: torch.Tensor  # [n] int64, −1 where there is nothing to encode
+    tables: Tables  # un-rotation by each key's own position
+
+
 class StepTables(NamedTuple):
-    keys: Tables  # un-rotate the step's new keys
+    due: PoolKeys  # keys whose encoding group the step completes
     queries: Tables  # WRoPE queries, one rotation per distance bucket
+
+
+def encode_group(window: int) -> int:
+    """Decode steps encode keys in aligned groups of this many positions (a power of two ≤ 16
+    and ≤ the window): a key waits at most ``group − 1`` steps for its code, all of them inside
+    the window, where scoring never reads it. At batch 1 the codebook is then read once per 16
+    steps instead of every step."""
+    group = 1
+    while group * 2 <= min(16, window):
+        group *= 2
+    return group
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,9 @@ class Budget:
         return min(context_len, k + self.sinks + self.window)
 
 
+ENCODE_KEYS_PER_REQUEST = 16  # the largest encode_group
+
+
 class SparseDecodeBuffers:
     """Every tensor the decode graph reads or writes, sized once for ``max_bs`` requests."""
 
@@ -78,13 +99,13 @@ class SparseDecodeBuffers:
         self.indices = torch.zeros(rows * width, dtype=torch.int32, device=device)  # [rows·width]
         self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
         # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
-        self.encode_ws = encode_workspace(max_bs, num_kv_heads, codebook_size, device)
+        self.encode_ws = encode_workspace(max_bs * ENCODE_KEYS_PER_REQUEST, num_kv_heads, codebook_size, device)
         self.topk_ws = topk_workspace(rows, context_len, device)
 
     @staticmethod
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int) -> int:
         rows = max_bs * num_kv_heads
-        encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows
+        encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows * ENCODE_KEYS_PER_REQUEST
         topk_ws = 4 * topk_workspace_numel(rows, context_len)
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws
 
@@ -122,6 +143,7 @@ class SparseDecoder:
         self.codebook_size = book.meta.codebook_size
         self.context_len, self.budget, self.reduce = context_len, budget, reduce
         self.width = budget.width(context_len)
+        self.encode_group = encode_group(budget.window)
         self.buckets = buckets
         self.edges = torch.tensor(buckets.edges, dtype=torch.int32, device=device)  # [nb]
         self.reps = torch.tensor(buckets.representatives, dtype=torch.int64, device=device)  # [nb]
@@ -144,9 +166,43 @@ class SparseDecoder:
         encode_keys(k, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace,
                     unrotate=self.rotary.unrotate(tables))
 
-    def step_tables(self, positions: torch.Tensor) -> StepTables:
-        """The rotations every layer of a decode step shares (queries at ``positions``)."""
-        return StepTables(self.rotary.key_tables(positions), self.rotary.query_tables(positions, self.reps))
+    def encode_pool(self, layer: int, k_pool: torch.Tensor, keys: PoolKeys, workspace: torch.Tensor | None = None) -> None:
+        """Codes of keys already stored in ``k_pool`` ``[slots, Hkv, d]`` (post-RoPE)."""
+        encode_keys(k_pool, self.proj[layer], self.half_norm[layer], keys.slots, self.codes[layer], workspace,
+                    unrotate=self.rotary.unrotate(keys.tables), gather=True)
+
+    def _pool_keys(self, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, t: torch.Tensor,
+                   want: torch.Tensor) -> PoolKeys:
+        """Slots and un-rotations of positions ``t`` ``[bs, n]`` of each request where ``want``."""
+        t = t.clamp(0, req_to_token.shape[1] - 1)  # unwanted positions may fall outside the table
+        slots = req_to_token[req_pool_indices.long()[:, None], t].long()
+        return PoolKeys(torch.where(want, slots, -1).flatten(), self.rotary.key_tables(t.flatten()))
+
+    def due_keys(self, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, positions: torch.Tensor) -> PoolKeys:
+        """The keys a decode step at ``positions`` encodes: for each request whose new token
+        completes an aligned group of :func:`encode_group` positions, that whole group. # [bs·group]"""
+        e = self.encode_group
+        positions = positions.long()
+        t = positions[:, None] - torch.arange(e - 1, -1, -1, device=positions.device)
+        return self._pool_keys(req_to_token, req_pool_indices, t, ((positions + 1) % e == 0)[:, None] & (t >= 0))
+
+    def prefix_tails(self, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                     prefix_lens: torch.Tensor) -> PoolKeys | None:
+        """Keys of a reused prefix (the radix cache) that may lack codes: an earlier request's
+        last, unfinished decode group. An extend encodes them with its own keys. # [bs·group]"""
+        e = self.encode_group
+        if e == 1:
+            return None
+        prefix_lens = prefix_lens.long()
+        t = (prefix_lens - prefix_lens % e)[:, None] + torch.arange(e, device=prefix_lens.device)
+        return self._pool_keys(req_to_token, req_pool_indices, t, t < prefix_lens[:, None])
+
+    def step_tables(self, positions: torch.Tensor, req_to_token: torch.Tensor,
+                    req_pool_indices: torch.Tensor) -> StepTables:
+        """What every layer of a decode step shares: the keys due for encoding and the WRoPE
+        query rotations at ``positions``."""
+        return StepTables(self.due_keys(req_to_token, req_pool_indices, positions),
+                          self.rotary.query_tables(positions, self.reps))
 
     def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables) -> torch.Tensor:
         """Every query head's WRoPE logit for every codeword, per bucket. # [bs, nb, Hkv, G, C] f32
