@@ -100,32 +100,35 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
     tables = dec.step_tables(positions, req_to_token, rpi)  # every request completes an encode group
-    idle = dec.due_keys(req_to_token, rpi, positions - 1)  # a step earlier none does
+    idle_keys = dec.due_keys(req_to_token, rpi, positions - 1)  # a step earlier none does
     lut = dec.lookup_table(0, q, tables.queries)
 
     from a2ats_sglang.kernels.score import score_tokens
     from a2ats_sglang.kernels.select import select_and_write
 
-    def score() -> None:
+    def score(fused: bool) -> None:
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
-                     dec.budget.window, buffers.scores, reduce=dec.reduce, topk_workspace=buffers.topk_ws, pad=False)
+                     dec.budget.window, buffers.scores, reduce=dec.reduce,
+                     topk_workspace=buffers.topk_ws if fused else None, pad=False)
 
-    def topk() -> None:  # passes 1-3 and the compaction: the score kernel counts pass 0
+    def topk(fused: bool) -> None:  # fused: passes 1-3 and the compaction (scoring counted pass 0)
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
                          m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
-                         seq_lens=seq_lens, first_pass_done=True)
+                         seq_lens=seq_lens, first_pass_done=fused)
 
-    def sparse_step(due) -> None:
+    def sparse_step(due, fused: bool | None = None) -> None:
         dec.encode_pool(0, k_pool, due, buffers.encode_ws)
-        dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers)
+        dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers, fuse_first_pass=fused)
         dec.attend(wrapper, q, k_pool, v_pool, scale)
 
     stages = {
         "encode_due": lambda: dec.encode_pool(0, k_pool, tables.due, buffers.encode_ws),
-        "encode_idle": lambda: dec.encode_pool(0, k_pool, idle, buffers.encode_ws),
+        "encode_idle": lambda: dec.encode_pool(0, k_pool, idle_keys, buffers.encode_ws),
         "lookup_table": lambda: dec.lookup_table(0, q, tables.queries),
-        "score": score,
-        "topk": topk,
+        "score": lambda: score(False),
+        "topk": lambda: topk(False),
+        "score_fused": lambda: score(True),  # also counts the top-K's first pass
+        "topk_after_fused": lambda: topk(True),
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
     e = dec.encode_group
@@ -134,11 +137,18 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     # the due keys and rotation tables are computed once per step, shared by every layer
     shared = time_graph(lambda: dec.step_tables(positions, req_to_token, rpi), 1, args.iters)
     result["a2ats_stages_ms"]["step_tables"] = round(shared, 4)
-    steps = {"due": time_graph(lambda: sparse_step(tables.due), layers, args.iters) + shared,
-             "idle": time_graph(lambda: sparse_step(idle), layers, args.iters) + shared}
-    result["a2ats_step_ms"] = {name: round(ms, 4) for name, ms in steps.items()}
-    # a request completes an encode group once every e steps
-    result["a2ats_ms"] = round(((e - 1) * steps["idle"] + steps["due"]) / e, 4)
+
+    def step_ms(fused: bool | None) -> dict[str, float]:
+        """Due and idle step, and their average over an encode group (a request completes one
+        group every ``e`` steps)."""
+        due = time_graph(lambda: sparse_step(tables.due, fused), layers, args.iters) + shared
+        idle = time_graph(lambda: sparse_step(idle_keys, fused), layers, args.iters) + shared
+        return {"due": round(due, 4), "idle": round(idle, 4), "mean": round(((e - 1) * idle + due) / e, 4)}
+
+    # the serving default (FUSE_FIRST_PASS_MAX_ROWS picks the variant), and both variants
+    result["a2ats_step_ms"] = step_ms(None)
+    result["a2ats_step_ms_by_variant"] = {"fused_first_pass": step_ms(True), "separate_first_pass": step_ms(False)}
+    result["a2ats_ms"] = result["a2ats_step_ms"]["mean"]
 
     # stock: SGLang's FlashInfer decode (GQA heads, page size 1, each request's whole context)
     indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * n

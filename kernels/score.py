@@ -13,7 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from a2ats_sglang.kernels.select import first_digit_histogram, split_bounds, topk_splits
+from a2ats_sglang.kernels.select import (
+    first_digit_histogram,
+    split_bounds,
+    topk_splits,
+    topk_workspace_numel,
+    workspace_row,
+)
 
 
 @triton.jit
@@ -27,7 +33,8 @@ def _score_kernel(
     REDUCE_MAX: tl.constexpr, BLOCK: tl.constexpr, GROUP_P2: tl.constexpr,
     SPLITS: tl.constexpr, HIST: tl.constexpr, PAD: tl.constexpr,
 ):
-    """One program per (row, split of the row's own length), as the split top-K cuts it."""
+    """One program per (row, block of ``BLOCK`` columns), or with ``HIST`` per (row, split of the
+    row's own length) as the split top-K cuts it."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     b = row // num_kv_heads
@@ -38,7 +45,11 @@ def _score_kernel(
     head = tl.arange(0, GROUP_P2)
     lut_row = lut_ptr + b.to(tl.int64) * stride_lb + g.to(tl.int64) * stride_lg
     out_row = out_ptr + row.to(tl.int64) * stride_or
-    lo, hi = split_bounds(row_len, split, SPLITS)
+    if HIST:
+        lo, hi = split_bounds(row_len, split, SPLITS)
+    else:
+        lo = split * BLOCK
+        hi = tl.minimum(lo + BLOCK, row_len)
     hist = tl.zeros([256], tl.int32)
     for start in range(lo, hi, BLOCK):
         t = start + tl.arange(0, BLOCK)
@@ -64,11 +75,16 @@ def _score_kernel(
         if HIST:
             hist += first_digit_histogram(res, visible)
     if HIST:
-        tl.store(ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256) + split * 256 + tl.arange(0, 256), hist)
+        tl.store(workspace_row(ws_ptr, row, SPLITS) + split * 256 + tl.arange(0, 256), hist)
     if PAD:  # columns past the context: −inf, shared out over the row's programs
-        pad_len = tl.cdiv(L - row_len, SPLITS)
-        pad_hi = tl.minimum(row_len + (split + 1) * pad_len, L)
-        for start in range(row_len + split * pad_len, pad_hi, BLOCK):
+        if HIST:
+            pad_len = tl.cdiv(L - row_len, SPLITS)
+            pad_lo = row_len + split * pad_len
+            pad_hi = tl.minimum(pad_lo + pad_len, L)
+        else:
+            pad_lo = tl.maximum(split * BLOCK, row_len)
+            pad_hi = tl.minimum(split * BLOCK + BLOCK, L)
+        for start in range(pad_lo, pad_hi, BLOCK):
             t = start + tl.arange(0, BLOCK)
             tl.store(out_row + t, tl.full([BLOCK], float("-inf"), tl.float32), mask=t < pad_hi)
 
@@ -76,7 +92,7 @@ def _score_kernel(
 def score_tokens(
     lut: torch.Tensor, codes: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor, edges: torch.Tensor, sinks: int, window: int, out: torch.Tensor,
-    reduce: str = "max", block: int = 1024, topk_workspace: torch.Tensor | None = None, pad: bool = True,
+    reduce: str = "max", block: int | None = None, topk_workspace: torch.Tensor | None = None, pad: bool = True,
 ) -> None:
     """Score tokens ``[0, L)`` of each row ``b·Hkv + g`` into ``out[:bs·Hkv, :L]`` (float32).
 
@@ -91,8 +107,10 @@ def score_tokens(
     sinks and the last ``window`` tokens → +inf; otherwise ``reduce`` ("max"/"mean") over the
     group's query heads of ``lut[b, bucket(len − 1 − t), h, code]``. With ``topk_workspace``
     (a :func:`~a2ats_sglang.kernels.select.topk_workspace`) the kernel also counts the split
-    top-K's first radix pass; call the top-K with ``first_pass_done=True``. No host
-    synchronisation, no allocation.
+    top-K's first radix pass (call the top-K with ``first_pass_done=True``): one program per
+    split of a row, blocks of up to 2048 columns. Without, one program per ``block`` (512)
+    columns: more programs in flight for the dependent gathers. No host synchronisation, no
+    allocation.
     """
     kv_heads = codes.shape[1]
     if lut.dim() == 4:
@@ -106,11 +124,16 @@ def score_tokens(
     assert out.stride(1) == 1 and req_to_token.stride(1) == 1
     assert out.shape[0] >= bs * kv_heads and out.dtype == torch.float32 and lut.dtype == torch.float32
     rows = bs * kv_heads
-    splits = topk_splits(rows, L)
-    if topk_workspace is not None:
-        assert topk_workspace.dtype == torch.int32 and topk_workspace.numel() >= 4 * 256 * rows * splits
-    block = min(block, triton.next_power_of_2(triton.cdiv(L, splits)))
-    _score_kernel[(rows, splits)](
+    fused = topk_workspace is not None
+    if fused:
+        splits = topk_splits(rows, L)
+        assert topk_workspace.dtype == torch.int32 and topk_workspace.numel() >= topk_workspace_numel(rows, L)
+        block = min(block or 2048, triton.next_power_of_2(triton.cdiv(L, splits)))
+        grid = (rows, splits)
+    else:
+        splits, block = 1, block or 512
+        grid = (rows, triton.cdiv(L, block))
+    _score_kernel[grid](
         lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out,
         topk_workspace if topk_workspace is not None else out,
         kv_heads, group, num_buckets, L, sinks, window,
@@ -119,5 +142,5 @@ def score_tokens(
         req_to_token.stride(0),
         out.stride(0),
         REDUCE_MAX=reduce == "max", BLOCK=block, GROUP_P2=triton.next_power_of_2(group),
-        SPLITS=splits, HIST=topk_workspace is not None, PAD=pad,
+        SPLITS=splits, HIST=fused, PAD=pad, num_warps=8 if block >= 2048 else 4,
     )

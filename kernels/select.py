@@ -129,7 +129,7 @@ def _topk_kernel(
         ties = k
         for p in tl.static_range(4):
             if HIST0 and p == 0:
-                hist = tl.load(ws_ptr + row.to(tl.int64) * (4 * 256) + tl.arange(0, 256))
+                hist = tl.load(workspace_row(ws_ptr, row, 1) + tl.arange(0, 256))
             else:
                 hist = _digit_histogram(base, 0, L, prefix, p, BLOCK)
             digit, above, ties = _pick_digit(hist, remaining)
@@ -146,32 +146,51 @@ def _topk_kernel(
         )
 
 
-@triton.jit
-def _split_state(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
-    """Replay the digit choices of passes ``< P`` from every split's histograms in the workspace.
+HIST_INTS = 4 * 256  # per split: one 256-bin histogram per radix pass
+STATE_INTS = 4  # per split: the choices so far (prefix, still to take, above in earlier splits)
+_SPLIT_INTS: tl.constexpr = tl.constexpr(HIST_INTS + STATE_INTS)
+_STATE_INTS: tl.constexpr = tl.constexpr(STATE_INTS)
 
-    Returns the key prefix, how many keys equal to it are still to take, and (for the
-    compaction) how many keys above the final threshold and equal to it lie in earlier splits,
-    and how many equal it in the whole row.
+
+@triton.jit
+def workspace_row(ws_ptr, row, SPLITS: tl.constexpr):
+    """A row's workspace: ``[4 passes][SPLITS][256]`` histograms, then ``[SPLITS][STATE_INTS]``."""
+    return ws_ptr + row.to(tl.int64) * (SPLITS * _SPLIT_INTS)
+
+
+@triton.jit
+def _decide(ws_row, P: tl.constexpr, SPLITS: tl.constexpr, split, prefix, remaining, above_before):
+    """Pass ``P``'s digit from every split's histogram, given the choices of the passes before.
+
+    Returns the key prefix, how many keys equal to it are still to take, how many keys above
+    the threshold lie in splits before ``split`` (through pass ``P``), how many keys equal the
+    prefix in the whole row and in the splits before.
     """
     s_idx = tl.arange(0, SPLITS)
     bins = tl.arange(0, 256)
-    prefix = tl.zeros([], tl.int32)
-    remaining = k
-    ties = k
-    above_before = tl.zeros([], tl.int32)
-    ties_before = tl.zeros([], tl.int32)
-    for p in tl.static_range(P):
-        per_split = tl.load(ws_row + p * SPLITS * 256 + s_idx[:, None] * 256 + bins[None, :])  # [SPLITS, 256]
-        digit, above, ties = _pick_digit(tl.sum(per_split, axis=0), remaining)
-        remaining -= above
-        prefix = prefix | (digit << (24 - 8 * p))
-        # a key is above the threshold iff at its first differing digit it is larger
-        earlier = s_idx[:, None] < split
-        above_before += tl.sum(tl.sum(tl.where(earlier & (bins[None, :] > digit), per_split, 0), axis=1), axis=0)
-        if p == 3:  # only in the compaction (P = 4)
-            ties_before = tl.sum(tl.sum(tl.where(earlier & (bins[None, :] == digit), per_split, 0), axis=1), axis=0)
-    return prefix, remaining, above_before, ties_before, ties
+    per_split = tl.load(ws_row + P * SPLITS * 256 + s_idx[:, None] * 256 + bins[None, :])  # [SPLITS, 256]
+    digit, above, ties = _pick_digit(tl.sum(per_split, axis=0), remaining)
+    # a key is above the threshold iff at its first differing digit it is larger
+    earlier = s_idx[:, None] < split
+    above_before += tl.sum(tl.sum(tl.where(earlier & (bins[None, :] > digit), per_split, 0), axis=1), axis=0)
+    ties_before = tl.sum(tl.sum(tl.where(earlier & (bins[None, :] == digit), per_split, 0), axis=1), axis=0)
+    return prefix | (digit << (24 - 8 * P)), remaining - above, above_before, ties, ties_before
+
+
+@triton.jit
+def _state_after(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
+    """The choices of passes ``≤ P``: the previous launch left those of passes ``< P`` in this
+    split's state slot (each pass reads one pass of histograms, not all before it)."""
+    if P == 0:
+        prefix = tl.zeros([], tl.int32)
+        remaining = k
+        above_before = tl.zeros([], tl.int32)
+    else:
+        slot = ws_row + 4 * SPLITS * 256 + split * _STATE_INTS
+        prefix = tl.load(slot)
+        remaining = tl.load(slot + 1)
+        above_before = tl.load(slot + 2)
+    return _decide(ws_row, P, SPLITS, split, prefix, remaining, above_before)
 
 
 SPLIT_ALIGN: tl.constexpr = tl.constexpr(128)
@@ -193,7 +212,7 @@ def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, 
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
     lo, hi = split_bounds(L, split, SPLITS)
-    return lo, hi, k, ws_ptr + row.to(tl.int64) * (4 * SPLITS * 256)
+    return lo, hi, k, workspace_row(ws_ptr, row, SPLITS)
 
 
 @triton.jit
@@ -207,7 +226,13 @@ def _split_hist_kernel(
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix, _, _, _, _ = _split_state(ws_row, k, P, SPLITS, split)
+        prefix = tl.zeros([], tl.int32)
+        if P > 0:
+            prefix, remaining, above_before, _, _ = _state_after(ws_row, k, P - 1, SPLITS, split)
+            slot = ws_row + 4 * SPLITS * 256 + split * _STATE_INTS
+            tl.store(slot, prefix)
+            tl.store(slot + 1, remaining)
+            tl.store(slot + 2, above_before)
         hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix, P, BLOCK)
         tl.store(ws_row + P * SPLITS * 256 + split * 256 + tl.arange(0, 256), hist)
 
@@ -224,7 +249,7 @@ def _split_compact_kernel(
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix, remaining, above_before, ties_before, ties = _split_state(ws_row, k, 4, SPLITS, split)
+        prefix, remaining, above_before, ties, ties_before = _state_after(ws_row, k, 3, SPLITS, split)
         b = row // num_kv_heads
         g = row % num_kv_heads
         pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
@@ -259,7 +284,7 @@ def topk_workspace(rows_cap: int, L: int, device: torch.device | str) -> torch.T
 
 
 def topk_workspace_numel(rows_cap: int, L: int) -> int:
-    return 4 * 256 * max(r * topk_splits(r, L) for r in range(1, rows_cap + 1))
+    return (HIST_INTS + STATE_INTS) * max(r * topk_splits(r, L) for r in range(1, rows_cap + 1))
 
 
 def topk_rows(
@@ -334,7 +359,8 @@ def _launch_topk(
             num_warps=num_warps,
         )
         return
-    assert workspace is not None and workspace.dtype == torch.int32 and workspace.numel() >= 4 * 256 * rows * splits
+    assert workspace is not None and workspace.dtype == torch.int32
+    assert workspace.numel() >= (HIST_INTS + STATE_INTS) * rows * splits
     for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
             scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),

@@ -392,11 +392,15 @@ def test_select_ignores_columns_past_each_requests_length(split: bool, monkeypat
     assert torch.equal(out, write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
 
 
-@pytest.mark.parametrize("min_split, max_programs", [(32, 1024), (32, 8)])
-def test_score_counts_the_first_topk_pass(min_split: int, max_programs: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``score_tokens`` counting pass 0 into the workspace, then the top-K's later passes: the
-    same picks as the top-K of the reference scores over each request's length, on split rows
-    and on whole rows (``max_programs`` 8 leaves one program per row)."""
+@pytest.mark.parametrize("min_split, max_programs, fused, pad", [
+    (32, 1024, True, False), (32, 8, True, False), (32, 1024, True, True), (32, 1024, False, False),
+])
+def test_score_counts_the_first_topk_pass(min_split: int, max_programs: int, fused: bool, pad: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``score_tokens`` counting pass 0 into the workspace (``fused``), then the top-K's later
+    passes: the same picks as the top-K of the reference scores over each request's length, on
+    split rows and on whole rows (``max_programs`` 8 leaves one program per row); the columns
+    past a length are −inf with ``pad``, else left alone."""
     monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", min_split)
     monkeypatch.setattr(select, "MAX_PROGRAMS", max_programs)
     kv_heads, size, L, sinks, window, kmax = 2, 64, 300, 4, 8, 48
@@ -413,15 +417,15 @@ def test_score_counts_the_first_topk_pass(min_split: int, max_programs: int, mon
     args = (batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE), batch.lens.to(DEVICE))
     score_tokens(lut.to(DEVICE), batch.codes.to(DEVICE), *args[:2], args[2],
                  torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
-                 block=32, topk_workspace=ws, pad=False)
+                 block=32, topk_workspace=ws if fused else None, pad=pad)
     out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
     topk_rows(scores, counts.to(DEVICE), rows, out, workspace=ws, block=32, seq_lens=args[2],
-              num_kv_heads=kv_heads, first_pass_done=True)
+              num_kv_heads=kv_heads, first_pass_done=fused)
     scores, out = scores.cpu(), out.cpu()
     for r in range(rows):
         n, k = lens[r // kv_heads], int(counts[r])
         torch.testing.assert_close(scores[r, :n], expected[r, :n])
-        assert (scores[r, n:] == 123.0).all(), "pad=False leaves the columns past the length alone"
+        assert (scores[r, n:] == (-INF if pad else 123.0)).all()
         assert sorted(out[r, :k].tolist()) == topk_reference(expected[r, :n], k), r
 
 
