@@ -4,8 +4,8 @@
 
 Times the attention part of one decode step (every layer) at a model's shape on random KV,
 without loading a model: stock = SGLang's FlashInfer paged decode over each request's whole
-context; A²ATS = encode the keys due → lookup table → score every token (and count the first
-top-K pass) → top-K and index write → FlashInfer decode over the picked tokens. Each variant
+context; A²ATS = encode the keys due → lookup table → score every token → top-K and index
+write → FlashInfer decode over the picked tokens. Each variant
 (and each A²ATS stage alone) is captured in a CUDA graph of ``layers`` back-to-back calls, as in
 SGLang's decode graph, and timed over replays. Keys are encoded in groups of ``encode_group``
 positions, so a request's step is "due" once per group and "idle" otherwise; ``a2ats_ms`` is
@@ -106,29 +106,26 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     from a2ats_sglang.kernels.score import score_tokens
     from a2ats_sglang.kernels.select import select_and_write
 
-    def score(fused: bool) -> None:
+    def score() -> None:
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
-                     dec.budget.window, buffers.scores, reduce=dec.reduce,
-                     topk_workspace=buffers.topk_ws if fused else None, pad=False)
+                     dec.budget.window, buffers.scores, reduce=dec.reduce, pad=False)
 
-    def topk(fused: bool) -> None:  # fused: passes 1-3 and the compaction (scoring counted pass 0)
+    def topk() -> None:
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
                          m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
-                         seq_lens=seq_lens, first_pass_done=fused)
+                         seq_lens=seq_lens)
 
-    def sparse_step(due, fused: bool | None = None) -> None:
+    def sparse_step(due) -> None:
         dec.encode_pool(0, k_pool, due, buffers.encode_ws)
-        dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers, fuse_first_pass=fused)
+        dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers)
         dec.attend(wrapper, q, k_pool, v_pool, scale)
 
     stages = {
         "encode_due": lambda: dec.encode_pool(0, k_pool, tables.due, buffers.encode_ws),
         "encode_idle": lambda: dec.encode_pool(0, k_pool, idle_keys, buffers.encode_ws),
         "lookup_table": lambda: dec.lookup_table(0, q, tables.queries),
-        "score": lambda: score(False),
-        "topk": lambda: topk(False),
-        "score_fused": lambda: score(True),  # also counts the top-K's first pass
-        "topk_after_fused": lambda: topk(True),
+        "score": score,
+        "topk": topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
     e = dec.encode_group
@@ -138,17 +135,11 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     shared = time_graph(lambda: dec.step_tables(positions, req_to_token, rpi), 1, args.iters)
     result["a2ats_stages_ms"]["step_tables"] = round(shared, 4)
 
-    def step_ms(fused: bool | None) -> dict[str, float]:
-        """Due and idle step, and their average over an encode group (a request completes one
-        group every ``e`` steps)."""
-        due = time_graph(lambda: sparse_step(tables.due, fused), layers, args.iters) + shared
-        idle = time_graph(lambda: sparse_step(idle_keys, fused), layers, args.iters) + shared
-        return {"due": round(due, 4), "idle": round(idle, 4), "mean": round(((e - 1) * idle + due) / e, 4)}
-
-    # the serving default (FUSE_FIRST_PASS_MAX_ROWS picks the variant), and both variants
-    result["a2ats_step_ms"] = step_ms(None)
-    result["a2ats_step_ms_by_variant"] = {"fused_first_pass": step_ms(True), "separate_first_pass": step_ms(False)}
-    result["a2ats_ms"] = result["a2ats_step_ms"]["mean"]
+    due = time_graph(lambda: sparse_step(tables.due), layers, args.iters) + shared
+    idle = time_graph(lambda: sparse_step(idle_keys), layers, args.iters) + shared
+    result["a2ats_step_ms"] = {"due": round(due, 4), "idle": round(idle, 4)}
+    # a request completes an encode group once every e steps
+    result["a2ats_ms"] = round(((e - 1) * idle + due) / e, 4)
 
     # stock: SGLang's FlashInfer decode (GQA heads, page size 1, each request's whole context)
     indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * n

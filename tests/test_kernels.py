@@ -392,40 +392,30 @@ def test_select_ignores_columns_past_each_requests_length(split: bool, monkeypat
     assert torch.equal(out, write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
 
 
-@pytest.mark.parametrize("min_split, max_programs, fused, pad", [
-    (32, 1024, True, False), (32, 8, True, False), (32, 1024, True, True), (32, 1024, False, False),
-])
-def test_score_counts_the_first_topk_pass(min_split: int, max_programs: int, fused: bool, pad: bool,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """``score_tokens`` counting pass 0 into the workspace (``fused``), then the top-K's later
-    passes: the same picks as the top-K of the reference scores over each request's length, on
-    split rows and on whole rows (``max_programs`` 8 leaves one program per row); the columns
-    past a length are −inf with ``pad``, else left alone."""
-    monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", min_split)
-    monkeypatch.setattr(select, "MAX_PROGRAMS", max_programs)
+def test_score_unpadded_then_topk_over_each_length() -> None:
+    """The decode path: ``pad=False`` scoring leaves columns past a length alone (stale here),
+    and the top-K given the lengths never reads them."""
     kv_heads, size, L, sinks, window, kmax = 2, 64, 300, 4, 8, 48
     lens = [300, 77, 1, 250]
     batch = Batch(lens, kv_heads, size, max_ctx=L, seed=16)
     rows = len(lens) * kv_heads
-    assert (select.topk_splits(rows, L) > 1) == (max_programs > 8)
     lut = torch.randint(0, 6, (len(lens), 2, 2 * kv_heads, size), generator=torch.Generator().manual_seed(17)).float()
     edges = [window, 64]
     expected = score_reference(lut, batch, edges, sinks, window, L, "max")  # small integers: many ties
     counts = torch.tensor([48, 30, 48, 48, 1, 1, 40, 20], dtype=torch.int32)
-    ws = topk_workspace(rows, L, DEVICE)
-    scores = torch.full((rows, L), 123.0, device=DEVICE)  # stale: the columns past a length stay so
-    args = (batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE), batch.lens.to(DEVICE))
-    score_tokens(lut.to(DEVICE), batch.codes.to(DEVICE), *args[:2], args[2],
-                 torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
-                 block=32, topk_workspace=ws if fused else None, pad=pad)
+    scores = torch.full((rows, L), INF, device=DEVICE)  # stale scores that would win any top-K
+    lens_dev = batch.lens.to(DEVICE)
+    score_tokens(lut.to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+                 lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
+                 block=32, pad=False)
     out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
-    topk_rows(scores, counts.to(DEVICE), rows, out, workspace=ws, block=32, seq_lens=args[2],
-              num_kv_heads=kv_heads, first_pass_done=fused)
+    topk_rows(scores, counts.to(DEVICE), rows, out, workspace=topk_workspace(rows, L, DEVICE), block=32,
+              seq_lens=lens_dev, num_kv_heads=kv_heads)
     scores, out = scores.cpu(), out.cpu()
     for r in range(rows):
         n, k = lens[r // kv_heads], int(counts[r])
         torch.testing.assert_close(scores[r, :n], expected[r, :n])
-        assert (scores[r, n:] == (-INF if pad else 123.0)).all()
+        assert (scores[r, n:] == INF).all()
         assert sorted(out[r, :k].tolist()) == topk_reference(expected[r, :n], k), r
 
 

@@ -80,7 +80,6 @@ class Budget:
 
 
 ENCODE_KEYS_PER_REQUEST = 16  # the largest encode_group
-FUSE_FIRST_PASS_MAX_ROWS = 8  # (request, kv head) rows up to which scoring counts top-K pass 0
 
 
 class SparseDecodeBuffers:
@@ -221,27 +220,18 @@ class SparseDecoder:
     def select(
         self, layer: int, q: torch.Tensor, tables: Tables, req_to_token: torch.Tensor,
         req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
-        fuse_first_pass: bool | None = None,
     ) -> None:
-        """Write this layer's picks as KV-pool row indices into ``buffers.indices``.
-
-        ``fuse_first_pass``: the score kernel also counts the top-K's first radix pass (one
-        launch fewer, fewer and longer scoring programs); by default for at most
-        :data:`FUSE_FIRST_PASS_MAX_ROWS` rows, where it measured faster. Columns past a
-        request's length are neither written nor read.
-        """
-        bs = q.shape[0]
-        rows = bs * self.num_kv_heads
-        fuse = rows <= FUSE_FIRST_PASS_MAX_ROWS if fuse_first_pass is None else fuse_first_pass
+        """Write this layer's picks as KV-pool row indices into ``buffers.indices``. Columns past
+        a request's length are neither scored nor read by the top-K."""
+        rows = q.shape[0] * self.num_kv_heads
         score_tokens(
             self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
-            topk_workspace=buffers.topk_ws if fuse else None, pad=False,
+            pad=False,
         )
         select_and_write(
             buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
-            self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws,
-            seq_lens=seq_lens, first_pass_done=fuse,
+            self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
         )
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
