@@ -8,7 +8,9 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
 - :mod:`.score` — ``score_tokens`` (per-(request, kv head) token scores from the codes and
   the bucketed lookup table);
 - :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
-  KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``.
+  KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
+- :mod:`.hot_buffer` — ``fetch_hot`` (offload mode: picked tokens' K/V from pinned host memory
+  into each request's hot buffer, attention indices of the row).
 
 Wrappers never synchronise with the host nor allocate: they write into caller buffers, so
 they run inside CUDA-graph capture.

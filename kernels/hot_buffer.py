@@ -1,0 +1,146 @@
+"""Offload mode's per-step KV fetch: the picked tokens of each (request, kv head) into its hot buffer.
+
+With the full KV cache in pinned host memory, each request owns ``H`` slots of the GPU KV
+tensor (its hot buffer); every kv head of the request keeps its own ``H`` resident tokens in its
+own column of those slots (the pool viewed as ``[slots·Hkv, 1, d]``, as the sparse decode reads
+it). Per layer and step, :func:`fetch_hot` looks each hot slot's token up among the step's picks
+(hits stay), copies the misses' K/V from host memory into slots whose tokens were not picked
+(taken in clock order from a per-row hand, so a slot that just missed is not the next victim),
+and writes the attention indices of the row: hits in slot order, then misses in pick order.
+
+Membership is tagged in the row's score buffer, which the step no longer needs once the top-K
+has run: picked columns are set to ``+inf``, then the picked columns found resident to ``−inf``
+(a visible column scores finite or ``+inf`` before, so the tags are unambiguous). One program
+per row, no atomics, no allocation, no host synchronisation: it runs under the decode graph.
+The host pool is read in place through its device mapping (UVA, pinned memory); on the CPU
+(Triton's interpreter) it is ordinary memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _fetch_kernel(
+    picks_ptr, counts_ptr, scores_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
+    hot_slots_ptr, hot_tokens_ptr, hand_ptr, victims_ptr,
+    host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr,
+    indptr_ptr, out_ptr, stats_ptr,
+    num_kv_heads, hot_size, dim,
+    stride_pr, stride_sr, stride_rr, stride_hs, stride_ht, stride_vr,
+    stride_hk_s, stride_hk_h, stride_dk_s, stride_dk_h,
+    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = row // num_kv_heads
+    g = row % num_kv_heads
+    rid = tl.load(req_pool_ptr + b).to(tl.int64)
+    seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
+    n = tl.load(counts_ptr + row)
+    pick_row = picks_ptr + row.to(tl.int64) * stride_pr
+    score_row = scores_ptr + row.to(tl.int64) * stride_sr
+    tokens_row = hot_tokens_ptr + (rid * num_kv_heads + g) * stride_ht
+    slots_row = hot_slots_ptr + rid * stride_hs
+    victims_row = victims_ptr + row.to(tl.int64) * stride_vr
+    dst = tl.load(indptr_ptr + row)
+
+    # 1. tag the picks
+    for start in range(0, n, BLOCK):
+        j = start + tl.arange(0, BLOCK)
+        t = tl.load(pick_row + j, mask=j < n, other=0)
+        tl.store(score_row + t, tl.full([BLOCK], float("inf"), tl.float32), mask=j < n)
+    tl.debug_barrier()
+
+    # 2. hot slots holding a picked token are hits: retag them, list them first
+    h = tl.arange(0, HOT_P2)
+    t_h = tl.load(tokens_row + h, mask=h < hot_size, other=-1)
+    held = (h < hot_size) & (t_h >= 0) & (t_h < seq_len)
+    hit = held & (tl.load(score_row + t_h, mask=held, other=0.0) == float("inf"))
+    tl.store(score_row + t_h, tl.full([HOT_P2], float("-inf"), tl.float32), mask=hit)
+    hit_pos = tl.cumsum(hit.to(tl.int32), axis=0) - 1
+    slot_h = tl.load(slots_row + h, mask=hit, other=0)
+    tl.store(out_ptr + dst + hit_pos, slot_h * num_kv_heads + g, mask=hit)
+    n_hit = tl.sum(hit.to(tl.int32), axis=0)
+    tl.debug_barrier()
+
+    # 3. every other slot is a victim, in clock order from the hand
+    hand = tl.load(hand_ptr + rid * num_kv_heads + g)
+    hh = (hand + h) % hot_size
+    t_hh = tl.load(tokens_row + hh, mask=h < hot_size, other=-1)
+    held_hh = (h < hot_size) & (t_hh >= 0) & (t_hh < seq_len)
+    kept = held_hh & (tl.load(score_row + t_hh, mask=held_hh, other=0.0) == float("-inf"))
+    free = (h < hot_size) & ~kept
+    tl.store(victims_row + tl.cumsum(free.to(tl.int32), axis=0) - 1, hh, mask=free)
+    tl.debug_barrier()
+
+    # 4. misses (picks still tagged +inf) take the victims in order: copy K/V from the host
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < dim
+    n_miss = tl.zeros([], tl.int32)
+    for start in range(0, n, BLOCK):
+        j = start + tl.arange(0, BLOCK)
+        t = tl.load(pick_row + j, mask=j < n, other=0)
+        miss = (j < n) & (tl.load(score_row + t, mask=j < n, other=0.0) == float("inf"))
+        rank = n_miss + tl.cumsum(miss.to(tl.int32), axis=0) - 1
+        victim = tl.load(victims_row + rank, mask=miss, other=0)
+        slot = tl.load(slots_row + victim, mask=miss, other=0).to(tl.int64)
+        logical = tl.load(req_to_token_ptr + rid * stride_rr + t, mask=miss, other=0).to(tl.int64)
+        m2 = miss[:, None] & d_ok[None, :]
+        src = logical[:, None] * stride_hk_s + g * stride_hk_h + d[None, :]
+        dev = slot[:, None] * stride_dk_s + g * stride_dk_h + d[None, :]
+        tl.store(dev_k_ptr + dev, tl.load(host_k_ptr + src, mask=m2), mask=m2)
+        tl.store(dev_v_ptr + dev, tl.load(host_v_ptr + src, mask=m2), mask=m2)
+        tl.store(tokens_row + victim, t, mask=miss)
+        tl.store(out_ptr + dst + n_hit + rank, (slot * num_kv_heads + g).to(tl.int32), mask=miss)
+        n_miss += tl.sum(miss.to(tl.int32), axis=0)
+    if n_miss > 0:  # the hand moves past the last slot filled
+        tl.store(hand_ptr + rid * num_kv_heads + g, (tl.load(victims_row + n_miss - 1) + 1) % hot_size)
+    tl.store(stats_ptr + row * 2, n_hit)
+    tl.store(stats_ptr + row * 2 + 1, n_miss)
+
+
+def fetch_hot(
+    picks: torch.Tensor, counts: torch.Tensor, scores: torch.Tensor, req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, hot_slots: torch.Tensor, hot_tokens: torch.Tensor,
+    hand: torch.Tensor, victims: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor,
+    dev_k: torch.Tensor, dev_v: torch.Tensor, indptr: torch.Tensor, out_indices: torch.Tensor,
+    stats: torch.Tensor, rows: int, block: int = 128,
+) -> None:
+    """Make every picked token of rows ``r = b·Hkv + g < rows`` resident and write their indices.
+
+    ``picks`` ``[rows_cap, width]`` int32 token positions (``counts[r]`` of them, distinct,
+    each ``< seq_lens[b]``, as the top-K writes them); ``scores`` ``[rows_cap, L]`` float32, the
+    step's scores (finite below the length, but for ``+inf`` ones that are all picked), used as
+    scratch: its picked columns are overwritten. A request's ``hot_tokens`` rows must be −1
+    when its pool row is handed to it.
+    ``req_to_token`` ``[R, ctx]`` logical slots; ``hot_slots`` ``[R, H]`` int32, the GPU slots of
+    each request's hot buffer (``H ≥ max counts``); ``hot_tokens`` ``[R, Hkv, H]`` int32, the
+    token each (request, kv head) holds there (−1: none; this layer's); ``hand`` ``[R, Hkv]``
+    int32 clock hands; ``victims`` ``[rows_cap, H]`` int32 scratch. ``host_k``/``host_v``
+    ``[logical slots, Hkv, d]`` (pinned), ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]``, same
+    dtype. Writes ``out_indices[indptr[r] : indptr[r] + counts[r]]`` (GPU slot·Hkv + g) and
+    ``stats[r] = (hits, misses)`` (``[rows_cap, 2]`` int32).
+    """
+    if rows == 0:
+        return
+    hot_size = hot_slots.shape[1]
+    num_kv_heads, dim = host_k.shape[1], host_k.shape[2]
+    assert hot_tokens.shape[1:] == (num_kv_heads, hot_size) and hot_tokens.is_contiguous() and hand.is_contiguous()
+    assert host_k.dtype == dev_k.dtype and host_k.stride() == host_v.stride() and dev_k.stride() == dev_v.stride()
+    assert host_k.stride(2) == 1 and dev_k.stride(2) == 1 and scores.stride(1) == 1 and picks.stride(1) == 1
+    assert victims.shape[1] >= hot_size and out_indices.dtype == torch.int32
+    assert stats.dtype == torch.int32 and stats.is_contiguous() and stats.shape[1] == 2
+    _fetch_kernel[(rows,)](
+        picks, counts, scores, req_to_token, req_pool_indices, seq_lens,
+        hot_slots, hot_tokens, hand, victims,
+        host_k, host_v, dev_k, dev_v,
+        indptr, out_indices, stats,
+        num_kv_heads, hot_size, dim,
+        picks.stride(0), scores.stride(0), req_to_token.stride(0), hot_slots.stride(0), hot_tokens.stride(1),
+        victims.stride(0),
+        host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),
+        BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim),
+    )

@@ -1,0 +1,120 @@
+"""The offload mode's hot-buffer fetch against a plain model of what must be resident: over
+several steps of changing picks, every picked token's K/V reaches the GPU slot its attention
+index names, hits are exactly the picks already resident, and nothing resident is corrupted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from a2ats_sglang.kernels.hot_buffer import fetch_hot
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INF = float("inf")
+
+
+class Offload:
+    def __init__(self, hot_size: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.g = g
+        self.kv_heads, self.dim, self.hot_size = 2, 16, hot_size
+        self.lens = [90, 50, 1]  # the last: a CUDA-graph padding request on pool row 0
+        self.rid = [1, 2, 0]
+        logical, gpu_slots = 300, 3 * hot_size + 5
+        self.host_k = torch.randn(logical, self.kv_heads, self.dim, generator=g).bfloat16()
+        self.host_v = torch.randn(logical, self.kv_heads, self.dim, generator=g).bfloat16()
+        self.dev_k = torch.zeros(gpu_slots, self.kv_heads, self.dim, dtype=torch.bfloat16)
+        self.dev_v = torch.zeros_like(self.dev_k)
+        self.req_to_token = torch.zeros(3, 100, dtype=torch.int32)
+        perm = torch.randperm(logical - 1, generator=g) + 1
+        self.req_to_token[1, :90] = perm[:90].int()
+        self.req_to_token[2, :50] = perm[90:140].int()
+        self.hot_slots = (torch.randperm(gpu_slots, generator=g)[: 3 * hot_size].view(3, hot_size)).int()
+        self.hot_tokens = torch.full((3, self.kv_heads, hot_size), -1, dtype=torch.int32)
+        self.hand = torch.zeros(3, self.kv_heads, dtype=torch.int32)
+        self.rows = len(self.lens) * self.kv_heads
+
+    def step(self, picks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer-step with these picks per row. → (out indices, indptr, stats)"""
+        width = max(len(p) for p in picks)
+        pick_t = torch.zeros(self.rows, width, dtype=torch.int32)
+        counts = torch.tensor([len(p) for p in picks], dtype=torch.int32)
+        scores = torch.randn(self.rows, 100, generator=self.g)
+        for r, p in enumerate(picks):
+            pick_t[r, : len(p)] = torch.tensor(sorted(p), dtype=torch.int32)
+            scores[r, sorted(p)[:2]] = INF  # protected tokens score +inf, and are always picked
+        indptr = torch.zeros(self.rows + 1, dtype=torch.int32)
+        indptr[1:] = counts.cumsum(0)
+        out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
+        stats = torch.zeros(self.rows, 2, dtype=torch.int32, device=DEVICE)
+        state = [t.to(DEVICE) for t in (self.hot_tokens, self.hand, self.dev_k, self.dev_v)]
+        fetch_hot(
+            pick_t.to(DEVICE), counts.to(DEVICE), scores.to(DEVICE), self.req_to_token.to(DEVICE),
+            torch.tensor(self.rid, device=DEVICE), torch.tensor(self.lens, device=DEVICE), self.hot_slots.to(DEVICE),
+            state[0], state[1], torch.zeros(self.rows, self.hot_size, dtype=torch.int32, device=DEVICE),
+            self.host_k.to(DEVICE), self.host_v.to(DEVICE), state[2], state[3], indptr.to(DEVICE), out, stats,
+            self.rows, block=8,
+        )
+        self.hot_tokens, self.hand, self.dev_k, self.dev_v = (t.cpu() for t in state)
+        return out.cpu(), indptr, stats.cpu()
+
+    def resident(self, r: int) -> dict[int, int]:
+        """Token → hot-slot index of row ``r``, checking that no token is held twice."""
+        b, g = divmod(r, self.kv_heads)
+        held = [int(t) for t in self.hot_tokens[self.rid[b], g]]
+        tokens = [t for t in held if 0 <= t < self.lens[b]]
+        assert len(tokens) == len(set(tokens)), "a token held twice"
+        return {t: i for i, t in enumerate(held) if 0 <= t < self.lens[b]}
+
+    def check(self, picks: list[list[int]], before: list[dict[int, int]], out, indptr, stats) -> None:
+        for r, p in enumerate(picks):
+            b, g = divmod(r, self.kv_heads)
+            rid = self.rid[b]
+            hits = len(set(p) & set(before[r]))
+            assert stats[r].tolist() == [hits, len(p) - hits], r
+            after = self.resident(r)
+            assert set(p) <= set(after), "every pick is resident"
+            kept = {t for t, i in before[r].items() if t in after and after[t] == i}
+            assert set(p) & set(before[r]) <= kept, "hits are neither moved nor refetched"
+            idx = out[int(indptr[r]) : int(indptr[r + 1])].tolist()
+            assert all(i % self.kv_heads == g for i in idx)
+            slots = [i // self.kv_heads for i in idx]
+            want = sorted(int(self.hot_slots[rid, after[t]]) for t in p)
+            assert sorted(slots) == want, "the indices name the slots holding the picks"
+            for t, i in after.items():  # every resident token's K/V is intact in its slot
+                slot, logical = int(self.hot_slots[rid, i]), int(self.req_to_token[rid, t])
+                assert torch.equal(self.dev_k[slot, g], self.host_k[logical, g]), (r, t)
+                assert torch.equal(self.dev_v[slot, g], self.host_v[logical, g]), (r, t)
+
+
+@pytest.mark.parametrize("hot_size", [12, 16])
+def test_fetch_hot_over_steps(hot_size: int) -> None:
+    o = Offload(hot_size)
+    g = torch.Generator().manual_seed(1)
+    prev = [[] for _ in range(o.rows)]
+    for step in range(6):
+        picks = []
+        for r in range(o.rows):
+            n = o.lens[r // o.kv_heads]
+            k = min(n, 12 - step % 3)
+            keep = [t for t in prev[r] if torch.rand(1, generator=g).item() < 0.7][:k]
+            fresh = [int(t) for t in torch.randperm(n, generator=g) if int(t) not in keep]
+            picks.append(keep + fresh[: k - len(keep)])
+        before = [o.resident(r) for r in range(o.rows)]
+        out, indptr, stats = o.step(picks)
+        o.check(picks, before, out, indptr, stats)
+        prev = picks
+    assert int(stats[:, 0].sum()) > 0 and int(stats[:, 1].sum()) > 0, "both hits and misses were exercised"
+
+
+def test_a_full_hot_buffer_evicts_only_unpicked_tokens() -> None:
+    """Picks that fill the whole buffer, then a half-new set: the kept half stays in place."""
+    o = Offload(hot_size=8)
+    first = [list(range(8)), list(range(10, 18)), list(range(8)), list(range(20, 28)), [0], [0]]
+    o.step(first)
+    second = [list(range(4, 12)), list(range(10, 14)) + list(range(30, 34)), list(range(8)),
+              list(range(40, 48)), [0], [0]]
+    before = [o.resident(r) for r in range(o.rows)]
+    out, indptr, stats = o.step(second)
+    o.check(second, before, out, indptr, stats)
+    assert stats[:, 0].tolist() == [4, 4, 8, 0, 1, 1]
