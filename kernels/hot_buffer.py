@@ -144,3 +144,43 @@ def fetch_hot(
         host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),
         BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim),
     )
+
+
+@triton.jit
+def _store_kernel(
+    k_ptr, v_ptr, loc_ptr, host_k_ptr, host_v_ptr, n, row_elems,
+    stride_kn, stride_hs,
+    BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    ok = (i < n)[:, None] & (e < row_elems)[None, :]
+    slot = tl.load(loc_ptr + i, mask=i < n, other=0).to(tl.int64)
+    src = i[:, None].to(tl.int64) * stride_kn + e[None, :]
+    dst = slot[:, None] * stride_hs + e[None, :]
+    tl.store(host_k_ptr + dst, tl.load(k_ptr + src, mask=ok), mask=ok)
+    tl.store(host_v_ptr + dst, tl.load(v_ptr + src, mask=ok), mask=ok)
+
+
+def store_to_host(
+    k: torch.Tensor, v: torch.Tensor, loc: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor,
+    block_n: int = 16, block_e: int = 1024,
+) -> None:
+    """``host_k[loc[i]] = k[i]`` and the same for ``v``: new tokens' K/V written through to the
+    pinned host pool by the GPU itself (no host synchronisation, so also inside the decode graph).
+
+    ``k``/``v`` ``[n, Hkv, d]`` with each token's ``Hkv·d`` values contiguous, ``loc`` ``[n]``
+    logical slots, ``host_k``/``host_v`` ``[slots, Hkv, d]`` contiguous per slot, same dtype.
+    """
+    n = k.shape[0]
+    if n == 0:
+        return
+    row_elems = k.shape[1] * k.shape[2]
+    assert k.shape == v.shape and k.stride() == v.stride() and k.stride(1) == k.shape[2] and k.stride(2) == 1
+    assert host_k.shape[1:] == k.shape[1:] and host_k.stride() == host_v.stride() and host_k.dtype == k.dtype
+    assert host_k.stride(1) == k.shape[2] and host_k.stride(2) == 1
+    grid = (triton.cdiv(n, block_n), triton.cdiv(row_elems, block_e))
+    _store_kernel[grid](
+        k, v, loc, host_k, host_v, n, row_elems, k.stride(0), host_k.stride(0),
+        BLOCK_N=block_n, BLOCK_E=min(block_e, triton.next_power_of_2(row_elems)),
+    )

@@ -118,3 +118,19 @@ def test_a_full_hot_buffer_evicts_only_unpicked_tokens() -> None:
     out, indptr, stats = o.step(second)
     o.check(second, before, out, indptr, stats)
     assert stats[:, 0].tolist() == [4, 4, 8, 0, 1, 1]
+
+
+def test_store_to_host_writes_each_tokens_kv_at_its_slot() -> None:
+    from a2ats_sglang.kernels.hot_buffer import store_to_host
+
+    g = torch.Generator().manual_seed(3)
+    host_k = torch.zeros(50, 3, 24, dtype=torch.bfloat16, device=DEVICE)
+    host_v = torch.zeros_like(host_k)
+    k = torch.randn(7, 3, 24, generator=g).bfloat16().to(DEVICE)
+    v = torch.randn(7, 3, 24, generator=g).bfloat16().to(DEVICE)
+    loc = torch.tensor([4, 49, 0, 17, 18, 30, 2], device=DEVICE)
+    store_to_host(k, v, loc, host_k, host_v, block_n=4, block_e=32)
+    assert torch.equal(host_k[loc], k) and torch.equal(host_v[loc], v)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[loc.cpu()] = False
+    assert (host_k.cpu()[untouched] == 0).all() and (host_v.cpu()[untouched] == 0).all()

@@ -63,3 +63,14 @@ def test_pool_sizing_charges_only_the_a2ats_backend(monkeypatch: pytest.MonkeyPa
     slots = ours.max_total_num_tokens
     assert slots * (cell + fp.per_token) + fp.fixed <= budget < (slots + 2) * (cell + fp.per_token) + fp.fixed
     assert slots < stock.max_total_num_tokens
+
+
+def test_offload_footprint_llama_8b() -> None:
+    """Offload mode keeps 512 bytes per context token on the GPU instead of 128 KiB of KV: a 32K
+    request costs 16 MiB of codes, plus its hot buffer while it runs."""
+    from a2ats_sglang.runtime.memory import offload_footprint
+
+    m = llama()
+    fp = offload_footprint(m.num_layers, m.num_kv_heads, m.head_dim, hot_tokens=2048)
+    assert fp.per_context_token == 512 and fp.stock_per_context_token == 128 * 1024
+    assert fp.per_running_request == 2048 * 128 * 1024 + 32 * 8 * (2048 * 4 + 4) + 2048 * 4

@@ -42,3 +42,21 @@ def footprint(
     per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
     scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width, size) if graph_max_bs else 0
     return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)
+
+
+@dataclass(frozen=True)
+class OffloadFootprint:
+    """GPU bytes of offload mode, by what they scale with."""
+
+    per_context_token: int  # codes: every logical slot of every request keeps them on the GPU
+    per_running_request: int  # its hot buffer (H slots of K/V, all layers) and the tables naming them
+    stock_per_context_token: int  # what a GPU-resident KV cache spends instead
+
+
+def offload_footprint(num_layers: int, num_kv_heads: int, head_dim: int, hot_tokens: int, kv_dtype_bytes: int = 2) -> OffloadFootprint:
+    """Codes per context token; per running request a hot buffer of ``hot_tokens`` slots (each
+    kv head keeps its own tokens in its column of the slots) plus the per-(layer, kv head) table
+    of the token each slot holds (int32) and its clock hand."""
+    kv_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_dtype_bytes
+    tables = num_layers * num_kv_heads * (hot_tokens * 4 + 4) + hot_tokens * 4  # tokens, hand, slot ids
+    return OffloadFootprint(num_layers * num_kv_heads * CODE_BYTES, hot_tokens * kv_per_token + tables, kv_per_token)

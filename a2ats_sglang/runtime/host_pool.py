@@ -1,0 +1,83 @@
+"""Offload mode's host KV pool: every token's K/V in pinned CPU memory, indexed by logical slot.
+
+In offload mode SGLang's allocator, ``req_to_token`` and the radix tree deal in logical slots,
+and the number of logical slots (what the scheduler admits against) is what this pool holds,
+not what fits in HBM. The GPU keeps codes for every logical slot plus a hot buffer per running
+request (:mod:`a2ats_sglang.kernels.hot_buffer`).
+
+Layout ``[layers, slots, Hkv, d]`` for K and for V: one layer's pool is a contiguous
+``[slots, Hkv, d]`` tensor, which the fetch and store kernels address through its device
+mapping (pinned memory is mapped into the GPU's address space).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+GiB = 2**30
+DEFAULT_RAM_FRACTION = 0.6  # of the RAM free at start-up: the OS, page cache and SGLang need the rest
+MAX_RAM_FRACTION = 0.9  # an explicit size beyond this fraction of free RAM is refused
+
+
+class HostPoolError(ValueError):
+    """A host pool size that cannot be honoured."""
+
+
+@dataclass(frozen=True)
+class HostPoolPlan:
+    slots: int  # logical token slots (slot 0 is SGLang's padding slot)
+    bytes_per_token: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.slots * self.bytes_per_token
+
+
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """K and V of one token over every layer."""
+    return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def plan_host_pool(bytes_per_token: int, requested_gib: float | None, available_bytes: int | None = None) -> HostPoolPlan:
+    """Slots for ``--a2ats-host-kv-gb`` (``None``: :data:`DEFAULT_RAM_FRACTION` of free RAM)."""
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    if requested_gib is None:
+        budget = int(available * DEFAULT_RAM_FRACTION)
+    else:
+        if requested_gib <= 0:
+            raise HostPoolError(f"--a2ats-host-kv-gb must be positive, got {requested_gib}")
+        budget = int(requested_gib * GiB)
+        if budget > available * MAX_RAM_FRACTION:
+            raise HostPoolError(
+                f"--a2ats-host-kv-gb {requested_gib:g} asks for more pinned memory than this machine can "
+                f"spare: {available / GiB:.1f} GiB free, at most {MAX_RAM_FRACTION:.0%} of it usable"
+            )
+    slots = budget // bytes_per_token
+    if slots < 2:
+        raise HostPoolError(
+            f"the host KV pool holds no token: {budget / GiB:.2f} GiB for {bytes_per_token} bytes per token"
+        )
+    return HostPoolPlan(slots, bytes_per_token)
+
+
+class HostKVPool:
+    """K and V of every logical slot, every layer, in (pinned) host memory."""
+
+    def __init__(self, plan: HostPoolPlan, num_layers: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, pin: bool | None = None) -> None:
+        pin = torch.cuda.is_available() if pin is None else pin
+        shape = (num_layers, plan.slots, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, pin_memory=pin)
+        self.v = torch.zeros(shape, dtype=dtype, pin_memory=pin)
+        self.slots = plan.slots
+
+    def layer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[slots, Hkv, d]`` K and V of one layer (what the kernels read and write)."""
+        return self.k[layer_id], self.v[layer_id]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2

@@ -1,0 +1,45 @@
+"""Sizing of the offload mode's host KV pool: explicit sizes, the default from free RAM, and
+clear errors for sizes the machine cannot give."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from a2ats_sglang.runtime.host_pool import (
+    DEFAULT_RAM_FRACTION,
+    GiB,
+    HostKVPool,
+    HostPoolError,
+    kv_bytes_per_token,
+    plan_host_pool,
+)
+
+
+def test_bytes_per_token_llama_8b() -> None:
+    assert kv_bytes_per_token(32, 8, 128, torch.bfloat16) == 128 * 1024  # 128 KiB, as the node README says
+
+
+def test_explicit_and_default_sizes() -> None:
+    per_token = kv_bytes_per_token(32, 8, 128, torch.bfloat16)
+    assert plan_host_pool(per_token, 64, available_bytes=100 * GiB).slots == 64 * GiB // per_token
+    default = plan_host_pool(per_token, None, available_bytes=100 * GiB)
+    assert default.slots == int(100 * GiB * DEFAULT_RAM_FRACTION) // per_token
+    assert default.nbytes <= 100 * GiB * DEFAULT_RAM_FRACTION
+
+
+@pytest.mark.parametrize("requested, message", [
+    (0, "must be positive"), (-3, "must be positive"), (95, "more pinned memory than this machine can spare"),
+    (1e-7, "holds no token"),
+])
+def test_sizes_the_machine_cannot_give(requested: float, message: str) -> None:
+    with pytest.raises(HostPoolError, match=message):
+        plan_host_pool(kv_bytes_per_token(32, 8, 128, torch.bfloat16), requested, available_bytes=100 * GiB)
+
+
+def test_pool_layers_are_contiguous_slot_tables() -> None:
+    plan = plan_host_pool(kv_bytes_per_token(2, 3, 16, torch.bfloat16), 1e-3, available_bytes=GiB)
+    pool = HostKVPool(plan, 2, 3, 16, torch.bfloat16, pin=False)
+    k, v = pool.layer(1)
+    assert k.shape == (plan.slots, 3, 16) and k.is_contiguous() and v.is_contiguous()
+    assert pool.nbytes == plan.slots * plan.bytes_per_token
