@@ -134,3 +134,24 @@ def test_store_to_host_writes_each_tokens_kv_at_its_slot() -> None:
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[loc.cpu()] = False
     assert (host_k.cpu()[untouched] == 0).all() and (host_v.cpu()[untouched] == 0).all()
+
+
+def test_hot_buffers_own_disjoint_slots_and_reset_per_request() -> None:
+    from a2ats_sglang.runtime.hot_buffers import HotBuffers
+
+    slots = HotBuffers(2, max_reqs=3, num_kv_heads=2, hot_tokens=8, base_slot=100, device=DEVICE).slots.cpu()
+    assert slots.unique().numel() == 24 and int(slots.min()) == 100 and int(slots.max()) == 123
+    hb = HotBuffers(num_layers=2, max_reqs=3, num_kv_heads=2, hot_tokens=8, base_slot=0, device=DEVICE)
+    o = Offload(hot_size=8)  # its host pool and 29 GPU slots
+    picks = torch.tensor([[0, 5, 9], [1, 2, 3]], dtype=torch.int32, device=DEVICE)
+    dev_k, dev_v = o.dev_k.to(DEVICE), o.dev_v.to(DEVICE)
+    for _ in range(2):  # request 0 on pool row 1; the second time every pick is a hit
+        hb.fetch(0, picks, torch.tensor([3, 3], dtype=torch.int32, device=DEVICE), torch.zeros(2, 100, device=DEVICE),
+                 o.req_to_token.to(DEVICE), torch.tensor([1], device=DEVICE), torch.tensor([90], device=DEVICE),
+                 o.host_k.to(DEVICE), o.host_v.to(DEVICE), dev_k, dev_v,
+                 torch.tensor([0, 3, 6], dtype=torch.int32, device=DEVICE), torch.zeros(6, dtype=torch.int32, device=DEVICE),
+                 torch.zeros(2, 8, dtype=torch.int32, device=DEVICE), torch.zeros(2, 2, dtype=torch.int32, device=DEVICE))
+    assert hb.counters.tolist() == [6, 6]
+    assert int((hb.tokens[0, 1] >= 0).sum()) == 6 and bool((hb.tokens[1] == -1).all()), "layer 1 untouched"
+    hb.reset(torch.tensor([1], device=DEVICE))
+    assert bool((hb.tokens[:, 1] == -1).all()) and bool((hb.hand[:, 1] == 0).all())
