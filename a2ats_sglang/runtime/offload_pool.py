@@ -1,0 +1,43 @@
+"""Offload mode's KV pool: SGLang's MHA pool whose ``loc`` is a logical slot.
+
+SGLang's allocator, ``req_to_token`` and the radix tree count logical slots, as many as the
+host pool holds. Every K/V write goes through to the host pool
+(:func:`~a2ats_sglang.kernels.hot_buffer.store_to_host`); the GPU tensors (this pool's own
+``k_buffer``/``v_buffer``, far fewer slots) are written only for an extend, at the prefill
+staging slots of its tokens, because dense prefill reads them there. Decode tokens reach the GPU
+through the hot-buffer fetch when a step selects them.
+"""
+
+from __future__ import annotations
+
+import torch
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc, MHATokenToKVPool, unwrap_write_loc
+
+from a2ats_sglang.kernels.hot_buffer import store_to_host
+from a2ats_sglang.runtime.host_pool import HostKVPool
+from a2ats_sglang.runtime.staging import Staging
+
+
+class OffloadKVPool(MHATokenToKVPool):
+    def __init__(self, host: HostKVPool, staging: Staging, gpu_slots: int, **mha_kwargs) -> None:
+        super().__init__(gpu_slots, **mha_kwargs)
+        if self.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"offload mode keeps K/V in bf16/fp16, not {self.dtype}: use --kv-cache-dtype auto")
+        self.host, self.staging = host, staging
+        self.logical_slots = host.slots
+        self.stage_writes = False  # the backend sets it for the duration of an extend
+
+    def set_kv_buffer(self, layer, loc_info, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                      k_scale: float | None = None, v_scale: float | None = None,
+                      layer_id_override: int | None = None, dcp_kv_mask: torch.Tensor | None = None) -> None:
+        if dcp_kv_mask is not None:
+            raise ValueError("offload mode does not support decode context parallelism")
+        logical, _, _ = unwrap_write_loc(loc_info)
+        layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
+        k = cache_k.view(-1, self.head_num, self.head_dim)
+        v = cache_v.view(-1, self.head_num, self.v_head_dim)
+        host_k, host_v = self.host.layer(layer_id - self.start_layer)
+        store_to_host(k.to(self.dtype), v.to(self.dtype), logical, host_k, host_v)
+        if self.stage_writes:
+            super().set_kv_buffer(layer, KVWriteLoc(self.staging.translate(logical), None), cache_k, cache_v,
+                                  k_scale, v_scale, layer_id_override)

@@ -1,0 +1,45 @@
+"""Offload mode's KV pool: every write reaches the host pool at its logical slot; only an
+extend's writes reach the GPU, at the staging slots of its tokens."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
+from a2ats_sglang.runtime.staging import Staging
+
+
+def make_pool():
+    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+
+    layers, heads, dim, logical = 2, 2, 16, 200
+    host = HostKVPool(HostPoolPlan(logical, kv_bytes_per_token(layers, heads, dim, torch.bfloat16)), layers, heads, dim,
+                      torch.bfloat16, pin=False)
+    staging = Staging(logical, base_slot=1, size=20, device="cpu")
+    pool = OffloadKVPool(host, staging, 32, page_size=1, dtype=torch.bfloat16, head_num=heads, head_dim=dim,
+                         layer_num=layers, device="cpu", enable_memory_saver=False, start_layer=0, end_layer=layers - 1)
+    return pool, host, staging
+
+
+def test_extend_writes_host_and_staging_decode_writes_host_only() -> None:
+    pool, host, staging = make_pool()
+    g = torch.Generator().manual_seed(0)
+    layer = SimpleNamespace(layer_id=1)
+    loc = torch.tensor([150, 3, 77])
+    gpu = staging.place(4, loc)
+    k, v = (torch.randn(3, 2, 16, generator=g).bfloat16() for _ in range(2))
+    pool.stage_writes = True
+    pool.set_kv_buffer(layer, loc, k, v)
+    assert torch.equal(host.k[1, loc], k) and torch.equal(host.v[1, loc], v)
+    assert torch.equal(pool.get_key_buffer(1)[gpu], k) and torch.equal(pool.get_value_buffer(1)[gpu], v)
+    assert (host.k[0] == 0).all(), "other layers untouched"
+
+    pool.stage_writes = False  # a decode step: the new token goes to the host only
+    before = pool.get_key_buffer(1).clone()
+    k2, v2 = (torch.randn(1, 2, 16, generator=g).bfloat16() for _ in range(2))
+    pool.set_kv_buffer(layer, torch.tensor([199]), k2, v2)
+    assert torch.equal(host.k[1, 199], k2[0]) and torch.equal(host.v[1, 199], v2[0])
+    assert torch.equal(pool.get_key_buffer(1), before)
+    assert pool.logical_slots == 200 and pool.get_key_buffer(1).shape[0] == 33, "the GPU holds far fewer slots"
