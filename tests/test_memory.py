@@ -74,3 +74,22 @@ def test_offload_footprint_llama_8b() -> None:
     fp = offload_footprint(m.num_layers, m.num_kv_heads, m.head_dim, hot_tokens=2048)
     assert fp.per_context_token == 512 and fp.stock_per_context_token == 128 * 1024
     assert fp.per_running_request == 2048 * 128 * 1024 + 32 * 8 * (2048 * 4 + 4) + 2048 * 4
+
+
+def test_offload_plan_splits_the_gpu_budget() -> None:
+    from a2ats_sglang.runtime.memory import OffloadSizingError, plan_offload
+
+    kv, codes, fixed = 128 * 1024, 512, 2**30
+    gib = 2**30
+    # 60 GiB for KV, 100 GiB of host KV (819,200 tokens), hot buffers of 4,096, 32K staging
+    plan = plan_offload(60 * gib, kv, codes, fixed, host_slots=819_200, hot_tokens=4096, staging_tokens=32768)
+    assert plan.logical_slots == 819_200, "codes for the whole host pool fit"
+    used = fixed + plan.logical_slots * (codes + 4) + (plan.staging_tokens + plan.max_running * 4096) * kv
+    assert used <= 60 * gib < used + 4096 * kv, "as many hot buffers as fit, no more"
+    assert plan.hot_base == 1 + 32768 and plan.gpu_slots == 32768 + plan.max_running * 4096
+    assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, running_cap=16).max_running == 16
+    assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, max_running=10).max_running == 10
+    with pytest.raises(OffloadSizingError, match="--max-running-requests 500 needs 500 hot buffers"):
+        plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, max_running=500)
+    with pytest.raises(OffloadSizingError, match="does not hold the fixed tensors"):
+        plan_offload(5 * gib, kv, codes, fixed, 819_200, 4096, 32768)

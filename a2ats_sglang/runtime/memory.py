@@ -60,3 +60,62 @@ def offload_footprint(num_layers: int, num_kv_heads: int, head_dim: int, hot_tok
     kv_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_dtype_bytes
     tables = num_layers * num_kv_heads * (hot_tokens * 4 + 4) + hot_tokens * 4  # tokens, hand, slot ids
     return OffloadFootprint(num_layers * num_kv_heads * CODE_BYTES, hot_tokens * kv_per_token + tables, kv_per_token)
+
+
+class OffloadSizingError(ValueError):
+    """An offload configuration the GPU cannot hold."""
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """Where offload mode's GPU slots go: ``[0]`` SGLang's padding slot, then prefill staging,
+    then one hot buffer of ``hot_tokens`` slots per request row."""
+
+    logical_slots: int  # what SGLang's allocator hands out (the host pool's capacity, or less)
+    max_running: int  # request rows, each with its hot buffer
+    hot_tokens: int
+    staging_tokens: int
+
+    @property
+    def staging_base(self) -> int:
+        return 1
+
+    @property
+    def hot_base(self) -> int:
+        return 1 + self.staging_tokens
+
+    @property
+    def gpu_slots(self) -> int:
+        return self.staging_tokens + self.max_running * self.hot_tokens
+
+
+def plan_offload(
+    budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
+    hot_tokens: int, staging_tokens: int, max_running: int | None = None, running_cap: int = 256,
+) -> OffloadPlan:
+    """Split the GPU's KV budget: codes (and the staging map) for every logical slot, fixed
+    tensors, staging, and as many hot buffers as fit (``max_running`` if given, up to
+    ``running_cap`` otherwise). Logical slots are the host pool's, fewer only if their codes
+    would leave no room for a single request."""
+    per_logical = code_bytes_per_token + 4  # + the staging map entry
+    per_request = hot_tokens * kv_bytes_per_token
+    staging = staging_tokens * kv_bytes_per_token
+    room = budget_bytes - fixed_bytes - staging
+    if room < per_request + per_logical * hot_tokens:
+        raise OffloadSizingError(
+            f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
+            f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens "
+            f"({staging / 2**30:.2f} GiB) and one hot buffer of {hot_tokens} tokens"
+        )
+    logical = min(host_slots, (room - per_request) // per_logical)
+    fit = (room - logical * per_logical) // per_request
+    if max_running is None:
+        running = min(fit, running_cap)
+    elif max_running > fit:
+        raise OffloadSizingError(
+            f"--max-running-requests {max_running} needs {max_running} hot buffers of {hot_tokens} tokens; "
+            f"the GPU holds {fit} next to the codes of {logical} tokens"
+        )
+    else:
+        running = max_running
+    return OffloadPlan(int(logical), int(running), hot_tokens, staging_tokens)
