@@ -3,9 +3,10 @@
 Dense prefill attends to a request's whole prompt, so while a prompt is being prefilled (over
 several chunks) its tokens' K/V live in staging slots of the GPU KV tensor as well as in the
 host pool. SGLang hands out logical slots; :class:`Staging` gives each new logical slot of a
-prefilling request a GPU slot, keeps the logical→GPU map the prefill's indices are translated
-with, and takes a request's slots back when its prefill is over. Bookkeeping is on the host
-(extend metadata runs outside CUDA graphs); the map lives on the GPU.
+prefilling request a GPU slot, keeps the logical→GPU map that K/V writes are translated with and
+a ``req_to_token``-shaped table of GPU slots for the prefill's attention indices, and takes a
+request's slots back when its prefill is over. Bookkeeping is on the host (extend metadata runs
+outside CUDA graphs); the map and the table live on the GPU.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ class StagingFull(RuntimeError):
 
 
 class Staging:
-    def __init__(self, logical_slots: int, base_slot: int, size: int, device: torch.device | str) -> None:
+    def __init__(self, logical_slots: int, base_slot: int, size: int, max_reqs: int, context_len: int,
+                 device: torch.device | str) -> None:
         self.base_slot, self.size = base_slot, size
         self.map = torch.full((logical_slots,), -1, dtype=torch.int32, device=device)  # logical → GPU slot
+        self.table = torch.zeros(max_reqs, context_len, dtype=torch.int32, device=device)  # [row, position]
         self._free = torch.arange(base_slot, base_slot + size, dtype=torch.int64)  # host free list
         self._held: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # pool row → (logical, GPU) slots
 
     def available(self) -> int:
         return self._free.numel()
 
-    def place(self, req_pool_idx: int, logical: torch.Tensor) -> torch.Tensor:
-        """GPU slots for a prefilling request's new logical slots (mapped from now on). → GPU slots"""
+    def place(self, req_pool_idx: int, start: int, logical: torch.Tensor) -> torch.Tensor:
+        """GPU slots for a prefilling request's new tokens, at positions ``start, start + 1, …``
+        with logical slots ``logical`` (mapped and tabled from now on). → GPU slots"""
         n = logical.numel()
         if n > self._free.numel():
             raise StagingFull(
@@ -37,7 +41,9 @@ class Staging:
             )
         gpu, self._free = self._free[:n], self._free[n:]
         logical = logical.to(torch.int64).cpu()
-        self.map[logical.to(self.map.device)] = gpu.to(device=self.map.device, dtype=torch.int32)
+        gpu_dev = gpu.to(device=self.map.device, dtype=torch.int32)
+        self.map[logical.to(self.map.device)] = gpu_dev
+        self.table[req_pool_idx, start : start + n] = gpu_dev
         old = self._held.get(req_pool_idx)
         self._held[req_pool_idx] = (logical, gpu) if old is None else (torch.cat([old[0], logical]), torch.cat([old[1], gpu]))
         return gpu
@@ -52,6 +58,10 @@ class Staging:
         self.map[logical.to(self.map.device)] = -1
         self._free = torch.cat([self._free, gpu])
         return gpu.numel()
+
+    def held_rows(self) -> list[int]:
+        """Request rows holding staging slots (release those whose prefill is over)."""
+        return list(self._held)
 
     def translate(self, logical: torch.Tensor) -> torch.Tensor:
         """GPU slots of staged logical slots (−1 for any not staged). Device op, no sync."""
