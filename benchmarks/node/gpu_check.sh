@@ -15,3 +15,4 @@ echo "equality done at $SECONDS s"
 timeout 150 python3 -m benchmarks.decode_step --batch 1 8 16 --out $OUT/decode-step.json 2>&1 | grep -v Warn | tail -5
 echo "decode step done at $SECONDS s"
 timeout $((585 - SECONDS)) python3 -m benchmarks.decode_step --batch 1 8 --graph-context 131072 --out $OUT/decode-step-graph128k.json 2>&1 | grep -v Warn | tail -3
+timeout $((595 - SECONDS)) python3 -m benchmarks.fetch_step --batch 1 8 16 --out $OUT/fetch-step.json 2>&1 | grep -v Warn | tail -13
