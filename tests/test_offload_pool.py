@@ -10,16 +10,24 @@ import torch
 from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
 from a2ats_sglang.runtime.staging import Staging
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    """The kernels write host memory asynchronously on a GPU."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
 
 def make_pool():
     from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 
     layers, heads, dim, logical = 2, 2, 16, 200
     host = HostKVPool(HostPoolPlan(logical, kv_bytes_per_token(layers, heads, dim, torch.bfloat16)), layers, heads, dim,
-                      torch.bfloat16, pin=False)
-    staging = Staging(logical, base_slot=1, size=20, max_reqs=8, context_len=64, device="cpu")
+                      torch.bfloat16)  # pinned where there is a GPU: the kernels read it in place
+    staging = Staging(logical, base_slot=1, size=20, max_reqs=8, context_len=64, device=DEVICE)
     pool = OffloadKVPool(host, staging, 32, page_size=1, dtype=torch.bfloat16, head_num=heads, head_dim=dim,
-                         layer_num=layers, device="cpu", enable_memory_saver=False, start_layer=0, end_layer=layers - 1)
+                         layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0, end_layer=layers - 1)
     return pool, host, staging
 
 
@@ -31,15 +39,17 @@ def test_extend_writes_host_and_staging_decode_writes_host_only() -> None:
     gpu = staging.place(4, 0, loc)
     k, v = (torch.randn(3, 2, 16, generator=g).bfloat16() for _ in range(2))
     pool.stage_writes = True
-    pool.set_kv_buffer(layer, loc, k, v)
+    pool.set_kv_buffer(layer, loc.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
+    sync()
     assert torch.equal(host.k[1, loc], k) and torch.equal(host.v[1, loc], v)
-    assert torch.equal(pool.get_key_buffer(1)[gpu], k) and torch.equal(pool.get_value_buffer(1)[gpu], v)
+    assert torch.equal(pool.get_key_buffer(1)[gpu].cpu(), k) and torch.equal(pool.get_value_buffer(1)[gpu].cpu(), v)
     assert (host.k[0] == 0).all(), "other layers untouched"
 
     pool.stage_writes = False  # a decode step: the new token goes to the host only
     before = pool.get_key_buffer(1).clone()
     k2, v2 = (torch.randn(1, 2, 16, generator=g).bfloat16() for _ in range(2))
-    pool.set_kv_buffer(layer, torch.tensor([199]), k2, v2)
+    pool.set_kv_buffer(layer, torch.tensor([199], device=DEVICE), k2.to(DEVICE), v2.to(DEVICE))
+    sync()
     assert torch.equal(host.k[1, 199], k2[0]) and torch.equal(host.v[1, 199], v2[0])
     assert torch.equal(pool.get_key_buffer(1), before)
     assert pool.logical_slots == 200 and pool.get_key_buffer(1).shape[0] == 33, "the GPU holds far fewer slots"
