@@ -140,7 +140,7 @@ _STATE_INTS: tl.constexpr = tl.constexpr(STATE_INTS)
 
 
 @triton.jit
-def workspace_row(ws_ptr, row, SPLITS: tl.constexpr):
+def _workspace_row(ws_ptr, row, SPLITS: tl.constexpr):
     """A row's workspace: ``[4 passes][SPLITS][256]`` histograms, then ``[SPLITS][STATE_INTS]``."""
     return ws_ptr + row.to(tl.int64) * (SPLITS * _SPLIT_INTS)
 
@@ -184,7 +184,7 @@ SPLIT_ALIGN: tl.constexpr = tl.constexpr(128)
 
 
 @triton.jit
-def split_bounds(row_len, split, SPLITS: tl.constexpr):
+def _split_bounds(row_len, split, SPLITS: tl.constexpr):
     """Columns ``[lo, hi)`` of split ``split`` of a row of ``row_len`` columns: the row's own
     length is shared out, so a short request in a graph sized for a long context keeps every
     program busy."""
@@ -198,8 +198,8 @@ def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, 
     """A split program's row: its columns, how many to pick, and its workspace."""
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
-    lo, hi = split_bounds(L, split, SPLITS)
-    return lo, hi, k, workspace_row(ws_ptr, row, SPLITS)
+    lo, hi = _split_bounds(L, split, SPLITS)
+    return lo, hi, k, _workspace_row(ws_ptr, row, SPLITS)
 
 
 @triton.jit
