@@ -25,11 +25,12 @@ from a2ats_sglang.kernels.encode import (
     encode_workspace,
 )
 from a2ats_sglang.kernels.score import score_tokens
-from a2ats_sglang.kernels.select import select_and_write, topk_workspace, topk_workspace_numel
+from a2ats_sglang.kernels.select import select_and_write, topk_rows, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.selection import budget_tokens
 from a2ats_sglang.method.wrope import DistanceBuckets
+from a2ats_sglang.runtime.hot_buffers import HotBuffers
 from a2ats_sglang.runtime.rotary import DeviceRotary, Tables
 
 
@@ -38,6 +39,18 @@ class PoolKeys(NamedTuple):
 
     slots: torch.Tensor  # [n] int64, −1 where there is nothing to encode
     tables: Tables  # un-rotation by each key's own position
+
+
+class OffloadStep(NamedTuple):
+    """What an offload-mode decode step fetches with, for one layer."""
+
+    hot: HotBuffers
+    host_k: torch.Tensor  # [logical slots, Hkv, d] this layer's host pool (pinned)
+    host_v: torch.Tensor
+    dev_k: torch.Tensor  # [GPU slots, Hkv, d] this layer's GPU KV tensor
+    dev_v: torch.Tensor
+    victims: torch.Tensor  # [rows_cap, H] int32 scratch
+    stats: torch.Tensor  # [rows_cap, 2] int32: this layer's hits and misses per row
 
 
 class StepTables(NamedTuple):
@@ -212,26 +225,41 @@ class SparseDecoder:
         """
         bs, nb, hkv, group = q.shape[0], self.reps.shape[0], self.num_kv_heads, self.group
         q_w = self.rotary.wrope_queries(q, tables, hkv)  # [Hkv, d, bs·nb·G] bf16
-        # aten's overload directly: SGLang's deterministic mode replaces ``torch.bmm`` with a
-        # batch-invariant kernel that has no fp32 output (and each column here is one request's)
-        lut = torch.ops.aten.bmm.dtype(self.decoded[layer], q_w, torch.float32)  # [Hkv, C, bs·nb·G]
+        if q.is_cuda:
+            # aten's overload directly: SGLang's deterministic mode replaces ``torch.bmm`` with a
+            # batch-invariant kernel that has no fp32 output (and each column here is one request's)
+            lut = torch.ops.aten.bmm.dtype(self.decoded[layer], q_w, torch.float32)  # [Hkv, C, bs·nb·G]
+        else:  # the CPU tests: no bf16 → fp32 bmm there; the same products, summed in fp32
+            lut = torch.bmm(self.decoded[layer].float(), q_w.float())
         return lut.view(hkv, -1, bs, nb, group).permute(2, 3, 0, 4, 1)
 
     def select(
         self, layer: int, q: torch.Tensor, tables: Tables, req_to_token: torch.Tensor,
         req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
+        offload: OffloadStep | None = None,
     ) -> None:
         """Write this layer's picks as KV-pool row indices into ``buffers.indices``. Columns past
-        a request's length are neither scored nor read by the top-K."""
+        a request's length are neither scored nor read by the top-K. With ``offload`` the K/V
+        live in host memory: the picks are fetched into the hot buffers and the indices name
+        GPU slots of ``offload.dev_k``/``dev_v``."""
         rows = q.shape[0] * self.num_kv_heads
         score_tokens(
             self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
             pad=False,
         )
-        select_and_write(
-            buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
-            self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
+        if offload is None:
+            select_and_write(
+                buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
+                self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
+            )
+            return
+        topk_rows(buffers.scores, buffers.counts, rows, buffers.picks, buffers.topk_ws, seq_lens=seq_lens,
+                  num_kv_heads=self.num_kv_heads)
+        offload.hot.fetch(
+            layer, buffers.picks, buffers.counts, buffers.scores, req_to_token, req_pool_indices, seq_lens,
+            offload.host_k, offload.host_v, offload.dev_k, offload.dev_v, buffers.indptr, buffers.indices,
+            offload.victims, offload.stats,
         )
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,

@@ -1,0 +1,82 @@
+"""Offload mode changes where the bytes live, not what is computed: over decode steps, the
+tokens whose K/V an offload-mode step hands to attention (GPU hot-buffer slots filled from the
+host pool) are exactly the ones the GPU-resident path picks, with the same K/V."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from a2ats_sglang.method.codebook import Codebook, ModelIdentity
+from a2ats_sglang.method.rope import RopeSpec
+from a2ats_sglang.method.wrope import DistanceBuckets
+from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.sparse_decode import Budget, OffloadStep, SparseDecodeBuffers, SparseDecoder
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def test_offload_step_attends_to_the_resident_paths_picks() -> None:
+    config = json.loads((CONFIGS / "smollm2-135m.json").read_text())
+    config["num_hidden_layers"] = 1
+    book = Codebook.random(ModelIdentity.from_hf_config(config), 64)
+    m = book.meta.model
+    hkv, dim = m.num_kv_heads, m.head_dim
+    lens, slots, context = [300, 120], 600, 320
+    dec = SparseDecoder(book, slots, context, Budget(2, 8, 0.1, 0, None), DistanceBuckets.log2(8, context), "max", DEVICE)
+    g = torch.Generator().manual_seed(0)
+    rope = RopeSpec.from_dict(m.rope)
+    host_k = torch.zeros(slots, hkv, dim, dtype=torch.bfloat16)
+    host_v = torch.randn(slots, hkv, dim, generator=g).bfloat16()
+    req_to_token = torch.zeros(3, context, dtype=torch.int32)
+    perm = torch.randperm(slots - 1, generator=g) + 1
+    start = 0
+    for r, n in enumerate(lens):  # requests on pool rows 1 and 2, keys of up to 310 positions
+        loc = perm[start : start + n + 10]
+        start += n + 10
+        req_to_token[r + 1, : n + 10] = loc.int()
+        k_pre = torch.randn(n + 10, hkv, dim, generator=g) * torch.linspace(3, 0.3, dim)
+        host_k[loc] = rope.apply(k_pre, torch.arange(n + 10)).bfloat16()
+        dec.encode(0, host_k[loc].to(DEVICE), loc.to(DEVICE), dec.rotary.key_tables(torch.arange(n + 10, device=DEVICE)))
+    host_k, host_v, req_to_token = host_k.to(DEVICE), host_v.to(DEVICE), req_to_token.to(DEVICE)
+    rpi = torch.tensor([1, 2], device=DEVICE)
+    width = dec.width
+    hot = HotBuffers(1, 3, hkv, hot_tokens=width + 8, base_slot=1, device=DEVICE)
+    dev_k = torch.zeros(1 + 3 * (width + 8), hkv, dim, dtype=torch.bfloat16, device=DEVICE)
+    dev_v = torch.zeros_like(dev_k)
+    rows = len(lens) * hkv
+    offload = OffloadStep(hot, host_k, host_v, dev_k, dev_v, torch.zeros(rows, width + 8, dtype=torch.int32, device=DEVICE),
+                          torch.zeros(rows, 2, dtype=torch.int32, device=DEVICE))
+    hits = 0
+    for step in range(4):  # each step one token longer
+        seq_lens = torch.tensor([n + step for n in lens], device=DEVICE)
+        q = torch.randn(len(lens), m.num_attention_heads, dim, generator=g).bfloat16().to(DEVICE)
+        tables = dec.step_tables(seq_lens - 1, req_to_token, rpi)
+        resident, offloaded = (SparseDecodeBuffers(2, hkv, context, width, 64, DEVICE) for _ in range(2))
+        for buffers, mode in ((resident, None), (offloaded, offload)):
+            buffers.set_counts(seq_lens, dec.budget)
+            dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers, offload=mode)
+        indptr = resident.indptr.cpu()
+        for r in range(rows):
+            b, kv = divmod(r, hkv)
+            a, z = int(indptr[r]), int(indptr[r + 1])
+            assert z - a > 0
+            want = sorted(int(i) // hkv for i in resident.indices[a:z].cpu())  # logical slots
+            got = offloaded.indices[a:z].cpu().long()
+            assert bool((got % hkv == kv).all())
+            gpu = got // hkv
+            # each GPU slot holds one picked token's K/V: match them back to logical slots
+            held = hot.tokens[0, rpi[b], kv].cpu()
+            slot_ids = hot.slots[rpi[b]].cpu()
+            tokens = [int(held[(slot_ids == s).nonzero()[0, 0]]) for s in gpu.tolist()]
+            logical = sorted(int(req_to_token[rpi[b], t]) for t in tokens)
+            assert logical == want, (step, r)
+            for s, t in zip(gpu.tolist(), tokens):
+                src = int(req_to_token[rpi[b], t])
+                assert torch.equal(dev_k[s, kv].cpu(), host_k[src, kv].cpu())
+                assert torch.equal(dev_v[s, kv].cpu(), host_v[src, kv].cpu())
+        hits += int(offload.stats[:rows, 0].sum())
+    assert hits > 0 and int(hot.counters[0]) == hits, "later steps find most picks resident"
