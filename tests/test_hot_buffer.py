@@ -155,3 +155,12 @@ def test_hot_buffers_own_disjoint_slots_and_reset_per_request() -> None:
     assert int((hb.tokens[0, 1] >= 0).sum()) == 6 and bool((hb.tokens[1] == -1).all()), "layer 1 untouched"
     hb.reset(torch.tensor([1], device=DEVICE))
     assert bool((hb.tokens[:, 1] == -1).all()) and bool((hb.hand[:, 1] == 0).all())
+
+
+def test_hot_buffers_refuse_a_top_k_wider_than_themselves() -> None:
+    from a2ats_sglang.runtime.hot_buffers import HotBuffers
+
+    hb = HotBuffers(1, 2, 2, hot_tokens=8, base_slot=0, device=DEVICE)
+    picks = torch.zeros(2, 9, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="hot buffers of 8 tokens cannot hold a top-K 9 wide"):
+        hb.fetch(0, picks, *([None] * 13))
