@@ -26,12 +26,18 @@ from benchmarks.meta import run_meta
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_step", description=__doc__.split("\n\n")[0],
+def shape_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments the step benchmarks share: model shape, context, batch sizes."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "tests/configs/llama-3.1-8b.json"), help="HF config.json of the model shape")
     p.add_argument("--context", type=int, default=32768, help="tokens per request")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = shape_parser("python -m benchmarks.decode_step", __doc__)
     p.add_argument("--ratio", type=float, default=0.03, help="budget ratio")
     p.add_argument("--budget-max", type=int, default=4096)
     p.add_argument("--wrope", choices=["single", "bucketed"], default="bucketed")

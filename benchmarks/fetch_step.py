@@ -18,18 +18,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.decode_step import time_graph
+from benchmarks.decode_step import shape_parser, time_graph
 from benchmarks.meta import run_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.fetch_step", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "tests/configs/llama-3.1-8b.json"), help="HF config.json of the model shape")
-    p.add_argument("--context", type=int, default=32768, help="tokens per request")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    p = shape_parser("python -m benchmarks.fetch_step", __doc__)
     p.add_argument("--width", type=int, default=1056, help="picked tokens per (request, kv head)")
     p.add_argument("--hot-tokens", type=int, default=2048, help="hot-buffer slots per request")
     p.add_argument("--miss", type=float, nargs="+", default=[0.0, 0.05, 0.2, 1.0], help="fractions of picks not resident")
