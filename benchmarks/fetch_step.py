@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.decode_step import shape_parser, time_graph
-from benchmarks.meta import run_meta
+from benchmarks.meta import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
     workload = {k: getattr(args, k) for k in ("context", "batch", "width", "hot_tokens", "miss", "layers")}
-    out = {"meta": run_meta("cuda", Path(args.config).name, workload), "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -52,3 +54,11 @@ def _module() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     return spec.name if spec is not None else sys.argv[0]
+
+
+def write_results(path: str, device: str, model: str, workload: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``{"meta": …, "results": rows}`` to ``path`` (folders made), and say where."""
+    out = {"meta": run_meta(device, model, workload), "results": rows}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}")
