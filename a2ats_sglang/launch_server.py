@@ -28,6 +28,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from a2ats_sglang.runtime.config import A2ATSConfig, export_config
+from a2ats_sglang.runtime.offload_plan import OffloadUnsupported
+from a2ats_sglang.runtime.offload_plan import check_server_args as check_offload_args
 from a2ats_sglang.runtime.flags import a2ats_parser, split_argv
 
 if TYPE_CHECKING:
@@ -161,6 +163,9 @@ def prepare(argv: Sequence[str], prog: str = PROG) -> Launch:
 
     split = split_argv(argv, prog)
     sglang_argv, ns = _backend_argv(_expand_config_file(split.rest), _default_model)
+    if split.config.offload and not _flag_present(sglang_argv, "--disable-radix-cache"):
+        logger.info("[a2ats] --a2ats-offload: serving with --disable-radix-cache (prefix reuse comes later)")
+        sglang_argv = [*sglang_argv, "--disable-radix-cache"]
     codebook = resolve_codebook(ns.model_path, split.config.codebook, ns.load_format, ns.trust_remote_code)
     config = replace(split.config, codebook=codebook)
     export_config(config)
@@ -184,6 +189,10 @@ def check_server_args(server_args: ServerArgs, launch: Launch) -> None:
         )
     if server_args.encoder_only or server_args.smg_grpc_mode or server_args.use_ray:
         raise UsageError("a2ats serves the default HTTP mode only (no --encoder-only, gRPC or Ray)")
+    try:
+        check_offload_args(server_args, launch.config)
+    except OffloadUnsupported as e:
+        raise UsageError(str(e)) from None
 
 
 def wants_help(argv: Sequence[str]) -> bool:

@@ -6,11 +6,13 @@ own column of those slots (the pool viewed as ``[slots·Hkv, 1, d]``, as the spa
 it). Per layer and step, :func:`fetch_hot` looks each hot slot's token up among the step's picks
 (hits stay), copies the misses' K/V from host memory into slots whose tokens were not picked
 (taken in clock order from a per-row hand, so a slot that just missed is not the next victim),
-and writes the attention indices of the row: hits in slot order, then misses in pick order.
+and writes the attention indices of the row in pick order, as the GPU-resident path does: the
+attention then reads the same K/V values in the same order and returns the same bits.
 
 Membership is tagged in the row's score buffer, which the step no longer needs once the top-K
-has run: picked columns are set to ``+inf``, then the picked columns found resident to ``−inf``
-(a visible column scores finite or ``+inf`` before, so the tags are unambiguous). One program
+has run: pick ``j``'s column is set to ``−(j + 1)·2¹⁰⁰`` (exact in float32, far below any score),
+then the picked columns found resident to ``−inf`` (a visible column scores finite or ``+inf``
+before, so the tags are unambiguous). One program
 per row, no atomics, no allocation, no host synchronisation: it runs under the decode graph.
 The host pool is read in place through its device mapping (UVA, pinned memory); on the CPU
 (Triton's interpreter) it is ordinary memory.
@@ -23,6 +25,9 @@ import triton
 import triton.language as tl
 
 
+PICK_TAG = 2.0**100  # pick j is tagged -(j + 1)·PICK_TAG: exact in float32 for j < 2^24
+
+
 @triton.jit
 def _fetch_kernel(
     picks_ptr, counts_ptr, scores_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
@@ -32,7 +37,7 @@ def _fetch_kernel(
     num_kv_heads, hot_size, dim,
     stride_pr, stride_sr, stride_rr, stride_hs, stride_ht, stride_vr,
     stride_hk_s, stride_hk_h, stride_dk_s, stride_dk_h,
-    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // num_kv_heads
@@ -47,22 +52,23 @@ def _fetch_kernel(
     victims_row = victims_ptr + row.to(tl.int64) * stride_vr
     dst = tl.load(indptr_ptr + row)
 
-    # 1. tag the picks
+    # 1. tag pick j's column with -(j + 1)·2^100
     for start in range(0, n, BLOCK):
         j = start + tl.arange(0, BLOCK)
         t = tl.load(pick_row + j, mask=j < n, other=0)
-        tl.store(score_row + t, tl.full([BLOCK], float("inf"), tl.float32), mask=j < n)
+        tl.store(score_row + t, (j + 1).to(tl.float32) * -TAG, mask=j < n)
     tl.debug_barrier()
 
-    # 2. hot slots holding a picked token are hits: retag them, list them first
+    # 2. hot slots holding a picked token are hits: their index goes to the pick's place
     h = tl.arange(0, HOT_P2)
     t_h = tl.load(tokens_row + h, mask=h < hot_size, other=-1)
     held = (h < hot_size) & (t_h >= 0) & (t_h < seq_len)
-    hit = held & (tl.load(score_row + t_h, mask=held, other=0.0) == float("inf"))
-    tl.store(score_row + t_h, tl.full([HOT_P2], float("-inf"), tl.float32), mask=hit)
-    hit_pos = tl.cumsum(hit.to(tl.int32), axis=0) - 1
+    tag = tl.load(score_row + t_h, mask=held, other=0.0)
+    hit = held & (tag <= -0.5 * TAG)
+    j_h = (tag * (-1.0 / TAG)).to(tl.int32) - 1
     slot_h = tl.load(slots_row + h, mask=hit, other=0)
-    tl.store(out_ptr + dst + hit_pos, slot_h * num_kv_heads + g, mask=hit)
+    tl.store(out_ptr + dst + j_h, slot_h * num_kv_heads + g, mask=hit)
+    tl.store(score_row + t_h, tl.full([HOT_P2], float("-inf"), tl.float32), mask=hit)
     n_hit = tl.sum(hit.to(tl.int32), axis=0)
     tl.debug_barrier()
 
@@ -76,14 +82,14 @@ def _fetch_kernel(
     tl.store(victims_row + tl.cumsum(free.to(tl.int32), axis=0) - 1, hh, mask=free)
     tl.debug_barrier()
 
-    # 4. misses (picks still tagged +inf) take the victims in order: copy K/V from the host
+    # 4. misses (picks still tagged) take the victims in order: copy K/V from the host
     d = tl.arange(0, BLOCK_D)
     d_ok = d < dim
     n_miss = tl.zeros([], tl.int32)
     for start in range(0, n, BLOCK):
         j = start + tl.arange(0, BLOCK)
         t = tl.load(pick_row + j, mask=j < n, other=0)
-        miss = (j < n) & (tl.load(score_row + t, mask=j < n, other=0.0) == float("inf"))
+        miss = (j < n) & (tl.load(score_row + t, mask=j < n, other=0.0) != float("-inf"))
         rank = n_miss + tl.cumsum(miss.to(tl.int32), axis=0) - 1
         victim = tl.load(victims_row + rank, mask=miss, other=0)
         slot = tl.load(slots_row + victim, mask=miss, other=0).to(tl.int64)
@@ -94,7 +100,7 @@ def _fetch_kernel(
         tl.store(dev_k_ptr + dev, tl.load(host_k_ptr + src, mask=m2), mask=m2)
         tl.store(dev_v_ptr + dev, tl.load(host_v_ptr + src, mask=m2), mask=m2)
         tl.store(tokens_row + victim, t, mask=miss)
-        tl.store(out_ptr + dst + n_hit + rank, (slot * num_kv_heads + g).to(tl.int32), mask=miss)
+        tl.store(out_ptr + dst + j, (slot * num_kv_heads + g).to(tl.int32), mask=miss)
         n_miss += tl.sum(miss.to(tl.int32), axis=0)
     if n_miss > 0:  # the hand moves past the last slot filled
         tl.store(hand_ptr + rid * num_kv_heads + g, (tl.load(victims_row + n_miss - 1) + 1) % hot_size)
@@ -121,7 +127,7 @@ def fetch_hot(
     token each (request, kv head) holds there (−1: none; this layer's); ``hand`` ``[R, Hkv]``
     int32 clock hands; ``victims`` ``[rows_cap, H]`` int32 scratch. ``host_k``/``host_v``
     ``[logical slots, Hkv, d]`` (pinned), ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]``, same
-    dtype. Writes ``out_indices[indptr[r] : indptr[r] + counts[r]]`` (GPU slot·Hkv + g) and
+    dtype. Writes ``out_indices[indptr[r] + j]`` = GPU slot·Hkv + g of pick ``j`` and
     ``stats[r] = (hits, misses)`` (``[rows_cap, 2]`` int32).
     """
     if rows == 0:
@@ -142,7 +148,7 @@ def fetch_hot(
         picks.stride(0), scores.stride(0), req_to_token.stride(0), hot_slots.stride(0), hot_tokens.stride(1),
         victims.stride(0),
         host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),
-        BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim),
+        BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim), TAG=PICK_TAG,
     )
 
 

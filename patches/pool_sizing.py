@@ -5,6 +5,11 @@ Target: ``sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.config_
 the ``a2ats`` backend is in use, its fixed bytes (codebooks, decode scratch) come off the
 budget and each slot costs its codes too: ``slots = (budget − fixed) // (cell + codes)``, so the
 pool shrinks by what the backend allocates later and ``--mem-fraction-static`` keeps its meaning.
+
+With ``--a2ats-offload`` the budget is split by
+:func:`~a2ats_sglang.runtime.memory.plan_offload` instead: the pool SGLang's allocator counts
+is the host pool's logical slots, and the GPU holds their codes, prefill staging and the hot
+buffers (the plan is kept for the ``max_running`` and ``kv_pool`` patches).
 """
 
 from __future__ import annotations
@@ -31,16 +36,29 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     )
 
     from a2ats_sglang.runtime.config import current_config
-    from a2ats_sglang.runtime.memory import footprint
+    from a2ats_sglang.runtime.memory import decode_budget, footprint
 
     mc, sa = kvc.model_config, kvc.server_args
     decode_graph = sa.cuda_graph_config.decode
     graph_bs = list(decode_graph.bs or []) if decode_graph.backend != "disabled" else []
+    cfg = current_config()
+    hot = decode_budget(cfg).width(mc.context_len) if cfg.offload else 0
     fp = footprint(
-        current_config(), kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1), mc.head_dim,
-        mc.context_len, max(graph_bs, default=0),
+        cfg, kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1), mc.head_dim,
+        mc.context_len, max(graph_bs, default=0), hot_tokens=hot,
     )
-    cell = create_memory_pool_configurator(kvc)._cell_size
+    configurator = create_memory_pool_configurator(kvc)
+    cell = configurator._cell_size
+    if cfg.offload:
+        plan = offload_plan(kvc, cfg, budget_bytes, cell, fp, hot)
+        logger.info(
+            "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
+            "(%.2f GiB), %d hot buffers of %d tokens (%.2f GiB), fixed %.1f MiB", plan.logical_slots,
+            plan.logical_slots * cell / 2**30, plan.logical_slots * fp.per_token / 2**20, plan.staging_tokens,
+            plan.staging_tokens * cell / 2**30, plan.hot_buffers, plan.hot_tokens,
+            plan.hot_buffers * plan.hot_tokens * cell / 2**30, fp.fixed / 2**20,
+        )
+        return configurator.calculate_pool_sizes_from_max_tokens(plan.logical_slots, 1)
     charged = max(0, budget_bytes - fp.fixed) * cell // (cell + fp.per_token)
     config = original(kvc, charged, **kwargs)
     logger.info(
@@ -48,6 +66,25 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
         "KV; KV pool %d tokens", fp.fixed / 2**20, fp.per_token, cell, config.max_total_num_tokens,
     )
     return config
+
+
+def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp, hot: int):
+    """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
+    from a2ats_sglang.runtime.host_pool import plan_host_pool
+    from a2ats_sglang.runtime.memory import hot_table_bytes, plan_offload
+    from a2ats_sglang.runtime.offload_plan import check_server_args, set_plan, staging_tokens
+
+    mc, sa = kvc.model_config, kvc.server_args
+    check_server_args(sa, cfg)
+    layers, heads = kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1)
+    host = plan_host_pool(cell, cfg.host_kv_gb)
+    plan = plan_offload(
+        budget_bytes, cell, fp.per_token, fp.fixed, host.slots, hot,
+        staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens),
+        max_running=sa.max_running_requests, per_request_bytes=hot_table_bytes(layers, heads, hot),
+    )
+    set_plan(plan)
+    return plan
 
 
 def install() -> None:

@@ -41,7 +41,7 @@ class Offload:
         counts = torch.tensor([len(p) for p in picks], dtype=torch.int32)
         scores = torch.randn(self.rows, 100, generator=self.g)
         for r, p in enumerate(picks):
-            pick_t[r, : len(p)] = torch.tensor(sorted(p), dtype=torch.int32)
+            pick_t[r, : len(p)] = torch.tensor(p, dtype=torch.int32)  # in any order: indices follow it
             scores[r, sorted(p)[:2]] = INF  # protected tokens score +inf, and are always picked
         indptr = torch.zeros(self.rows + 1, dtype=torch.int32)
         indptr[1:] = counts.cumsum(0)
@@ -79,8 +79,8 @@ class Offload:
             idx = out[int(indptr[r]) : int(indptr[r + 1])].tolist()
             assert all(i % self.kv_heads == g for i in idx)
             slots = [i // self.kv_heads for i in idx]
-            want = sorted(int(self.hot_slots[rid, after[t]]) for t in p)
-            assert sorted(slots) == want, "the indices name the slots holding the picks"
+            want = [int(self.hot_slots[rid, after[t]]) for t in p]
+            assert slots == want, "the indices name the slots holding the picks, in pick order"
             for t, i in after.items():  # every resident token's K/V is intact in its slot
                 slot, logical = int(self.hot_slots[rid, i]), int(self.req_to_token[rid, t])
                 assert torch.equal(self.dev_k[slot, g], self.host_k[logical, g]), (r, t)

@@ -82,11 +82,14 @@ def test_offload_plan_splits_the_gpu_budget() -> None:
     kv, codes, fixed = 128 * 1024, 512, 2**30
     gib = 2**30
     # 60 GiB for KV, 100 GiB of host KV (819,200 tokens), hot buffers of 4,096, 32K staging
-    plan = plan_offload(60 * gib, kv, codes, fixed, host_slots=819_200, hot_tokens=4096, staging_tokens=32768)
-    assert plan.logical_slots == 819_200, "codes for the whole host pool fit"
-    used = fixed + plan.logical_slots * (codes + 4) + (plan.staging_tokens + plan.max_running * 4096) * kv
-    assert used <= 60 * gib < used + 4096 * kv, "as many hot buffers as fit, no more"
-    assert plan.hot_base == 1 + 32768 and plan.gpu_slots == 32768 + plan.max_running * 4096
+    tables = 3 * 2**20  # per request row
+    plan = plan_offload(60 * gib, kv, codes, fixed, host_slots=819_200, hot_tokens=4096, staging_tokens=32768,
+                        per_request_bytes=tables)
+    assert plan.logical_slots == 819_199, "codes for the whole host pool fit (its slot 0 is padding)"
+    per_request = 4096 * kv + tables
+    used = fixed + plan.logical_slots * (codes + 4) + plan.staging_tokens * kv + (plan.max_running + 1) * per_request
+    assert used <= 60 * gib < used + per_request, "as many hot buffers as fit, no more (row 0's included)"
+    assert plan.hot_base == 1 + 32768 and plan.gpu_slots == 32768 + (plan.max_running + 1) * 4096
     assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, running_cap=16).max_running == 16
     assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, max_running=10).max_running == 10
     with pytest.raises(OffloadSizingError, match="--max-running-requests 500 needs 500 hot buffers"):

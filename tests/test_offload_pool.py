@@ -25,6 +25,8 @@ def make_pool():
     layers, heads, dim, logical = 2, 2, 16, 200
     host = HostKVPool(HostPoolPlan(logical, kv_bytes_per_token(layers, heads, dim, torch.bfloat16)), layers, heads, dim,
                       torch.bfloat16)  # pinned where there is a GPU: the kernels read it in place
+    host.k.zero_()
+    host.v.zero_()
     staging = Staging(logical, base_slot=1, size=20, max_reqs=8, context_len=64, device=DEVICE)
     pool = OffloadKVPool(host, staging, 32, page_size=1, dtype=torch.bfloat16, head_num=heads, head_dim=dim,
                          layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0, end_layer=layers - 1)
@@ -36,7 +38,7 @@ def test_extend_writes_host_and_staging_decode_writes_host_only() -> None:
     g = torch.Generator().manual_seed(0)
     layer = SimpleNamespace(layer_id=1)
     loc = torch.tensor([150, 3, 77])
-    gpu = staging.place(4, 0, loc)
+    gpu = staging.place(["r"], torch.tensor([4], device=DEVICE), [0], [3], loc.to(DEVICE)).cpu()
     k, v = (torch.randn(3, 2, 16, generator=g).bfloat16() for _ in range(2))
     pool.stage_writes = True
     pool.set_kv_buffer(layer, loc.to(DEVICE), k.to(DEVICE), v.to(DEVICE))

@@ -22,6 +22,8 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from a2ats_sglang.method.codebook import Codebook, CodebookError
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.config import A2ATSConfig, current_config
+from a2ats_sglang.runtime.offload import Offload
+from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 from a2ats_sglang.runtime.sparse_decode import (
     Budget,
     PoolKeys,
@@ -74,7 +76,15 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                 f"not {pool.dtype}: use --kv-cache-dtype auto"
             )
         self.device = model_runner.device
-        self.decoder = build_decoder(cfg, book, pool.size + pool.page_size, mc.context_len, self.device)
+        offload = isinstance(pool, OffloadKVPool)
+        slots = pool.logical_slots if offload else pool.size + pool.page_size
+        self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device)
+        self.offload: Offload | None = None
+        if offload:
+            self.offload = Offload(pool, self.decoder.codes.shape[0], self.decoder.width, self.device)
+            # the prefill's paged attention reads GPU slots: staging's table, not req_to_token
+            assert pool.staging.table.shape[0] == self.req_to_token_pool.req_to_token.shape[0]
+            self.indices_updater_prefill.req_to_token = pool.staging.table
         self.graph_buffers: SparseDecodeBuffers | None = None
         self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}
         self.eager_buffers: SparseDecodeBuffers | None = None
@@ -100,14 +110,22 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def _buffers(self, bs: int) -> SparseDecodeBuffers:
         d = self.decoder
-        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, self.device)
+        hot = self.offload.plan.hot_tokens if self.offload is not None else 0
+        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, self.device, hot)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
             prefix_lens = forward_batch.extend_prefix_lens
+            if self.offload is not None:  # no prefix reuse yet: a prefix is an earlier chunk, all encoded
+                fb = forward_batch
+                self.offload.begin_extend(fb.rids, fb.req_pool_indices, fb.extend_prefix_lens_cpu,
+                                          fb.extend_seq_lens_cpu, fb.out_cache_loc)
+                prefix_lens = None
             self.extend_tails = None if prefix_lens is None else self.decoder.prefix_tails(
                 self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
             return super().init_forward_metadata(forward_batch)
+        if self.offload is not None:
+            self.offload.begin_decode(forward_batch.rids)
         bs = forward_batch.batch_size
         if bs == 0:
             self.step = None
@@ -120,6 +138,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
             return super().init_forward_metadata_out_graph(forward_batch, in_capture)
+        if self.offload is not None:
+            self.offload.begin_decode(forward_batch.rids)
         bs = forward_batch.batch_size
         buffers = self.graph_buffers
         assert buffers is not None, "init_cuda_graph_state was not called"
@@ -173,13 +193,15 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         assert self.step is not None, "decode metadata was not initialised"
         buffers, wrapper = self.step
         k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        offload = None if self.offload is None else self.offload.layer(layer.layer_id, buffers)
         if k is not None:  # the new key waits in the window; whole groups are encoded from the pool
-            self.decoder.encode_pool(layer.layer_id, k_pool, self.tables.due, buffers.encode_ws)
+            keys = k_pool if offload is None else offload.host_k
+            self.decoder.encode_pool(layer.layer_id, keys, self.tables.due, buffers.encode_ws)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(
             layer.layer_id, q, self.tables.queries, self.req_to_token_pool.req_to_token,
-            forward_batch.req_pool_indices, forward_batch.seq_lens, buffers,
+            forward_batch.req_pool_indices, forward_batch.seq_lens, buffers, offload,
         )
         out = self.decoder.attend(
             wrapper, q, k_pool, v_pool, layer.scaling, logits_soft_cap=layer.logit_cap,

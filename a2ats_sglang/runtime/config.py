@@ -36,6 +36,8 @@ class A2ATSConfig:
     b: int | None = None
     wrope: str = "bucketed"
     selector: str = "max"
+    offload: bool = False  # full KV in pinned host memory, codes and hot buffers on the GPU
+    host_kv_gb: float | None = None  # host pool size (None: a share of free RAM)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget_ratio <= 1.0:
@@ -53,6 +55,10 @@ class A2ATSConfig:
                 raise ConfigError(f"--a2ats-{name} must be positive, got {value}")
         if self.wrope not in WROPE_MODES:
             raise ConfigError(f"--a2ats-wrope must be one of {WROPE_MODES}, got {self.wrope!r}")
+        if self.host_kv_gb is not None and not self.host_kv_gb > 0:
+            raise ConfigError(f"--a2ats-host-kv-gb must be positive, got {self.host_kv_gb}")
+        if self.host_kv_gb is not None and not self.offload:
+            raise ConfigError("--a2ats-host-kv-gb sizes the host KV pool of --a2ats-offload; pass both")
         if self.selector not in SELECTORS:
             raise ConfigError(f"--a2ats-selector must be one of {SELECTORS}, got {self.selector!r}")
 

@@ -81,6 +81,18 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
         help="rank a kv head's tokens by the max or the mean of its query heads' approximate "
         "scores (one token set per kv head). Default: %(default)s",
     )
+    g.add_argument(
+        "--a2ats-offload", action="store_true",
+        help="keep the full KV cache in pinned CPU memory: the GPU holds every token's codes, "
+        "prefill staging and a hot buffer of selected tokens per running request, and misses are "
+        "read from host memory each decode step. Admission counts host capacity, so many more "
+        "long requests run at once. Needs --disable-radix-cache for now.",
+    )
+    g.add_argument(
+        "--a2ats-host-kv-gb", metavar="GB", type=float, default=d.host_kv_gb,
+        help="size of the pinned host KV pool with --a2ats-offload, in GiB. Default: 60%% of the "
+        "RAM free at start-up",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
@@ -95,6 +107,8 @@ def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
         b=ns.a2ats_b,
         wrope=ns.a2ats_wrope,
         selector=ns.a2ats_selector,
+        offload=ns.a2ats_offload,
+        host_kv_gb=ns.a2ats_host_kv_gb,
     )
 
 

@@ -70,8 +70,9 @@ class HostKVPool:
                  dtype: torch.dtype, pin: bool | None = None) -> None:
         pin = torch.cuda.is_available() if pin is None else pin
         shape = (num_layers, plan.slots, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, pin_memory=pin)
-        self.v = torch.zeros(shape, dtype=dtype, pin_memory=pin)
+        # not zeroed: a slot is always written (its token's K/V) before anything reads it
+        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin)
         self.slots = plan.slots
 
     def layer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:

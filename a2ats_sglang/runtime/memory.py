@@ -25,22 +25,33 @@ class Footprint:
     fixed: int  # bytes independent of the pool size
 
 
+def _meta(cfg: A2ATSConfig) -> dict:
+    return {} if cfg.codebook is None else json.loads((Path(cfg.codebook) / META_FILE).read_text())
+
+
 def codebook_size(cfg: A2ATSConfig) -> int:
-    if cfg.codebook is None:
-        return 4096
-    return int(json.loads((Path(cfg.codebook) / META_FILE).read_text())["codebook_size"])
+    return int(_meta(cfg).get("codebook_size", 4096))
+
+
+def decode_budget(cfg: A2ATSConfig) -> Budget:
+    """The budget the backend will decode with: flags over the codebook's window and sinks (as
+    :func:`~a2ats_sglang.runtime.backend.build_decoder` resolves them)."""
+    meta = _meta(cfg)
+    window = cfg.window if cfg.window is not None else int(meta.get("window", 64))
+    sinks = cfg.sinks if cfg.sinks is not None else int(meta.get("sinks", 8))
+    return Budget(sinks, window, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
 
 
 def footprint(
     cfg: A2ATSConfig, num_layers: int, num_kv_heads: int, head_dim: int, context_len: int,
-    graph_max_bs: int, size: int | None = None,
+    graph_max_bs: int, size: int | None = None, hot_tokens: int = 0,
 ) -> Footprint:
     size = codebook_size(cfg) if size is None else size
     budget = Budget(cfg.sinks or 0, cfg.window or 64, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
     # window/sinks only shift the static width by a few tokens; 64 + 8 covers the defaults
     width = budget.width(context_len) + 8
     per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
-    scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width, size) if graph_max_bs else 0
+    scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width, size, hot_tokens) if graph_max_bs else 0
     return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)
 
 
@@ -69,7 +80,8 @@ class OffloadSizingError(ValueError):
 @dataclass(frozen=True)
 class OffloadPlan:
     """Where offload mode's GPU slots go: ``[0]`` SGLang's padding slot, then prefill staging,
-    then one hot buffer of ``hot_tokens`` slots per request row."""
+    then one hot buffer of ``hot_tokens`` slots per request-pool row (``max_running`` rows plus
+    row 0, which CUDA-graph padding reads)."""
 
     logical_slots: int  # what SGLang's allocator hands out (the host pool's capacity, or less)
     max_running: int  # request rows, each with its hot buffer
@@ -85,29 +97,42 @@ class OffloadPlan:
         return 1 + self.staging_tokens
 
     @property
+    def hot_buffers(self) -> int:
+        return self.max_running + 1
+
+    @property
     def gpu_slots(self) -> int:
-        return self.staging_tokens + self.max_running * self.hot_tokens
+        return self.staging_tokens + self.hot_buffers * self.hot_tokens
+
+
+def hot_table_bytes(num_layers: int, num_kv_heads: int, hot_tokens: int) -> int:
+    """GPU bytes per request row besides its K/V slots: which token each (layer, kv head) holds
+    in each slot and its clock hand (:class:`~a2ats_sglang.runtime.hot_buffers.HotBuffers`), the
+    row's slot ids, and the fetch's victim scratch."""
+    return 4 * num_layers * num_kv_heads * (hot_tokens + 1) + 4 * hot_tokens + 4 * num_kv_heads * (hot_tokens + 2)
 
 
 def plan_offload(
     budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
     hot_tokens: int, staging_tokens: int, max_running: int | None = None, running_cap: int = 256,
+    per_request_bytes: int = 0,
 ) -> OffloadPlan:
     """Split the GPU's KV budget: codes (and the staging map) for every logical slot, fixed
     tensors, staging, and as many hot buffers as fit (``max_running`` if given, up to
-    ``running_cap`` otherwise). Logical slots are the host pool's, fewer only if their codes
-    would leave no room for a single request."""
+    ``running_cap`` otherwise), each with ``per_request_bytes`` of tables. Logical slots are the
+    host pool's (slot 0 is padding), fewer only if their codes would leave no room for one
+    request."""
     per_logical = code_bytes_per_token + 4  # + the staging map entry
-    per_request = hot_tokens * kv_bytes_per_token
+    per_request = hot_tokens * kv_bytes_per_token + per_request_bytes
     staging = staging_tokens * kv_bytes_per_token
-    room = budget_bytes - fixed_bytes - staging
+    room = budget_bytes - fixed_bytes - staging - per_request  # row 0's buffer
     if room < per_request + per_logical * hot_tokens:
         raise OffloadSizingError(
             f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
             f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens "
             f"({staging / 2**30:.2f} GiB) and one hot buffer of {hot_tokens} tokens"
         )
-    logical = min(host_slots, (room - per_request) // per_logical)
+    logical = min(host_slots - 1, (room - per_request) // per_logical)
     fit = (room - logical * per_logical) // per_request
     if max_running is None:
         running = min(fit, running_cap)

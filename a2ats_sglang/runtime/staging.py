@@ -4,12 +4,18 @@ Dense prefill attends to a request's whole prompt, so while a prompt is being pr
 several chunks) its tokens' K/V live in staging slots of the GPU KV tensor as well as in the
 host pool. SGLang hands out logical slots; :class:`Staging` gives each new logical slot of a
 prefilling request a GPU slot, keeps the logical→GPU map that K/V writes are translated with and
-a ``req_to_token``-shaped table of GPU slots for the prefill's attention indices, and takes a
-request's slots back when its prefill is over. Bookkeeping is on the host (extend metadata runs
-outside CUDA graphs); the map and the table live on the GPU.
+a ``req_to_token``-shaped table of GPU slots (by request row and position) that the prefill's
+attention indices are built from, and takes a request's slots back when its prefill is over.
+
+Requests are tracked by SGLang's request id: a chunked prompt keeps its id over its chunks,
+while a pool row may pass to a new request between two steps. The free list is on the host
+(extend metadata runs outside CUDA graphs); the map, the table and the logical slots of each
+request stay on the GPU, so placing and releasing never wait for the device.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -21,47 +27,64 @@ class StagingFull(RuntimeError):
 class Staging:
     def __init__(self, logical_slots: int, base_slot: int, size: int, max_reqs: int, context_len: int,
                  device: torch.device | str) -> None:
-        self.base_slot, self.size = base_slot, size
+        self.base_slot, self.size, self.device = base_slot, size, torch.device(device)
         self.map = torch.full((logical_slots,), -1, dtype=torch.int32, device=device)  # logical → GPU slot
         self.table = torch.zeros(max_reqs, context_len, dtype=torch.int32, device=device)  # [row, position]
         self._free = torch.arange(base_slot, base_slot + size, dtype=torch.int64)  # host free list
-        self._held: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # pool row → (logical, GPU) slots
+        self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # rid → [(logical, GPU) slots]
 
     def available(self) -> int:
         return self._free.numel()
 
-    def place(self, req_pool_idx: int, start: int, logical: torch.Tensor) -> torch.Tensor:
-        """GPU slots for a prefilling request's new tokens, at positions ``start, start + 1, …``
-        with logical slots ``logical`` (mapped and tabled from now on). → GPU slots"""
-        n = logical.numel()
+    def in_use(self) -> int:
+        return self.size - self._free.numel()
+
+    def held(self) -> list[str]:
+        """Requests holding staging slots (release those whose prefill is over)."""
+        return list(self._held)
+
+    def place(self, rids: Sequence[str], rows: torch.Tensor, starts: Sequence[int], lengths: Sequence[int],
+              logical: torch.Tensor) -> torch.Tensor:
+        """GPU slots for an extend's new tokens: request ``i`` (pool row ``rows[i]``, a device
+        tensor) adds ``lengths[i]`` tokens at positions ``starts[i], …`` whose logical slots are
+        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → GPU slots ``[n]``"""
+        n = sum(lengths)
         if n > self._free.numel():
             raise StagingFull(
-                f"prefill staging holds {self.size} tokens and {self.size - self._free.numel()} are in use; "
-                f"{n} more do not fit"
+                f"prefill staging holds {self.size} tokens and {self.in_use()} are in use; {n} more do not fit"
             )
+        if n == 0:
+            return torch.empty(0, dtype=torch.int32, device=self.device)
         gpu, self._free = self._free[:n], self._free[n:]
-        logical = logical.to(torch.int64).cpu()
-        gpu_dev = gpu.to(device=self.map.device, dtype=torch.int32)
-        self.map[logical.to(self.map.device)] = gpu_dev
-        self.table[req_pool_idx, start : start + n] = gpu_dev
-        old = self._held.get(req_pool_idx)
-        self._held[req_pool_idx] = (logical, gpu) if old is None else (torch.cat([old[0], logical]), torch.cat([old[1], gpu]))
-        return gpu
+        gpu_dev = gpu.to(device=self.device, dtype=torch.int32, non_blocking=True)
+        logical = logical[:n].to(torch.int64)
+        self.map[logical] = gpu_dev
+        counts = torch.tensor(lengths, dtype=torch.int64)
+        first = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64) - torch.cumsum(counts, 0) + counts,
+                                        counts)
+        positions = (first + torch.arange(n)).to(self.device, non_blocking=True)
+        counts_dev = counts.to(self.device, non_blocking=True)
+        token_rows = torch.repeat_interleave(rows.to(torch.int64), counts_dev, output_size=n)
+        self.table[token_rows, positions] = gpu_dev
+        offset = 0
+        for rid, length in zip(rids, lengths):
+            if length:
+                piece = (logical[offset : offset + length], gpu[offset : offset + length])
+                self._held.setdefault(rid, []).append(piece)
+            offset += length
+        return gpu_dev
 
-    def release(self, req_pool_idx: int) -> int:
-        """The request's prefill is over (or it was aborted): its staging slots are free again,
-        its logical slots no longer mapped. → slots released"""
-        held = self._held.pop(req_pool_idx, None)
-        if held is None:
+    def release(self, rids: Iterable[str]) -> int:
+        """These requests' prefills are over (or they were aborted): their staging slots are
+        free again, their logical slots no longer mapped. Unknown ids are ignored. → slots freed"""
+        pieces = [p for rid in rids for p in self._held.pop(rid, ())]
+        if not pieces:
             return 0
-        logical, gpu = held
-        self.map[logical.to(self.map.device)] = -1
+        logical = torch.cat([p[0] for p in pieces])
+        gpu = torch.cat([p[1] for p in pieces])
+        self.map[logical] = -1
         self._free = torch.cat([self._free, gpu])
         return gpu.numel()
-
-    def held_rows(self) -> list[int]:
-        """Request rows holding staging slots (release those whose prefill is over)."""
-        return list(self._held)
 
     def translate(self, logical: torch.Tensor) -> torch.Tensor:
         """GPU slots of staged logical slots (−1 for any not staged). Device op, no sync."""

@@ -1,0 +1,63 @@
+"""Offload mode inside the ``a2ats`` backend: what an extend and a decode step do besides the
+GPU-resident path.
+
+- Extend: requests seen for the first time get empty hot buffers; staging slots of requests no
+  longer prefilling are released; the new tokens get staging slots, and the prefill's attention
+  indices are built from :attr:`Staging.table` (GPU slots by row and position) instead of
+  ``req_to_token`` (logical slots). K/V writes go to the host pool and to staging.
+- Decode: K/V writes go to the host pool only; keys due for encoding are read from the host
+  pool; after the top-K, :meth:`HotBuffers.fetch` makes the picks resident and writes GPU-slot
+  indices for the attention.
+
+The host-side bookkeeping runs where SGLang prepares a step's metadata, outside CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+from a2ats_sglang.runtime.sparse_decode import OffloadStep, SparseDecodeBuffers
+
+
+class Offload:
+    def __init__(self, pool: OffloadKVPool, num_layers: int, width: int, device: torch.device | str) -> None:
+        plan = pool.plan
+        if plan.hot_tokens < width:
+            raise ValueError(f"hot buffers of {plan.hot_tokens} tokens cannot hold a decode step's {width} picks")
+        self.pool, self.staging, self.plan = pool, pool.staging, plan
+        self.hot = HotBuffers(num_layers, plan.hot_buffers, pool.head_num, plan.hot_tokens, plan.hot_base, device)
+        self.token_bytes = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head, one layer
+
+    def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int],
+                     extend_lens: list[int], out_cache_loc: torch.Tensor) -> None:
+        """Host side of an extend (before its first layer runs)."""
+        staging = self.staging
+        held = set(staging.held())
+        batch = set(rids)
+        # a request prefilling over several chunks is in every extend until its last chunk, so a
+        # held request missing here has finished its prefill (or was aborted)
+        staging.release([rid for rid in held if rid not in batch])
+        new = [i for i, rid in enumerate(rids) if rid not in held]
+        for i in new:
+            if prefix_lens[i]:
+                raise RuntimeError(
+                    f"request {rids[i]} extends a {prefix_lens[i]}-token prefix that is not staged on the GPU "
+                    "(offload mode serves without prefix reuse: --disable-radix-cache)"
+                )
+        if new:
+            self.hot.reset(req_pool_indices[torch.tensor(new, device=req_pool_indices.device)])
+        staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
+        self.pool.stage_writes = True
+
+    def begin_decode(self, rids: list[str] | None) -> None:
+        """Host side of a decode step: the batch's requests are past their prefill."""
+        self.pool.stage_writes = False
+        if rids and self.staging.held():
+            self.staging.release(rids)
+
+    def layer(self, layer_id: int, buffers: SparseDecodeBuffers) -> OffloadStep:
+        host_k, host_v = self.pool.host.layer(layer_id - self.pool.start_layer)
+        dev_k, dev_v = self.pool.get_kv_buffer(layer_id)
+        return OffloadStep(self.hot, host_k, host_v, dev_k, dev_v, buffers.victims, buffers.stats)

@@ -1,0 +1,53 @@
+"""The offload plan of this process: decided once where SGLang sizes its pools, read by the
+patches that build the pools and by the backend.
+
+SGLang sizes the KV pool (``config_from_budget``), then the request pool
+(``resolve_max_num_reqs``), then builds the KV pool (``_build_mha_kv_pool``), each in its own
+call on the scheduler process; the plan made at the first is what the later ones follow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from a2ats_sglang.runtime.config import A2ATSConfig
+from a2ats_sglang.runtime.memory import OffloadPlan
+
+_plan: OffloadPlan | None = None
+
+
+def set_plan(plan: OffloadPlan | None) -> None:
+    global _plan
+    _plan = plan
+
+
+def current_plan() -> OffloadPlan | None:
+    return _plan
+
+
+class OffloadUnsupported(ValueError):
+    """A server flag that offload mode cannot serve with."""
+
+
+def check_server_args(server_args: Any, cfg: A2ATSConfig) -> None:
+    """What offload mode needs from SGLang's settings (called before any pool exists)."""
+    if not cfg.offload:
+        return
+    problems = []
+    if not server_args.disable_radix_cache:
+        problems.append("--disable-radix-cache (prefix reuse in offload mode is not built yet)")
+    if server_args.enable_mixed_chunk:
+        problems.append("no --enable-mixed-chunk (a mixed batch's decode rows would need their KV on the GPU)")
+    if server_args.page_size not in (None, 1):
+        problems.append("--page-size 1")
+    if getattr(server_args, "enable_hierarchical_cache", False):
+        problems.append("no --enable-hierarchical-cache (offload keeps KV in host memory itself)")
+    if problems:
+        raise OffloadUnsupported("--a2ats-offload needs " + "; ".join(problems))
+
+
+def staging_tokens(context_len: int, chunked_prefill_size: int | None, max_prefill_tokens: int) -> int:
+    """GPU slots for prefill staging: the one chunked prompt in flight (up to the whole context)
+    plus the new tokens of one prefill batch."""
+    chunk = chunked_prefill_size if chunked_prefill_size and chunked_prefill_size > 0 else 0
+    return context_len + max(chunk, max_prefill_tokens)

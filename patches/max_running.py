@@ -1,0 +1,42 @@
+"""Cap the request pool at the hot buffers offload mode planned.
+
+Target: ``sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.resolve_max_num_reqs``
+(SGLang 0.5.17), which turns the token capacity into the number of request-pool rows. With
+``--a2ats-offload`` the capacity is the host pool's, far more than the GPU can give hot buffers
+to; each row owns one hot buffer, so the rows are capped at the plan's ``max_running``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+TARGET = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.resolve_max_num_reqs"
+SIGNATURE = "(self, token_capacity: 'int') -> 'int'"
+
+logger = logging.getLogger(__name__)
+_installed = False
+
+
+def cap(original, kvc, token_capacity: int) -> int:
+    from a2ats_sglang.runtime.offload_plan import current_plan
+
+    rows = original(kvc, token_capacity)
+    plan = current_plan()
+    if plan is None:
+        return rows
+    if rows > plan.max_running:
+        logger.info("A²ATS offload: %d running requests (one hot buffer each), not %d", plan.max_running, rows)
+    elif rows < plan.max_running:
+        raise RuntimeError(f"SGLang sized {rows} request rows but the offload plan has {plan.max_running} hot buffers")
+    return plan.max_running
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(TARGET, cap, HookType.AROUND)
+    HookRegistry.apply_hooks()
+    _installed = True
