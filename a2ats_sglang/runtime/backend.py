@@ -81,7 +81,11 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device)
         self.offload: Offload | None = None
         if offload:
-            self.offload = Offload(pool, self.decoder.codes.shape[0], self.decoder.width, self.device)
+            self.offload = Offload(
+                pool, self.decoder.codes.shape[0], self.decoder.width, self.device,
+                host_used=lambda: pool.plan.logical_slots - model_runner.token_to_kv_pool_allocator.available_size(),
+                prometheus=model_runner.server_args.enable_metrics,
+            )
             # the prefill's paged attention reads GPU slots: staging's table, not req_to_token
             assert pool.staging.table.shape[0] == self.req_to_token_pool.req_to_token.shape[0]
             self.indices_updater_prefill.req_to_token = pool.staging.table
@@ -125,7 +129,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                 self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
             return super().init_forward_metadata(forward_batch)
         if self.offload is not None:
-            self.offload.begin_decode(forward_batch.rids)
+            self.offload.begin_decode(getattr(forward_batch, "rids", None))  # graph capture: no requests
         bs = forward_batch.batch_size
         if bs == 0:
             self.step = None
@@ -139,7 +143,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         if not forward_batch.forward_mode.is_decode_or_idle():
             return super().init_forward_metadata_out_graph(forward_batch, in_capture)
         if self.offload is not None:
-            self.offload.begin_decode(forward_batch.rids)
+            self.offload.begin_decode(getattr(forward_batch, "rids", None))  # graph capture: no requests
         bs = forward_batch.batch_size
         buffers = self.graph_buffers
         assert buffers is not None, "init_cuda_graph_state was not called"

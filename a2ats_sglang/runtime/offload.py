@@ -14,21 +14,27 @@ The host-side bookkeeping runs where SGLang prepares a step's metadata, outside 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.offload_metrics import OffloadMetrics
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 from a2ats_sglang.runtime.sparse_decode import OffloadStep, SparseDecodeBuffers
 
 
 class Offload:
-    def __init__(self, pool: OffloadKVPool, num_layers: int, width: int, device: torch.device | str) -> None:
+    def __init__(self, pool: OffloadKVPool, num_layers: int, width: int, device: torch.device | str,
+                 host_used: Callable[[], int] = lambda: 0, prometheus: bool = False) -> None:
         plan = pool.plan
         if plan.hot_tokens < width:
             raise ValueError(f"hot buffers of {plan.hot_tokens} tokens cannot hold a decode step's {width} picks")
         self.pool, self.staging, self.plan = pool, pool.staging, plan
         self.hot = HotBuffers(num_layers, plan.hot_buffers, pool.head_num, plan.hot_tokens, plan.hot_base, device)
-        self.token_bytes = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head, one layer
+        per_miss = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
+        self.metrics = OffloadMetrics(self.hot.counters, per_miss, host_used, plan.logical_slots,
+                                      self.staging.in_use, prometheus)
 
     def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int],
                      extend_lens: list[int], out_cache_loc: torch.Tensor) -> None:
@@ -56,6 +62,8 @@ class Offload:
         self.pool.stage_writes = False
         if rids and self.staging.held():
             self.staging.release(rids)
+        if rids:
+            self.metrics.step()
 
     def layer(self, layer_id: int, buffers: SparseDecodeBuffers) -> OffloadStep:
         host_k, host_v = self.pool.host.layer(layer_id - self.pool.start_layer)

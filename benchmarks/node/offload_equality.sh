@@ -10,15 +10,15 @@ nohup python3 -m a2ats_sglang.launch_server --port 30010 --mem-fraction-static 0
 echo $! > /tmp/resident.pid
 nohup python3 -m a2ats_sglang.launch_server --port 30011 --mem-fraction-static 0.25 --a2ats-offload --a2ats-host-kv-gb 8 --enable-metrics $det > /tmp/offload.log 2>&1 &
 echo $! > /tmp/offload.pid
-bash benchmarks/node/wait.sh 30010 /tmp/resident.pid || clean /tmp/resident.log | tail -20
-bash benchmarks/node/wait.sh 30011 /tmp/offload.pid || clean /tmp/offload.log | grep -v "^\s*$" | tail -40
-clean /tmp/offload.log | grep -i "a2ats\|offload\|error" | head -20
+bash benchmarks/node/wait.sh 30010 /tmp/resident.pid || clean /tmp/resident.log | cut -c1-400 | tail -20
+bash benchmarks/node/wait.sh 30011 /tmp/offload.pid || { clean /tmp/offload.log | cut -c1-400 | tail -30; cp /tmp/offload.log $OUT/; exit 1; }
+clean /tmp/offload.log | grep -i "a2ats\|offload\|error" | cut -c1-300 | head -20
 curl -s -m 60 localhost:30011/generate -H 'content-type: application/json' -d '{"text": "The capital of France is", "sampling_params": {"max_new_tokens": 16, "temperature": 0}}'; echo
 for p in 30010 30011; do timeout 240 python3 -m benchmarks.accuracy --base-url http://127.0.0.1:$p --label offload-eq-$p --lengths 4096 7168 --samples 5 --out $OUT/accuracy-offload-eq-$p.json > /tmp/acc$p.log 2>&1 & done
 wait
 tail -3 /tmp/acc30011.log
 python3 -m benchmarks.compare $OUT/accuracy-offload-eq-30010.json $OUT/accuracy-offload-eq-30011.json | tail -12
 curl -s -m 10 localhost:30011/metrics | grep -E "^a2ats|^sglang:token_usage|^sglang:num_used" | head -20
-clean /tmp/offload.log | grep -iE "error|traceback|exception|a2ats" | tail -20
+clean /tmp/offload.log | grep -iE "error|traceback|exception|a2ats" | cut -c1-300 | tail -20
 cp /tmp/offload.log /tmp/resident.log $OUT/ 2>/dev/null
 kill $(cat /tmp/resident.pid) $(cat /tmp/offload.pid) 2>/dev/null; sleep 3
