@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-lens", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: the most the KV pool holds)")
-    p.add_argument("--num-prompts", type=int, default=None, help="requests per length (default: 2 × concurrency)")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per length (default: WAVES × concurrency)")
+    p.add_argument("--waves", type=int, default=2, help="requests per length in multiples of the concurrency")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--server-args", default="", help="extra server flags, one string")
     p.add_argument("--startup-timeout", type=float, default=1200.0)
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def bench(server: servers.Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
     result_file = log.with_suffix(".jsonl")
     result_file.unlink(missing_ok=True)
-    prompts = args.num_prompts or 2 * concurrency
+    prompts = args.num_prompts or args.waves * concurrency
     cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--base-url", server.url,
            "--model", args.model_path, "--dataset-name", "random-ids", "--tokenize-prompt",
            "--random-input-len", str(input_len), "--random-output-len", str(args.output_len),
