@@ -33,11 +33,11 @@ def _fetch_kernel(
     picks_ptr, counts_ptr, scores_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
     hot_slots_ptr, hot_tokens_ptr, hand_ptr, victims_ptr,
     host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr,
-    indptr_ptr, out_ptr, stats_ptr,
+    indptr_ptr, out_ptr, stats_ptr, counters_ptr,
     num_kv_heads, hot_size, dim,
     stride_pr, stride_sr, stride_rr, stride_hs, stride_ht, stride_vr,
     stride_hk_s, stride_hk_h, stride_dk_s, stride_dk_h,
-    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr,
+    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr, COUNT: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // num_kv_heads
@@ -106,6 +106,9 @@ def _fetch_kernel(
         tl.store(hand_ptr + rid * num_kv_heads + g, (tl.load(victims_row + n_miss - 1) + 1) % hot_size)
     tl.store(stats_ptr + row * 2, n_hit)
     tl.store(stats_ptr + row * 2 + 1, n_miss)
+    if COUNT:  # running totals (integer atomics: the sums do not depend on the order)
+        tl.atomic_add(counters_ptr, n_hit.to(tl.int64))
+        tl.atomic_add(counters_ptr + 1, n_miss.to(tl.int64))
 
 
 def fetch_hot(
@@ -113,7 +116,7 @@ def fetch_hot(
     req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, hot_slots: torch.Tensor, hot_tokens: torch.Tensor,
     hand: torch.Tensor, victims: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor,
     dev_k: torch.Tensor, dev_v: torch.Tensor, indptr: torch.Tensor, out_indices: torch.Tensor,
-    stats: torch.Tensor, rows: int, block: int = 128,
+    stats: torch.Tensor, rows: int, block: int = 128, counters: torch.Tensor | None = None,
 ) -> None:
     """Make every picked token of rows ``r = b·Hkv + g < rows`` resident and write their indices.
 
@@ -128,7 +131,8 @@ def fetch_hot(
     int32 clock hands; ``victims`` ``[rows_cap, H]`` int32 scratch. ``host_k``/``host_v``
     ``[logical slots, Hkv, d]`` (pinned), ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]``, same
     dtype. Writes ``out_indices[indptr[r] + j]`` = GPU slot·Hkv + g of pick ``j`` and
-    ``stats[r] = (hits, misses)`` (``[rows_cap, 2]`` int32).
+    ``stats[r] = (hits, misses)`` (``[rows_cap, 2]`` int32), and adds them to ``counters``
+    (``[2]`` int64, running hits and misses) if given.
     """
     if rows == 0:
         return
@@ -139,16 +143,18 @@ def fetch_hot(
     assert host_k.stride(2) == 1 and dev_k.stride(2) == 1 and scores.stride(1) == 1 and picks.stride(1) == 1
     assert victims.shape[1] >= hot_size and out_indices.dtype == torch.int32
     assert stats.dtype == torch.int32 and stats.is_contiguous() and stats.shape[1] == 2
+    assert counters is None or (counters.dtype == torch.int64 and counters.shape == (2,))
     _fetch_kernel[(rows,)](
         picks, counts, scores, req_to_token, req_pool_indices, seq_lens,
         hot_slots, hot_tokens, hand, victims,
         host_k, host_v, dev_k, dev_v,
-        indptr, out_indices, stats,
+        indptr, out_indices, stats, stats if counters is None else counters,
         num_kv_heads, hot_size, dim,
         picks.stride(0), scores.stride(0), req_to_token.stride(0), hot_slots.stride(0), hot_tokens.stride(1),
         victims.stride(0),
         host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),
         BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim), TAG=PICK_TAG,
+        COUNT=counters is not None,
     )
 
 

@@ -42,10 +42,10 @@ class HotBuffers:
         host_k: torch.Tensor, host_v: torch.Tensor, dev_k: torch.Tensor, dev_v: torch.Tensor,
         indptr: torch.Tensor, out_indices: torch.Tensor, victims: torch.Tensor, stats: torch.Tensor,
     ) -> None:
-        """One layer's fetch for the step's rows; adds its hits and misses to :attr:`counters`."""
+        """One layer's fetch for the step's rows; the kernel adds its hits and misses to :attr:`counters`."""
         if picks.shape[1] > self.size:  # a row could then pick more tokens than its buffer holds
             raise ValueError(f"hot buffers of {self.size} tokens cannot hold a top-K {picks.shape[1]} wide")
         rows = req_pool_indices.shape[0] * self.num_kv_heads
         fetch_hot(picks, counts, scores, req_to_token, req_pool_indices, seq_lens, self.slots, self.tokens[layer],
-                  self.hand[layer], victims, host_k, host_v, dev_k, dev_v, indptr, out_indices, stats, rows)
-        self.counters += stats[:rows].sum(0)
+                  self.hand[layer], victims, host_k, host_v, dev_k, dev_v, indptr, out_indices, stats, rows,
+                  counters=self.counters)
