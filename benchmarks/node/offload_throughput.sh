@@ -1,20 +1,21 @@
-# Serving throughput, Llama-3.1-8B shape (dummy weights), random 32K-token prompts, 256 output
+# Serving throughput, Llama-3.1-8B shape (dummy weights), random 32K- and 64K-token prompts, 256 output
 # tokens: stock SGLang (FlashInfer, KV on the GPU) vs a2ats --a2ats-offload, each at the largest
 # concurrency its KV capacity holds, one after the other on this GPU. Run from the repository
 # root on the H100 node after the wheelhouse install:
-#   A2ATS_COMMIT=<sha> bash benchmarks/node/offload_throughput.sh [WAVES]
+#   A2ATS_COMMIT=<sha> [LENS="32768 65536"] bash benchmarks/node/offload_throughput.sh [WAVES]
+# Needs a whole 10-minute call per side at both lengths; run one side per call if short.
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 M=/tmp/models/llama-3.1-8b-shape
-common="--load-format dummy --context-length 33280 --cuda-graph-backend-prefill disabled"
+common="--load-format dummy --context-length 65792 --cuda-graph-backend-prefill disabled"
 host_gb=$(awk '/MemAvailable/ {print int($2 / 1048576 * 0.8)}' /proc/meminfo)  # 80 % of free RAM
 echo "host KV pool: $host_gb GiB"
-for side in stock a2ats; do
+for side in ${SIDES:-stock a2ats}; do
   extra="--attention-backend flashinfer"
   [ $side = a2ats ] && extra="--a2ats-offload --a2ats-host-kv-gb $host_gb"
-  timeout $((580 - SECONDS)) python3 -m benchmarks.throughput --server $side --label $side-offload-llama8b-32k --model-path $M \
-    --input-lens 32768 --output-len 256 --waves ${1:-1} --server-args "$common $extra" \
-    --out $OUT/throughput-$side-offload-llama8b-32k.json --log-dir $OUT/logs 2>&1 | grep -v Warn | tail -3
+  timeout $((580 - SECONDS)) python3 -m benchmarks.throughput --server $side --label $side-offload-llama8b --model-path $M \
+    --input-lens ${LENS:-32768 65536} --output-len 256 --waves ${1:-1} --server-args "$common $extra" \
+    --out $OUT/throughput-$side-offload-llama8b.json --log-dir $OUT/logs 2>&1 | grep -v Warn | tail -3
   echo "$side done at $SECONDS s"
 done
 grep -h "A²ATS" $OUT/logs/server-a2ats*.log | cut -c1-300 | tail -12
