@@ -51,6 +51,18 @@ def signature_of(target: str) -> str:
     return str(inspect.signature(resolve(target)))
 
 
+def install_around(module: ModuleType, hook: Any) -> None:
+    """Run ``hook(original, *args)`` around ``module.TARGET`` through SGLang's ``HookRegistry``,
+    once per process (a module's ``_installed`` flag makes its ``install`` idempotent)."""
+    if getattr(module, "_installed", False):
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(module.TARGET, hook, HookType.AROUND)
+    HookRegistry.apply_hooks()
+    module._installed = True
+
+
 def install_all() -> None:
     """Install every patch module (each is idempotent, so calling this twice is harmless)."""
     for name in module_names():

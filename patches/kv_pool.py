@@ -10,13 +10,14 @@ only the plan's staging and hot-buffer slots, with the host pool and staging att
 from __future__ import annotations
 
 import logging
+import sys
 from functools import partial
 
 TARGET = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_mha_kv_pool"
 SIGNATURE = "(self, *, max_total_num_tokens: 'int', mha_pool_class: 'type', quant_method=None) -> 'KVCache'"
 
 logger = logging.getLogger(__name__)
-_installed = False
+_installed = False  # set by install_around
 
 
 def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, quant_method=None):
@@ -52,11 +53,6 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
 
 
 def install() -> None:
-    global _installed
-    if _installed:
-        return
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from a2ats_sglang.patches import install_around
 
-    HookRegistry.register(TARGET, build, HookType.AROUND)
-    HookRegistry.apply_hooks()
-    _installed = True
+    install_around(sys.modules[__name__], build)

@@ -9,12 +9,13 @@ to; each row owns one hot buffer, so the rows are capped at the plan's ``max_run
 from __future__ import annotations
 
 import logging
+import sys
 
 TARGET = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.resolve_max_num_reqs"
 SIGNATURE = "(self, token_capacity: 'int') -> 'int'"
 
 logger = logging.getLogger(__name__)
-_installed = False
+_installed = False  # set by install_around
 
 
 def cap(original, kvc, token_capacity: int) -> int:
@@ -26,17 +27,10 @@ def cap(original, kvc, token_capacity: int) -> int:
         return rows
     if rows > plan.max_running:
         logger.info("A²ATS offload: %d running requests (one hot buffer each), not %d", plan.max_running, rows)
-    elif rows < plan.max_running:
-        raise RuntimeError(f"SGLang sized {rows} request rows but the offload plan has {plan.max_running} hot buffers")
-    return plan.max_running
+    return min(rows, plan.max_running)  # fewer (a tiny host pool): some hot buffers stay unused
 
 
 def install() -> None:
-    global _installed
-    if _installed:
-        return
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from a2ats_sglang.patches import install_around
 
-    HookRegistry.register(TARGET, cap, HookType.AROUND)
-    HookRegistry.apply_hooks()
-    _installed = True
+    install_around(sys.modules[__name__], cap)

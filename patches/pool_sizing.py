@@ -15,13 +15,14 @@ buffers (the plan is kept for the ``max_running`` and ``kv_pool`` patches).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 TARGET = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.config_from_budget"
 SIGNATURE = "(self, budget_bytes: 'int', *, cap_tokens: 'Optional[int]' = None) -> 'MemoryPoolConfig'"
 
 logger = logging.getLogger(__name__)
-_installed = False
+_installed = False  # set by install_around
 
 
 def a2ats_in_use(server_args: Any) -> bool:
@@ -88,11 +89,6 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp, hot: int):
 
 
 def install() -> None:
-    global _installed
-    if _installed:
-        return
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from a2ats_sglang.patches import install_around
 
-    HookRegistry.register(TARGET, charge, HookType.AROUND)
-    HookRegistry.apply_hooks()
-    _installed = True
+    install_around(sys.modules[__name__], charge)

@@ -87,7 +87,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                 prometheus=model_runner.server_args.enable_metrics,
             )
             # the prefill's paged attention reads GPU slots: staging's table, not req_to_token
-            assert pool.staging.table.shape[0] == self.req_to_token_pool.req_to_token.shape[0]
+            assert pool.staging.table.shape[0] >= self.req_to_token_pool.req_to_token.shape[0]
             self.indices_updater_prefill.req_to_token = pool.staging.table
         self.graph_buffers: SparseDecodeBuffers | None = None
         self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}

@@ -1,0 +1,53 @@
+"""Offload mode's settings: flags, what it needs from SGLang's flags, the request-pool cap."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from a2ats_sglang.runtime.config import A2ATSConfig, ConfigError
+from a2ats_sglang.runtime.flags import split_argv
+from a2ats_sglang.runtime.memory import OffloadPlan
+from a2ats_sglang.runtime.offload_plan import OffloadUnsupported, check_server_args, set_plan, staging_tokens
+
+
+def test_flags_parse_and_bad_sizes_are_refused() -> None:
+    split = split_argv(["--a2ats-offload", "--a2ats-host-kv-gb", "12.5", "--port", "1"])
+    assert split.config.offload and split.config.host_kv_gb == 12.5 and split.rest == ["--port", "1"]
+    assert not split_argv([]).config.offload
+    with pytest.raises(ConfigError, match="must be positive"):
+        A2ATSConfig(offload=True, host_kv_gb=0)
+    with pytest.raises(ConfigError, match="sizes the host KV pool of --a2ats-offload"):
+        A2ATSConfig(host_kv_gb=4)
+
+
+def args(**kw) -> SimpleNamespace:
+    base = {"disable_radix_cache": True, "enable_mixed_chunk": False, "page_size": 1, "enable_hierarchical_cache": False}
+    return SimpleNamespace(**base | kw)
+
+
+def test_server_flags_offload_cannot_serve_with_are_named() -> None:
+    on = A2ATSConfig(offload=True)
+    check_server_args(args(), on)
+    check_server_args(args(disable_radix_cache=False), A2ATSConfig())  # not offloading: anything goes
+    with pytest.raises(OffloadUnsupported, match=r"--disable-radix-cache .*; no --enable-mixed-chunk .*; --page-size 1"):
+        check_server_args(args(disable_radix_cache=False, enable_mixed_chunk=True, page_size=16), on)
+
+
+def test_staging_holds_one_whole_prompt_and_one_prefill_batch() -> None:
+    assert staging_tokens(32768, 8192, 16384) == 32768 + 16384
+    assert staging_tokens(32768, -1, 4096) == 32768 + 4096  # chunked prefill off
+
+
+def test_request_rows_are_capped_at_the_hot_buffers() -> None:
+    from a2ats_sglang.patches.max_running import cap
+
+    try:
+        set_plan(None)
+        assert cap(lambda kvc, n: 4096, None, 10**6) == 4096, "without offload SGLang's number stands"
+        set_plan(OffloadPlan(logical_slots=10**6, max_running=37, hot_tokens=1000, staging_tokens=5000))
+        assert cap(lambda kvc, n: 4096, None, 10**6) == 37
+        assert cap(lambda kvc, n: 12, None, 500) == 12, "a tiny host pool may allow fewer rows than buffers"
+    finally:
+        set_plan(None)
