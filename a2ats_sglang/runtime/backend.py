@@ -8,6 +8,8 @@ from the pool; a newer key sits in the local window, which is never scored), the
 keeps sinks + window + top-K per (request, kv head), and FlashInfer decodes over exactly those.
 Everything in :meth:`forward_decode` is static-shape GPU work, so SGLang's decode CUDA graphs
 capture it; the only host work (the FlashInfer plan) runs in ``init_forward_metadata_out_graph``.
+With ``--a2ats-offload`` the KV pool is an :class:`OffloadKVPool` and
+:class:`~a2ats_sglang.runtime.offload.Offload` adds prefill staging and the hot-buffer fetch.
 """
 
 from __future__ import annotations
