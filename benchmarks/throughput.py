@@ -20,6 +20,7 @@ import json
 import shlex
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+OFFLOAD_COUNTERS = ("a2ats:hot_hits_total", "a2ats:hot_misses_total", "a2ats:fetched_bytes_total",
+                    "a2ats:decode_steps_total")
+
+
+def offload_counters(url: str) -> dict[str, float]:
+    """a2ats offload counters from ``/metrics`` (empty unless the server runs with
+    ``--a2ats-offload --enable-metrics``)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        name = name.split("{", 1)[0]
+        if name in OFFLOAD_COUNTERS:
+            found[name] = found.get(name, 0.0) + float(value)
+    return found
+
+
+def offload_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Hit rate and host→GPU bytes per decode step over one benchmark run."""
+    if not after:
+        return {}
+    d = {k.removeprefix("a2ats:").removesuffix("_total"): after.get(k, 0.0) - before.get(k, 0.0) for k in OFFLOAD_COUNTERS}
+    picks = d["hot_hits"] + d["hot_misses"]
+    return {"hot_hit_rate": round(d["hot_hits"] / picks, 4) if picks else None,
+            "fetched_mib_per_decode_step": round(d["fetched_bytes"] / d["decode_steps"] / 2**20, 3) if d["decode_steps"] else None,
+            "decode_steps": int(d["decode_steps"]), "fetched_gib": round(d["fetched_bytes"] / 2**30, 2)}
+
+
 def bench(server: servers.Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
     result_file = log.with_suffix(".jsonl")
     result_file.unlink(missing_ok=True)
@@ -57,8 +90,10 @@ def bench(server: servers.Server, args: argparse.Namespace, input_len: int, conc
            "--random-input-len", str(input_len), "--random-output-len", str(args.output_len),
            "--random-range-ratio", "1.0", "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
            "--output-file", str(result_file), "--disable-tqdm"]
+    counters = offload_counters(server.url)
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=args.bench_timeout)
+    offload = offload_summary(counters, offload_counters(server.url))
     if done.returncode != 0 or not result_file.exists():
         raise RuntimeError(f"bench_serving failed (exit {done.returncode}); see {log}")
     row = json.loads(result_file.read_text().strip().splitlines()[-1])
@@ -66,7 +101,7 @@ def bench(server: servers.Server, args: argparse.Namespace, input_len: int, conc
             "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms",
             "mean_itl_ms", "median_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "max_concurrent_requests")
     return {"input_len": input_len, "output_len": args.output_len, "concurrency": concurrency, "num_prompts": prompts,
-            **{k: row.get(k) for k in keep}, "command": shlex.join(cmd[1:])}
+            **{k: row.get(k) for k in keep}, **offload, "command": shlex.join(cmd[1:])}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
         watch.stop()
+    # the a2ats server's own account of its memory (codes, staging, hot buffers, host pool)
+    report["server_notes"] = [line.split("] ", 1)[-1] for line in server.tail(100000).splitlines() if "A²ATS" in line][:12]
     report["peak_gpu_memory_mib"] = watch.gpu_mib
     report["peak_host_rss_gib"] = round(watch.host_gib, 1)
     report["meta"] = run_meta("cuda", args.model_path, {

@@ -63,3 +63,21 @@ def test_server_that_never_gets_healthy(fake, tmp_path: Path, monkeypatch: pytes
 def test_missing_server_module(fake, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert throughput.main([*args(tmp_path)[:1], "a2ats", *args(tmp_path)[2:]]) == 1
     assert "no_such_module_a2ats is not available" in capsys.readouterr().err
+
+
+def test_offload_counters_become_hit_rate_and_bytes_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    pages = iter([
+        "# HELP a2ats:hot_hits_total x\na2ats:hot_hits_total 100.0\na2ats:hot_misses_total 50.0\n"
+        "a2ats:fetched_bytes_total 1024.0\na2ats:decode_steps_total 10.0\nsglang:token_usage 0.5\n",
+        'a2ats:hot_hits_total{pid="1"} 400.0\na2ats:hot_misses_total 150.0\n'
+        "a2ats:fetched_bytes_total 1049600.0\na2ats:decode_steps_total 20.0\n",
+        "sglang:token_usage 0.1\n",  # a stock server: no a2ats counters
+    ])
+    monkeypatch.setattr(throughput.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(next(pages).encode()))
+    before, after = throughput.offload_counters("u"), throughput.offload_counters("u")
+    assert before["a2ats:hot_hits_total"] == 100.0 and "sglang:token_usage" not in before
+    got = throughput.offload_summary(before, after)
+    assert got == {"hot_hit_rate": 0.75, "fetched_mib_per_decode_step": 0.1, "decode_steps": 10, "fetched_gib": 0.0}
+    assert throughput.offload_summary({}, throughput.offload_counters("u")) == {}

@@ -47,6 +47,7 @@ class OffloadMetrics:
             "hits": Counter("a2ats:hot_hits", "Picked tokens found in the hot buffer (per layer and kv head)"),
             "misses": Counter("a2ats:hot_misses", "Picked tokens read from host memory (per layer and kv head)"),
             "bytes": Counter("a2ats:fetched_bytes", "Bytes of K/V read from host memory by decode steps"),
+            "steps": Counter("a2ats:decode_steps", "Decode steps run in offload mode"),
             "hit_rate": gauge("a2ats:hot_hit_rate", "Hot-buffer hit rate over the last sample"),
             "bytes_per_step": gauge("a2ats:fetched_bytes_per_step", "Host→GPU K/V bytes per decode step, last sample"),
             "host_used": gauge("a2ats:host_pool_used_tokens", "Logical slots (host KV pool) in use"),
@@ -83,6 +84,7 @@ class OffloadMetrics:
             g["hits"].inc(dh)
             g["misses"].inc(dm)
             g["bytes"].inc(dm * self.bytes_per_miss)
+            g["steps"].inc(ds)
             if dh + dm:
                 g["hit_rate"].set(dh / (dh + dm))
             if ds:
