@@ -1,0 +1,74 @@
+"""The three offload patches in SGLang's order: ``config_from_budget`` (plan), then
+``resolve_max_num_reqs`` (rows capped), then ``_build_mha_kv_pool`` (the offload pool), with a
+fake configurator and SGLang's real MHA pool on the CPU."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from a2ats_sglang.runtime.config import A2ATSConfig
+from a2ats_sglang.runtime.memory import decode_budget
+from a2ats_sglang.runtime.offload_plan import current_plan, set_plan
+
+LAYERS, HEADS, DIM, CONTEXT = 2, 2, 16, 512
+CELL = 2 * LAYERS * HEADS * DIM * 2
+
+
+@pytest.fixture
+def kvc(monkeypatch: pytest.MonkeyPatch):
+    from sglang.srt.model_executor import pool_configurator
+
+    monkeypatch.setattr(pool_configurator, "create_memory_pool_configurator", lambda kvc: SimpleNamespace(
+        _cell_size=CELL, calculate_pool_sizes_from_max_tokens=lambda n, page: SimpleNamespace(max_total_num_tokens=n)))
+    cfg = A2ATSConfig(offload=True, host_kv_gb=0.001, budget_ratio=0.1, budget_min=16, budget_max=None)
+    monkeypatch.setenv("A2ATS_SGLANG_CONFIG", cfg.to_json())
+    set_plan(None)
+    yield SimpleNamespace(
+        server_args=SimpleNamespace(
+            attention_backend="a2ats", decode_attention_backend=None, disable_radix_cache=True, enable_mixed_chunk=False,
+            page_size=1, enable_hierarchical_cache=False, chunked_prefill_size=256, max_prefill_tokens=128,
+            max_running_requests=None, cuda_graph_config=SimpleNamespace(decode=SimpleNamespace(backend="disabled", bs=[]))),
+        model_config=SimpleNamespace(get_num_kv_heads=lambda tp: HEADS, head_dim=DIM, context_len=CONTEXT),
+        layer_info=SimpleNamespace(num_effective_layers=LAYERS), kv_cache_dtype=torch.bfloat16, device="cpu",
+    ), cfg
+    set_plan(None)
+
+
+def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_buffers(kvc) -> None:
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    from a2ats_sglang.patches import kv_pool, max_running, pool_sizing
+    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+
+    kvc, cfg = kvc
+    config = pool_sizing.charge(lambda *a, **k: pytest.fail("offload sizes the pool itself"), kvc, 64 * 2**20)
+    plan = current_plan()
+    host_slots = int(0.001 * 2**30) // CELL
+    assert config.max_total_num_tokens == plan.logical_slots == host_slots - 1, "the host pool, less its padding slot"
+    assert plan.hot_tokens == decode_budget(cfg).width(CONTEXT) and plan.staging_tokens == CONTEXT + 256
+    rows = max_running.cap(lambda kvc, n: n // 2, kvc, config.max_total_num_tokens)
+    assert rows == min(plan.max_running, config.max_total_num_tokens // 2)
+
+    def original(kvc, *, max_total_num_tokens, mha_pool_class, quant_method=None):  # what SGLang does
+        return mha_pool_class(max_total_num_tokens, page_size=1, dtype=kvc.kv_cache_dtype, head_num=HEADS, head_dim=DIM,
+                              layer_num=LAYERS, device="cpu", enable_memory_saver=False, start_layer=0,
+                              end_layer=LAYERS - 1)
+
+    pool = kv_pool.build(original, kvc, max_total_num_tokens=config.max_total_num_tokens, mha_pool_class=MHATokenToKVPool)
+    assert isinstance(pool, OffloadKVPool) and pool.plan == plan
+    assert pool.get_key_buffer(0).shape[0] == plan.gpu_slots + 1, "staging + hot buffers (+ padding slot) on the GPU"
+    assert pool.host.k.shape == (LAYERS, plan.logical_slots + 1, HEADS, DIM)
+    assert pool.staging.size == plan.staging_tokens and pool.staging.table.shape[0] == plan.hot_buffers
+    with pytest.raises(RuntimeError, match="SGLang sized 7 logical slots"):
+        kv_pool.build(original, kvc, max_total_num_tokens=7, mha_pool_class=MHATokenToKVPool)
+
+
+def test_without_offload_the_pool_is_sglangs(kvc) -> None:
+    from a2ats_sglang.patches import kv_pool
+
+    sentinel = object()
+    built = kv_pool.build(lambda kvc, **kw: (sentinel, kw), kvc[0], max_total_num_tokens=5, mha_pool_class=dict)
+    assert built == (sentinel, {"max_total_num_tokens": 5, "mha_pool_class": dict, "quant_method": None})
