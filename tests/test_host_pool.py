@@ -11,6 +11,7 @@ from a2ats_sglang.runtime.host_pool import (
     GiB,
     HostKVPool,
     HostPoolError,
+    HostPoolPlan,
     kv_bytes_per_token,
     plan_host_pool,
 )
@@ -43,3 +44,19 @@ def test_pool_layers_are_contiguous_slot_tables() -> None:
     k, v = pool.layer(1)
     assert k.shape == (plan.slots, 3, 16) and k.is_contiguous() and v.is_contiguous()
     assert pool.nbytes == plan.slots * plan.bytes_per_token
+
+
+@pytest.mark.gpu
+def test_pinned_pool_is_exactly_its_size_and_the_gpu_writes_it_in_place() -> None:
+    from a2ats_sglang.kernels.hot_buffer import store_to_host
+
+    plan = HostPoolPlan(3001, kv_bytes_per_token(2, 3, 16, torch.bfloat16))  # no power of two
+    pool = HostKVPool(plan, 2, 3, 16, torch.bfloat16)
+    assert pool.k.is_pinned() and pool.v.is_pinned()
+    assert pool.k.untyped_storage().nbytes() == 2 * 3001 * 3 * 16 * 2, "pinned at its own size, not rounded up"
+    k, v = (torch.randn(4, 3, 16, device="cuda").bfloat16() for _ in range(2))
+    loc = torch.tensor([5, 3000, 1, 77], device="cuda")
+    host_k, host_v = pool.layer(1)
+    store_to_host(k, v, loc, host_k, host_v)
+    torch.cuda.synchronize()
+    assert torch.equal(host_k[loc.cpu()], k.cpu()) and torch.equal(host_v[loc.cpu()], v.cpu())

@@ -63,6 +63,27 @@ def plan_host_pool(bytes_per_token: int, requested_gib: float | None, available_
     return HostPoolPlan(slots, bytes_per_token)
 
 
+REGISTER_PORTABLE_MAPPED = 1 | 2  # cudaHostRegisterPortable | cudaHostRegisterMapped
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Page-locked, device-mapped host memory of exactly this size.
+
+    ``torch.empty(..., pin_memory=True)`` goes through PyTorch's caching host allocator, which
+    rounds every allocation up to a power of two: a 47 GiB pool would pin 64 GiB. Ordinary
+    memory registered with ``cudaHostRegister`` is pinned at its own size, stays for the life of
+    the process (the pool does), and the GPU reads and writes it in place (UVA).
+    """
+    t = torch.empty(shape, dtype=dtype)
+    err = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), REGISTER_PORTABLE_MAPPED))
+    if err != 0:
+        raise HostPoolError(
+            f"pinning {t.numel() * t.element_size() / GiB:.1f} GiB of host memory failed (cudaError {err}); "
+            "lower --a2ats-host-kv-gb"
+        )
+    return t
+
+
 class HostKVPool:
     """K and V of every logical slot, every layer, in (pinned) host memory."""
 
@@ -71,8 +92,9 @@ class HostKVPool:
         pin = torch.cuda.is_available() if pin is None else pin
         shape = (num_layers, plan.slots, num_kv_heads, head_dim)
         # not zeroed: a slot is always written (its token's K/V) before anything reads it
-        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin)
-        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        alloc = pinned_empty if pin else (lambda shape, dtype: torch.empty(shape, dtype=dtype))
+        self.k = alloc(shape, dtype)
+        self.v = alloc(shape, dtype)
         self.slots = plan.slots
 
     def layer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
