@@ -9,6 +9,8 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
   the bucketed lookup table);
 - :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
   KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
+- :mod:`.lut` — ``lookup_table_gemm`` (the lookup-table GEMM with a fixed tiling, batch-invariant,
+  for SGLang's deterministic inference);
 - :mod:`.hot_buffer` — ``fetch_hot`` (offload mode: picked tokens' K/V from pinned host memory
   into each request's hot buffer, attention indices of the row).
 

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def build_decoder(cfg: A2ATSConfig, book: Codebook, slots: int, context_len: int, device) -> SparseDecoder:
+def build_decoder(cfg: A2ATSConfig, book: Codebook, slots: int, context_len: int, device,
+                  batch_invariant: bool = False) -> SparseDecoder:
     """Flags override the codebook's calibration values (window, sinks, b)."""
     meta = book.meta
     window = cfg.window if cfg.window is not None else meta.window
@@ -51,7 +52,7 @@ def build_decoder(cfg: A2ATSConfig, book: Codebook, slots: int, context_len: int
     b = cfg.b if cfg.b is not None else meta.b
     buckets = DistanceBuckets.single(window, b) if cfg.wrope == "single" else DistanceBuckets.log2(window, context_len)
     budget = Budget(sinks, window, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
-    return SparseDecoder(book, slots, context_len, budget, buckets, cfg.selector, device)
+    return SparseDecoder(book, slots, context_len, budget, buckets, cfg.selector, device, batch_invariant)
 
 
 class A2ATSAttnBackend(FlashInferAttnBackend):
@@ -80,7 +81,9 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.device = model_runner.device
         offload = isinstance(pool, OffloadKVPool)
         slots = pool.logical_slots if offload else pool.size + pool.page_size
-        self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device)
+        # --enable-deterministic-inference promises batch-invariant results: fixed-tiling lookup table
+        self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device,
+                                     batch_invariant=model_runner.server_args.enable_deterministic_inference)
         self.offload: Offload | None = None
         if offload:
             self.offload = Offload(

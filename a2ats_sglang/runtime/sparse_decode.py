@@ -24,6 +24,7 @@ from a2ats_sglang.kernels.encode import (
     encode_projection,
     encode_workspace,
 )
+from a2ats_sglang.kernels.lut import lookup_table_gemm
 from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import select_and_write, topk_rows, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
@@ -153,9 +154,10 @@ class SparseDecoder:
 
     def __init__(
         self, book: Codebook, slots: int, context_len: int, budget: Budget, buckets: DistanceBuckets,
-        reduce: str, device: torch.device | str,
+        reduce: str, device: torch.device | str, batch_invariant: bool = False,
     ) -> None:
         model = book.meta.model
+        self.batch_invariant = batch_invariant
         self.num_kv_heads, self.head_dim = model.num_kv_heads, model.head_dim
         self.group = model.group_size
         self.codebook_size = book.meta.codebook_size
@@ -230,9 +232,11 @@ class SparseDecoder:
         """
         bs, nb, hkv, group = q.shape[0], self.reps.shape[0], self.num_kv_heads, self.group
         q_w = self.rotary.wrope_queries(q, tables, hkv)  # [Hkv, d, bs·nb·G] bf16
-        if q.is_cuda:
+        if self.batch_invariant:  # a request's table the same bits whatever its batch
+            lut = lookup_table_gemm(self.decoded[layer], q_w)
+        elif q.is_cuda:
             # aten's overload directly: SGLang's deterministic mode replaces ``torch.bmm`` with a
-            # batch-invariant kernel that has no fp32 output (and each column here is one request's)
+            # kernel that has no fp32 output (that mode takes the branch above anyway)
             lut = torch.ops.aten.bmm.dtype(self.decoded[layer], q_w, torch.float32)  # [Hkv, C, bs·nb·G]
         else:  # the CPU tests: no bf16 → fp32 bmm there; the same products, summed in fp32
             lut = torch.bmm(self.decoded[layer].float(), q_w.float())
