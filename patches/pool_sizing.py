@@ -15,6 +15,7 @@ buffers (the plan is kept for the ``max_running`` and ``kv_pool`` patches).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from typing import Any
 
@@ -43,7 +44,8 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     decode_graph = sa.cuda_graph_config.decode
     graph_bs = list(decode_graph.bs or []) if decode_graph.backend != "disabled" else []
     cfg = current_config()
-    hot = decode_budget(cfg).width(mc.context_len) if cfg.offload else 0
+    width = decode_budget(cfg).width(mc.context_len)
+    hot = min(mc.context_len, math.ceil(width * cfg.hot_ratio)) if cfg.offload else 0
     fp = footprint(
         cfg, kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1), mc.head_dim,
         mc.context_len, max(graph_bs, default=0), hot_tokens=hot,

@@ -66,6 +66,18 @@ def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_
         kv_pool.build(original, kvc, max_total_num_tokens=7, mha_pool_class=MHATokenToKVPool)
 
 
+def test_hot_buffers_grow_with_the_ratio(kvc, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from a2ats_sglang.patches import pool_sizing
+
+    kvc, cfg = kvc
+    monkeypatch.setenv("A2ATS_SGLANG_CONFIG", replace(cfg, hot_ratio=1.5).to_json())
+    pool_sizing.charge(None, kvc, 64 * 2**20)
+    width = decode_budget(cfg).width(CONTEXT)
+    assert current_plan().hot_tokens == -(-width * 3 // 2) > width
+
+
 def test_without_offload_the_pool_is_sglangs(kvc) -> None:
     from a2ats_sglang.patches import kv_pool
 

@@ -93,6 +93,12 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
         help="size of the pinned host KV pool with --a2ats-offload, in GiB. Default: 60%% of the "
         "RAM free at start-up",
     )
+    g.add_argument(
+        "--a2ats-hot-buffer-ratio", metavar="X", type=float, default=d.hot_ratio,
+        help="with --a2ats-offload, each running request's hot buffer holds X times the most tokens "
+        "a decode step attends to (sinks + window + top-K): tokens a step drops stay resident "
+        "longer, fewer are read again over PCIe, at X times the GPU bytes. Default: %(default)s",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
@@ -109,6 +115,7 @@ def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
         selector=ns.a2ats_selector,
         offload=ns.a2ats_offload,
         host_kv_gb=ns.a2ats_host_kv_gb,
+        hot_ratio=ns.a2ats_hot_buffer_ratio,
     )
 
 
