@@ -24,10 +24,10 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from a2ats_sglang.method.codebook import Codebook, CodebookError
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.config import A2ATSConfig, current_config
+from a2ats_sglang.runtime.memory import resolve_budget
 from a2ats_sglang.runtime.offload import Offload
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 from a2ats_sglang.runtime.sparse_decode import (
-    Budget,
     PoolKeys,
     SparseDecodeBuffers,
     SparseDecoder,
@@ -47,11 +47,10 @@ def build_decoder(cfg: A2ATSConfig, book: Codebook, slots: int, context_len: int
                   batch_invariant: bool = False) -> SparseDecoder:
     """Flags override the codebook's calibration values (window, sinks, b)."""
     meta = book.meta
-    window = cfg.window if cfg.window is not None else meta.window
-    sinks = cfg.sinks if cfg.sinks is not None else meta.sinks
+    budget = resolve_budget(cfg, meta.window, meta.sinks)
     b = cfg.b if cfg.b is not None else meta.b
+    window = budget.window
     buckets = DistanceBuckets.single(window, b) if cfg.wrope == "single" else DistanceBuckets.log2(window, context_len)
-    budget = Budget(sinks, window, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
     return SparseDecoder(book, slots, context_len, budget, buckets, cfg.selector, device, batch_invariant)
 
 

@@ -33,13 +33,16 @@ def codebook_size(cfg: A2ATSConfig) -> int:
     return int(_meta(cfg).get("codebook_size", 4096))
 
 
+def resolve_budget(cfg: A2ATSConfig, window: int, sinks: int) -> Budget:
+    """The decode budget: the flags over the codebook's calibration ``window`` and ``sinks``."""
+    return Budget(sinks if cfg.sinks is None else cfg.sinks, window if cfg.window is None else cfg.window,
+                  cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
+
+
 def decode_budget(cfg: A2ATSConfig) -> Budget:
-    """The budget the backend will decode with: flags over the codebook's window and sinks (as
-    :func:`~a2ats_sglang.runtime.backend.build_decoder` resolves them)."""
+    """The budget the backend will decode with, before its codebook is loaded."""
     meta = _meta(cfg)
-    window = cfg.window if cfg.window is not None else int(meta.get("window", 64))
-    sinks = cfg.sinks if cfg.sinks is not None else int(meta.get("sinks", 8))
-    return Budget(sinks, window, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
+    return resolve_budget(cfg, int(meta.get("window", 64)), int(meta.get("sinks", 8)))
 
 
 def footprint(
