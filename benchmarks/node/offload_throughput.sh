@@ -7,7 +7,8 @@
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 M=/tmp/models/llama-3.1-8b-shape
-common="--load-format dummy --context-length 65792 --cuda-graph-backend-prefill disabled --enable-metrics"
+# context: the longest prompt + 256 output tokens + a margin (SGLang caps a request at context - 1)
+common="--load-format dummy --context-length 65800 --cuda-graph-backend-prefill disabled --enable-metrics"
 host_gb=$(awk '/MemAvailable/ {print int($2 / 1048576 * 0.8)}' /proc/meminfo)  # 80 % of free RAM
 echo "host KV pool: $host_gb GiB"
 for side in ${SIDES:-stock a2ats}; do
