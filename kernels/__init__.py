@@ -12,7 +12,8 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
 - :mod:`.lut` — ``lookup_table_gemm`` (the lookup-table GEMM with a fixed tiling, batch-invariant,
   for SGLang's deterministic inference);
 - :mod:`.hot_buffer` — ``fetch_hot`` (offload mode: picked tokens' K/V from pinned host memory
-  into each request's hot buffer, attention indices of the row).
+  into each request's hot buffer, attention indices of the row), ``store_to_host`` / ``load_from_host``
+  (K/V rows between the GPU and the pinned host pool).
 
 Wrappers never synchronise with the host nor allocate: they write into caller buffers, so
 they run inside CUDA-graph capture.

@@ -159,19 +159,43 @@ def fetch_hot(
 
 
 @triton.jit
-def _store_kernel(
-    k_ptr, v_ptr, loc_ptr, host_k_ptr, host_v_ptr, n, row_elems,
-    stride_kn, stride_hs,
-    BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+def _copy_rows_kernel(
+    src_k_ptr, src_v_ptr, src_idx_ptr, dst_k_ptr, dst_v_ptr, dst_idx_ptr, n, row_elems,
+    stride_s, stride_d,
+    GATHER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     ok = (i < n)[:, None] & (e < row_elems)[None, :]
-    slot = tl.load(loc_ptr + i, mask=i < n, other=0).to(tl.int64)
-    src = i[:, None].to(tl.int64) * stride_kn + e[None, :]
-    dst = slot[:, None] * stride_hs + e[None, :]
-    tl.store(host_k_ptr + dst, tl.load(k_ptr + src, mask=ok), mask=ok)
-    tl.store(host_v_ptr + dst, tl.load(v_ptr + src, mask=ok), mask=ok)
+    if GATHER:
+        src_row = tl.load(src_idx_ptr + i, mask=i < n, other=0).to(tl.int64)
+    else:
+        src_row = i.to(tl.int64)
+    dst_row = tl.load(dst_idx_ptr + i, mask=i < n, other=0).to(tl.int64)
+    src = src_row[:, None] * stride_s + e[None, :]
+    dst = dst_row[:, None] * stride_d + e[None, :]
+    tl.store(dst_k_ptr + dst, tl.load(src_k_ptr + src, mask=ok), mask=ok)
+    tl.store(dst_v_ptr + dst, tl.load(src_v_ptr + src, mask=ok), mask=ok)
+
+
+def _copy_rows(src_k: torch.Tensor, src_v: torch.Tensor, src_idx: torch.Tensor | None, dst_k: torch.Tensor,
+               dst_v: torch.Tensor, dst_idx: torch.Tensor, block_n: int, block_e: int) -> None:
+    """``dst[dst_idx[i]] = src[src_idx[i]]`` (``src[i]`` without ``src_idx``) for K and V, each
+    token's ``Hkv·d`` values contiguous in both."""
+    n = dst_idx.shape[0]
+    if n == 0:
+        return
+    row_elems = src_k.shape[1] * src_k.shape[2]
+    for t in (src_k, dst_k):
+        assert t.stride(1) == t.shape[2] and t.stride(2) == 1, "each token's values must be contiguous"
+    assert src_k.stride() == src_v.stride() and dst_k.stride() == dst_v.stride() and src_k.dtype == dst_k.dtype
+    assert dst_k.shape[1:] == src_k.shape[1:] and dst_v.shape[1:] == src_v.shape[1:]
+    grid = (triton.cdiv(n, block_n), triton.cdiv(row_elems, block_e))
+    _copy_rows_kernel[grid](
+        src_k, src_v, dst_idx if src_idx is None else src_idx, dst_k, dst_v, dst_idx, n, row_elems,
+        src_k.stride(0), dst_k.stride(0),
+        GATHER=src_idx is not None, BLOCK_N=block_n, BLOCK_E=min(block_e, triton.next_power_of_2(row_elems)),
+    )
 
 
 def store_to_host(
@@ -184,15 +208,15 @@ def store_to_host(
     ``k``/``v`` ``[n, Hkv, d]`` with each token's ``Hkv·d`` values contiguous, ``loc`` ``[n]``
     logical slots, ``host_k``/``host_v`` ``[slots, Hkv, d]`` contiguous per slot, same dtype.
     """
-    n = k.shape[0]
-    if n == 0:
-        return
-    row_elems = k.shape[1] * k.shape[2]
-    assert k.shape == v.shape and k.stride() == v.stride() and k.stride(1) == k.shape[2] and k.stride(2) == 1
-    assert host_k.shape[1:] == k.shape[1:] and host_k.stride() == host_v.stride() and host_k.dtype == k.dtype
-    assert host_k.stride(1) == k.shape[2] and host_k.stride(2) == 1
-    grid = (triton.cdiv(n, block_n), triton.cdiv(row_elems, block_e))
-    _store_kernel[grid](
-        k, v, loc, host_k, host_v, n, row_elems, k.stride(0), host_k.stride(0),
-        BLOCK_N=block_n, BLOCK_E=min(block_e, triton.next_power_of_2(row_elems)),
-    )
+    assert k.shape == v.shape and loc.shape[0] == k.shape[0]
+    _copy_rows(k, v, None, host_k, host_v, loc, block_n, block_e)
+
+
+def load_from_host(
+    host_k: torch.Tensor, host_v: torch.Tensor, logical: torch.Tensor, dev_k: torch.Tensor, dev_v: torch.Tensor,
+    gpu: torch.Tensor, block_n: int = 16, block_e: int = 1024,
+) -> None:
+    """``dev_k[gpu[i]] = host_k[logical[i]]`` and the same for V: a cached prefix's K/V read from
+    the pinned host pool into GPU slots (prefill staging), by the GPU, without host sync."""
+    assert logical.shape == gpu.shape
+    _copy_rows(host_k, host_v, logical, dev_k, dev_v, gpu, block_n, block_e)

@@ -136,6 +136,23 @@ def test_store_to_host_writes_each_tokens_kv_at_its_slot() -> None:
     assert (host_k.cpu()[untouched] == 0).all() and (host_v.cpu()[untouched] == 0).all()
 
 
+def test_load_from_host_gathers_logical_slots_into_gpu_slots() -> None:
+    from a2ats_sglang.kernels.hot_buffer import load_from_host
+
+    g = torch.Generator().manual_seed(4)
+    host_k = torch.randn(50, 3, 24, generator=g).bfloat16().to(DEVICE)
+    host_v = torch.randn(50, 3, 24, generator=g).bfloat16().to(DEVICE)
+    dev_k = torch.zeros(20, 3, 24, dtype=torch.bfloat16, device=DEVICE)
+    dev_v = torch.zeros_like(dev_k)
+    logical = torch.tensor([49, 3, 3, 17, 0], device=DEVICE)  # a prefix may name a slot twice
+    gpu = torch.tensor([1, 19, 7, 8, 2], device=DEVICE)
+    load_from_host(host_k, host_v, logical, dev_k, dev_v, gpu, block_n=2, block_e=32)
+    assert torch.equal(dev_k[gpu], host_k[logical]) and torch.equal(dev_v[gpu], host_v[logical])
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[gpu.cpu()] = False
+    assert (dev_k.cpu()[untouched] == 0).all() and (dev_v.cpu()[untouched] == 0).all()
+
+
 def test_hot_buffers_own_disjoint_slots_and_reset_per_request() -> None:
     from a2ats_sglang.runtime.hot_buffers import HotBuffers
 
