@@ -11,8 +11,9 @@ attention then reads the same K/V values in the same order and returns the same 
 
 Membership is tagged in the row's score buffer, which the step no longer needs once the top-K
 has run: pick ``j``'s column is set to ``−(j + 1)·2¹⁰⁰`` (exact in float32, far below any score),
-then the picked columns found resident to ``−inf`` (a visible column scores finite or ``+inf``
-before, so the tags are unambiguous). One program
+then the picked columns found resident to ``−2¹²⁷`` (a hit). Pick tags lie in
+``[−2¹²⁴, −2¹⁰⁰]``; scores are finite or ``+inf``, so no score passes for either tag, and even a
+``−inf`` score could neither pose as a pick nor keep a slot. One program
 per row, no atomics, no allocation, no host synchronisation: it runs under the decode graph.
 The host pool is read in place through its device mapping (UVA, pinned memory); on the CPU
 (Triton's interpreter) it is ordinary memory.
@@ -26,6 +27,7 @@ import triton.language as tl
 
 
 PICK_TAG = 2.0**100  # pick j is tagged -(j + 1)·PICK_TAG: exact in float32 for j < 2^24
+HIT_TAG = -(2.0**127)  # a picked column found resident (below every pick tag, above -inf)
 
 
 @triton.jit
@@ -37,7 +39,7 @@ def _fetch_kernel(
     num_kv_heads, hot_size, dim,
     stride_pr, stride_sr, stride_rr, stride_hs, stride_ht, stride_vr,
     stride_hk_s, stride_hk_h, stride_dk_s, stride_dk_h,
-    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr, COUNT: tl.constexpr,
+    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr, HIT: tl.constexpr, COUNT: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // num_kv_heads
@@ -64,11 +66,11 @@ def _fetch_kernel(
     t_h = tl.load(tokens_row + h, mask=h < hot_size, other=-1)
     held = (h < hot_size) & (t_h >= 0) & (t_h < seq_len)
     tag = tl.load(score_row + t_h, mask=held, other=0.0)
-    hit = held & (tag <= -0.5 * TAG)
+    hit = held & (tag <= -0.5 * TAG) & (tag >= -16777216.0 * TAG)  # a pick tag: j + 1 ≤ 2^24
     j_h = (tag * (-1.0 / TAG)).to(tl.int32) - 1
     slot_h = tl.load(slots_row + h, mask=hit, other=0)
     tl.store(out_ptr + dst + j_h, slot_h * num_kv_heads + g, mask=hit)
-    tl.store(score_row + t_h, tl.full([HOT_P2], float("-inf"), tl.float32), mask=hit)
+    tl.store(score_row + t_h, tl.full([HOT_P2], HIT, tl.float32), mask=hit)
     n_hit = tl.sum(hit.to(tl.int32), axis=0)
     tl.debug_barrier()
 
@@ -77,7 +79,7 @@ def _fetch_kernel(
     hh = (hand + h) % hot_size
     t_hh = tl.load(tokens_row + hh, mask=h < hot_size, other=-1)
     held_hh = (h < hot_size) & (t_hh >= 0) & (t_hh < seq_len)
-    kept = held_hh & (tl.load(score_row + t_hh, mask=held_hh, other=0.0) == float("-inf"))
+    kept = held_hh & (tl.load(score_row + t_hh, mask=held_hh, other=0.0) == HIT)
     free = (h < hot_size) & ~kept
     tl.store(victims_row + tl.cumsum(free.to(tl.int32), axis=0) - 1, hh, mask=free)
     tl.debug_barrier()
@@ -89,7 +91,7 @@ def _fetch_kernel(
     for start in range(0, n, BLOCK):
         j = start + tl.arange(0, BLOCK)
         t = tl.load(pick_row + j, mask=j < n, other=0)
-        miss = (j < n) & (tl.load(score_row + t, mask=j < n, other=0.0) != float("-inf"))
+        miss = (j < n) & (tl.load(score_row + t, mask=j < n, other=0.0) != HIT)
         rank = n_miss + tl.cumsum(miss.to(tl.int32), axis=0) - 1
         victim = tl.load(victims_row + rank, mask=miss, other=0)
         slot = tl.load(slots_row + victim, mask=miss, other=0).to(tl.int64)
@@ -153,7 +155,7 @@ def fetch_hot(
         picks.stride(0), scores.stride(0), req_to_token.stride(0), hot_slots.stride(0), hot_tokens.stride(1),
         victims.stride(0),
         host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),
-        BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim), TAG=PICK_TAG,
+        BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim), TAG=PICK_TAG, HIT=HIT_TAG,
         COUNT=counters is not None,
     )
 

@@ -34,14 +34,17 @@ class Offload:
         self.hand = torch.zeros(3, self.kv_heads, dtype=torch.int32)
         self.rows = len(self.lens) * self.kv_heads
 
-    def step(self, picks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One layer-step with these picks per row. → (out indices, indptr, stats)"""
+    def step(self, picks: list[list[int]], unpicked: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer-step with these picks per row (``unpicked``: the score of every other
+        column, else random). → (out indices, indptr, stats)"""
         width = max(len(p) for p in picks)
         pick_t = torch.zeros(self.rows, width, dtype=torch.int32)
         counts = torch.tensor([len(p) for p in picks], dtype=torch.int32)
         scores = torch.randn(self.rows, 100, generator=self.g)
         for r, p in enumerate(picks):
             pick_t[r, : len(p)] = torch.tensor(p, dtype=torch.int32)  # in any order: indices follow it
+            if unpicked is not None:
+                scores[r] = unpicked
             scores[r, sorted(p)[:2]] = INF  # protected tokens score +inf, and are always picked
         indptr = torch.zeros(self.rows + 1, dtype=torch.int32)
         indptr[1:] = counts.cumsum(0)
@@ -118,6 +121,18 @@ def test_a_full_hot_buffer_evicts_only_unpicked_tokens() -> None:
     out, indptr, stats = o.step(second)
     o.check(second, before, out, indptr, stats)
     assert stats[:, 0].tolist() == [4, 4, 8, 0, 1, 1]
+
+
+def test_minus_inf_scores_neither_pose_as_picks_nor_keep_slots() -> None:
+    """A full buffer, then new picks while every other column scores −inf: all old tokens are
+    victims, none is taken for a hit."""
+    o = Offload(hot_size=8)
+    o.step([list(range(8)), list(range(10, 18)), list(range(8)), list(range(20, 28)), [0], [0]])
+    second = [list(range(30, 38)), list(range(40, 48)), list(range(4, 12)), list(range(28, 36)), [0], [0]]
+    before = [o.resident(r) for r in range(o.rows)]
+    out, indptr, stats = o.step(second, unpicked=-INF)
+    o.check(second, before, out, indptr, stats)
+    assert stats[:, 0].tolist() == [0, 0, 4, 0, 1, 1]
 
 
 def test_store_to_host_writes_each_tokens_kv_at_its_slot() -> None:
