@@ -57,7 +57,7 @@ class Staging:
             return torch.empty(0, dtype=torch.int32, device=self.device)
         gpu, self._free = self._free[:n], self._free[n:]
         gpu_dev = gpu.to(device=self.device, dtype=torch.int32, non_blocking=True)
-        logical = logical[:n].to(torch.int64)
+        logical = logical[:n].to(torch.int64, copy=True)  # held past this batch's own tensors
         self.map[logical] = gpu_dev
         counts = torch.tensor(lengths, dtype=torch.int64)
         first = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64) - torch.cumsum(counts, 0) + counts,
