@@ -80,9 +80,11 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp, hot: int):
     mc, sa = kvc.model_config, kvc.server_args
     check_server_args(sa, cfg)
     layers, heads = kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1)
-    host = plan_host_pool(cell, cfg.host_kv_gb)
+    host_slots = plan_host_pool(cell, cfg.host_kv_gb).slots
+    if getattr(sa, "max_total_tokens", None):  # --max-total-tokens caps the logical slots too
+        host_slots = min(host_slots, sa.max_total_tokens + 1)
     plan = plan_offload(
-        budget_bytes, cell, fp.per_token, fp.fixed, host.slots, hot,
+        budget_bytes, cell, fp.per_token, fp.fixed, host_slots, hot,
         staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens),
         max_running=sa.max_running_requests, per_request_bytes=hot_table_bytes(layers, heads, hot),
     )

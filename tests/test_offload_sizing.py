@@ -30,7 +30,7 @@ def kvc(monkeypatch: pytest.MonkeyPatch):
         server_args=SimpleNamespace(
             attention_backend="a2ats", decode_attention_backend=None, disable_radix_cache=True, enable_mixed_chunk=False,
             page_size=1, enable_hierarchical_cache=False, chunked_prefill_size=256, max_prefill_tokens=128,
-            max_running_requests=None, cuda_graph_config=SimpleNamespace(decode=SimpleNamespace(backend="disabled", bs=[]))),
+            max_running_requests=None, max_total_tokens=None, cuda_graph_config=SimpleNamespace(decode=SimpleNamespace(backend="disabled", bs=[]))),
         model_config=SimpleNamespace(get_num_kv_heads=lambda tp: HEADS, head_dim=DIM, context_len=CONTEXT),
         layer_info=SimpleNamespace(num_effective_layers=LAYERS), kv_cache_dtype=torch.bfloat16, device="cpu",
     ), cfg
@@ -76,6 +76,14 @@ def test_hot_buffers_grow_with_the_ratio(kvc, monkeypatch: pytest.MonkeyPatch) -
     pool_sizing.charge(None, kvc, 64 * 2**20)
     width = decode_budget(cfg).width(CONTEXT)
     assert current_plan().hot_tokens == -(-width * 3 // 2) > width
+
+
+def test_max_total_tokens_caps_the_logical_slots(kvc) -> None:
+    from a2ats_sglang.patches import pool_sizing
+
+    kvc, _ = kvc
+    kvc.server_args.max_total_tokens = 1000
+    assert pool_sizing.charge(None, kvc, 64 * 2**20).max_total_num_tokens == 1000 == current_plan().logical_slots
 
 
 def test_without_offload_the_pool_is_sglangs(kvc) -> None:
