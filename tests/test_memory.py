@@ -73,7 +73,9 @@ def test_offload_footprint_llama_8b() -> None:
     m = llama()
     fp = offload_footprint(m.num_layers, m.num_kv_heads, m.head_dim, hot_tokens=2048)
     assert fp.per_context_token == 512 and fp.stock_per_context_token == 128 * 1024
-    assert fp.per_running_request == 2048 * 128 * 1024 + 32 * 8 * (2048 * 4 + 4) + 2048 * 4
+    # K/V of 2,048 slots; per (layer, kv head) the token in each slot and a hand; the slot ids;
+    # per kv head the fetch's victim list and (hits, misses)
+    assert fp.per_running_request == 2048 * 128 * 1024 + 32 * 8 * (2048 * 4 + 4) + 2048 * 4 + 8 * (2048 + 2) * 4
 
 
 def test_offload_plan_splits_the_gpu_budget() -> None:

@@ -25,11 +25,6 @@ class HotBuffers:
         self.hand = torch.zeros(num_layers, max_reqs, num_kv_heads, dtype=torch.int32, device=device)
         self.counters = torch.zeros(2, dtype=torch.int64, device=device)  # hits, misses since start
 
-    @staticmethod
-    def nbytes(num_layers: int, max_reqs: int, num_kv_heads: int, hot_tokens: int) -> int:
-        """The tables (the K/V of the slots themselves are part of SGLang's GPU pool)."""
-        return 4 * max_reqs * hot_tokens + 4 * num_layers * max_reqs * num_kv_heads * (hot_tokens + 1) + 16
-
     def reset(self, req_pool_indices: torch.Tensor) -> None:
         """These pool rows start new requests: nothing of theirs is resident in any layer."""
         rows = req_pool_indices.long()

@@ -69,11 +69,11 @@ class OffloadFootprint:
 
 def offload_footprint(num_layers: int, num_kv_heads: int, head_dim: int, hot_tokens: int, kv_dtype_bytes: int = 2) -> OffloadFootprint:
     """Codes per context token; per running request a hot buffer of ``hot_tokens`` slots (each
-    kv head keeps its own tokens in its column of the slots) plus the per-(layer, kv head) table
-    of the token each slot holds (int32) and its clock hand."""
+    kv head keeps its own tokens in its column of the slots) plus its tables
+    (:func:`hot_table_bytes`)."""
     kv_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_dtype_bytes
-    tables = num_layers * num_kv_heads * (hot_tokens * 4 + 4) + hot_tokens * 4  # tokens, hand, slot ids
-    return OffloadFootprint(num_layers * num_kv_heads * CODE_BYTES, hot_tokens * kv_per_token + tables, kv_per_token)
+    return OffloadFootprint(num_layers * num_kv_heads * CODE_BYTES,
+                            hot_tokens * kv_per_token + hot_table_bytes(num_layers, num_kv_heads, hot_tokens), kv_per_token)
 
 
 class OffloadSizingError(ValueError):
