@@ -60,10 +60,11 @@ class Offload:
     def begin_decode(self, rids: list[str] | None) -> None:
         """Host side of a decode step: the batch's requests are past their prefill."""
         self.pool.stage_writes = False
-        if rids and self.staging.held():
+        if not rids:  # graph capture
+            return
+        if self.staging.held():  # only just after a prefill: skip the per-request loop otherwise
             self.staging.release(rids)
-        if rids:
-            self.metrics.step()
+        self.metrics.step()
 
     def layer(self, layer_id: int, buffers: SparseDecodeBuffers) -> OffloadStep:
         host_k, host_v = self.pool.host.layer(layer_id - self.pool.start_layer)
