@@ -64,7 +64,9 @@ def run(args: argparse.Namespace, config: dict, bs: int, miss: float) -> dict:
     out = torch.zeros(rows * width, dtype=torch.int32, device=dev)
     # a ring of tokens per row; call i picks `width` of them from offset i·new
     new = round(miss * width)
-    ring_len = width if new == 0 else max(width, args.layers * new)
+    # the ring closes after `layers` calls; one no longer than the request wraps early (the
+    # reported hit rate is the kernel's own count, so it says what was measured)
+    ring_len = width if new == 0 else min(n, max(width, args.layers * new))
     if new and args.layers * new < width:
         raise SystemExit(f"--miss {miss}: {args.layers} calls of {new} new tokens do not close a ring of {width}")
     ring = torch.argsort(torch.rand(rows, n, device=dev, generator=g), dim=1)[:, :ring_len].int()

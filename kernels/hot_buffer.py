@@ -39,7 +39,7 @@ def _fetch_kernel(
     num_kv_heads, hot_size, dim,
     stride_pr, stride_sr, stride_rr, stride_hs, stride_ht, stride_vr,
     stride_hk_s, stride_hk_h, stride_dk_s, stride_dk_h,
-    BLOCK: tl.constexpr, HOT_P2: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr, HIT: tl.constexpr, COUNT: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr, HIT: tl.constexpr, COUNT: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // num_kv_heads
@@ -62,26 +62,36 @@ def _fetch_kernel(
     tl.debug_barrier()
 
     # 2. hot slots holding a picked token are hits: their index goes to the pick's place
-    h = tl.arange(0, HOT_P2)
-    t_h = tl.load(tokens_row + h, mask=h < hot_size, other=-1)
-    held = (h < hot_size) & (t_h >= 0) & (t_h < seq_len)
-    tag = tl.load(score_row + t_h, mask=held, other=0.0)
-    hit = held & (tag <= -0.5 * TAG) & (tag >= -16777216.0 * TAG)  # a pick tag: j + 1 ≤ 2^24
-    j_h = (tag * (-1.0 / TAG)).to(tl.int32) - 1
-    slot_h = tl.load(slots_row + h, mask=hit, other=0)
-    tl.store(out_ptr + dst + j_h, slot_h * num_kv_heads + g, mask=hit)
-    tl.store(score_row + t_h, tl.full([HOT_P2], HIT, tl.float32), mask=hit)
-    n_hit = tl.sum(hit.to(tl.int32), axis=0)
+    n_hit = tl.zeros([], tl.int32)
+    for start in range(0, hot_size, BLOCK_H):
+        h = start + tl.arange(0, BLOCK_H)
+        t_h = tl.load(tokens_row + h, mask=h < hot_size, other=-1)
+        held = (h < hot_size) & (t_h >= 0) & (t_h < seq_len)
+        tag = tl.load(score_row + t_h, mask=held, other=0.0)
+        hit = held & (tag <= -0.5 * TAG) & (tag >= -16777216.0 * TAG)  # a pick tag: j + 1 ≤ 2^24
+        j_h = (tag * (-1.0 / TAG)).to(tl.int32) - 1
+        slot_h = tl.load(slots_row + h, mask=hit, other=0)
+        tl.store(out_ptr + dst + j_h, slot_h * num_kv_heads + g, mask=hit)
+        tl.store(score_row + t_h, tl.full([BLOCK_H], HIT, tl.float32), mask=hit)
+        n_hit += tl.sum(hit.to(tl.int32), axis=0)
     tl.debug_barrier()
 
-    # 3. every other slot is a victim, in clock order from the hand
+    # 3. every other slot is a victim, in clock order from the hand; the misses need n - n_hit
     hand = tl.load(hand_ptr + rid * num_kv_heads + g)
-    hh = (hand + h) % hot_size
-    t_hh = tl.load(tokens_row + hh, mask=h < hot_size, other=-1)
-    held_hh = (h < hot_size) & (t_hh >= 0) & (t_hh < seq_len)
-    kept = held_hh & (tl.load(score_row + t_hh, mask=held_hh, other=0.0) == HIT)
-    free = (h < hot_size) & ~kept
-    tl.store(victims_row + tl.cumsum(free.to(tl.int32), axis=0) - 1, hh, mask=free)
+    need = n - n_hit
+    found = tl.zeros([], tl.int32)
+    start = 0
+    while (start < hot_size) & (found < need):
+        h = start + tl.arange(0, BLOCK_H)
+        hh = (hand + h) % hot_size
+        t_hh = tl.load(tokens_row + hh, mask=h < hot_size, other=-1)
+        held_hh = (h < hot_size) & (t_hh >= 0) & (t_hh < seq_len)
+        kept = held_hh & (tl.load(score_row + t_hh, mask=held_hh, other=0.0) == HIT)
+        free = (h < hot_size) & ~kept
+        rank = found + tl.cumsum(free.to(tl.int32), axis=0) - 1
+        tl.store(victims_row + rank, hh, mask=free & (rank < need))
+        found += tl.sum(free.to(tl.int32), axis=0)
+        start += BLOCK_H
     tl.debug_barrier()
 
     # 4. misses (picks still tagged) take the victims in order: copy K/V from the host
@@ -118,7 +128,7 @@ def fetch_hot(
     req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, hot_slots: torch.Tensor, hot_tokens: torch.Tensor,
     hand: torch.Tensor, victims: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor,
     dev_k: torch.Tensor, dev_v: torch.Tensor, indptr: torch.Tensor, out_indices: torch.Tensor,
-    stats: torch.Tensor, rows: int, block: int = 128, counters: torch.Tensor | None = None,
+    stats: torch.Tensor, rows: int, block: int = 128, counters: torch.Tensor | None = None, block_h: int = 1024,
 ) -> None:
     """Make every picked token of rows ``r = b·Hkv + g < rows`` resident and write their indices.
 
@@ -130,7 +140,7 @@ def fetch_hot(
     ``req_to_token`` ``[R, ctx]`` logical slots; ``hot_slots`` ``[R, H]`` int32, the GPU slots of
     each request's hot buffer (``H ≥ max counts``); ``hot_tokens`` ``[R, Hkv, H]`` int32, the
     token each (request, kv head) holds there (−1: none; this layer's); ``hand`` ``[R, Hkv]``
-    int32 clock hands; ``victims`` ``[rows_cap, H]`` int32 scratch. ``host_k``/``host_v``
+    int32 clock hands; ``victims`` ``[rows_cap, ≥ min(H, width)]`` int32 scratch. ``host_k``/``host_v``
     ``[logical slots, Hkv, d]`` (pinned), ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]``, same
     dtype. Writes ``out_indices[indptr[r] + j]`` = GPU slot·Hkv + g of pick ``j`` and
     ``stats[r] = (hits, misses)`` (``[rows_cap, 2]`` int32), and adds them to ``counters``
@@ -143,7 +153,7 @@ def fetch_hot(
     assert hot_tokens.shape[1:] == (num_kv_heads, hot_size) and hot_tokens.is_contiguous() and hand.is_contiguous()
     assert host_k.dtype == dev_k.dtype and host_k.stride() == host_v.stride() and dev_k.stride() == dev_v.stride()
     assert host_k.stride(2) == 1 and dev_k.stride(2) == 1 and scores.stride(1) == 1 and picks.stride(1) == 1
-    assert victims.shape[1] >= hot_size and out_indices.dtype == torch.int32
+    assert victims.shape[1] >= min(hot_size, picks.shape[1]) and out_indices.dtype == torch.int32
     assert stats.dtype == torch.int32 and stats.is_contiguous() and stats.shape[1] == 2
     assert counters is None or (counters.dtype == torch.int64 and counters.shape == (2,))
     _fetch_kernel[(rows,)](
@@ -155,7 +165,7 @@ def fetch_hot(
         picks.stride(0), scores.stride(0), req_to_token.stride(0), hot_slots.stride(0), hot_tokens.stride(1),
         victims.stride(0),
         host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),
-        BLOCK=block, HOT_P2=triton.next_power_of_2(hot_size), BLOCK_D=triton.next_power_of_2(dim), TAG=PICK_TAG, HIT=HIT_TAG,
+        BLOCK=block, BLOCK_H=min(block_h, triton.next_power_of_2(hot_size)), BLOCK_D=triton.next_power_of_2(dim), TAG=PICK_TAG, HIT=HIT_TAG,
         COUNT=counters is not None,
     )
 

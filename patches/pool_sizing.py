@@ -15,8 +15,8 @@ buffers (the plan is kept for the ``max_running`` and ``kv_pool`` patches).
 from __future__ import annotations
 
 import logging
-import math
 import sys
+from functools import partial
 from typing import Any
 
 TARGET = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.config_from_budget"
@@ -44,16 +44,14 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     decode_graph = sa.cuda_graph_config.decode
     graph_bs = list(decode_graph.bs or []) if decode_graph.backend != "disabled" else []
     cfg = current_config()
-    width = decode_budget(cfg).width(mc.context_len)
-    hot = min(mc.context_len, math.ceil(width * cfg.hot_ratio)) if cfg.offload else 0
     fp = footprint(
         cfg, kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1), mc.head_dim,
-        mc.context_len, max(graph_bs, default=0), hot_tokens=hot,
+        mc.context_len, max(graph_bs, default=0),
     )
     configurator = create_memory_pool_configurator(kvc)
     cell = configurator._cell_size
     if cfg.offload:
-        plan = offload_plan(kvc, cfg, budget_bytes, cell, fp, hot)
+        plan = offload_plan(kvc, cfg, budget_bytes, cell, fp)
         logger.info(
             "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
             "(%.2f GiB), %d hot buffers of %d tokens (%.2f GiB), fixed %.1f MiB", plan.logical_slots,
@@ -71,10 +69,10 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     return config
 
 
-def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp, hot: int):
+def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
     from a2ats_sglang.runtime.host_pool import plan_host_pool
-    from a2ats_sglang.runtime.memory import hot_table_bytes, plan_offload
+    from a2ats_sglang.runtime.memory import decode_budget, hot_table_bytes, plan_offload
     from a2ats_sglang.runtime.offload_plan import check_server_args, set_plan, staging_tokens
 
     mc, sa = kvc.model_config, kvc.server_args
@@ -84,9 +82,9 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp, hot: int):
     if getattr(sa, "max_total_tokens", None):  # --max-total-tokens caps the logical slots too
         host_slots = min(host_slots, sa.max_total_tokens + 1)
     plan = plan_offload(
-        budget_bytes, cell, fp.per_token, fp.fixed, host_slots, hot,
-        staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens),
-        max_running=sa.max_running_requests, per_request_bytes=hot_table_bytes(layers, heads, hot),
+        budget_bytes, cell, fp.per_token, fp.fixed, host_slots, decode_budget(cfg).width(mc.context_len),
+        mc.context_len, staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens),
+        max_running=sa.max_running_requests, table_bytes=partial(hot_table_bytes, layers, heads),
     )
     set_plan(plan)
     return plan

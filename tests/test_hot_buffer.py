@@ -14,7 +14,8 @@ INF = float("inf")
 
 
 class Offload:
-    def __init__(self, hot_size: int, seed: int = 0) -> None:
+    def __init__(self, hot_size: int, seed: int = 0, block_h: int = 1024) -> None:
+        self.block_h = block_h
         g = torch.Generator().manual_seed(seed)
         self.g = g
         self.kv_heads, self.dim, self.hot_size = 2, 16, hot_size
@@ -56,7 +57,7 @@ class Offload:
             torch.tensor(self.rid, device=DEVICE), torch.tensor(self.lens, device=DEVICE), self.hot_slots.to(DEVICE),
             state[0], state[1], torch.zeros(self.rows, self.hot_size, dtype=torch.int32, device=DEVICE),
             self.host_k.to(DEVICE), self.host_v.to(DEVICE), state[2], state[3], indptr.to(DEVICE), out, stats,
-            self.rows, block=8,
+            self.rows, block=8, block_h=self.block_h,
         )
         self.hot_tokens, self.hand, self.dev_k, self.dev_v = (t.cpu() for t in state)
         return out.cpu(), indptr, stats.cpu()
@@ -90,9 +91,11 @@ class Offload:
                 assert torch.equal(self.dev_v[slot, g], self.host_v[logical, g]), (r, t)
 
 
-@pytest.mark.parametrize("hot_size", [12, 16])
-def test_fetch_hot_over_steps(hot_size: int) -> None:
-    o = Offload(hot_size)
+@pytest.mark.parametrize(("hot_size", "block_h"), [(12, 1024), (16, 1024), (12, 4), (16, 8)])
+def test_fetch_hot_over_steps(hot_size: int, block_h: int) -> None:
+    """(``block_h`` < the buffer: the hot slots are scanned in several blocks, and the victim
+    scan stops once the misses have their slots.)"""
+    o = Offload(hot_size, block_h=block_h)
     g = torch.Generator().manual_seed(1)
     prev = [[] for _ in range(o.rows)]
     for step in range(6):

@@ -26,7 +26,7 @@ def test_footprint_counts_codes_codebooks_and_scratch() -> None:
     fp = footprint(cfg, m.num_layers, m.num_kv_heads, m.head_dim, context_len=32832, graph_max_bs=16, size=4096)
     assert fp.per_token == 32 * 8 * 2  # one int16 code per layer and kv head
     codebooks = 32 * 8 * 4096 * (128 * 4 + 4 + 128 * 2)  # encode projection fp32, half norms, decoded bf16
-    width = Budget(0, 64, 0.03, 256, 4096).width(32832) + 8
+    width = Budget(8, 64, 0.03, 256, 4096).width(32832)  # no codebook: 8 sinks, a 64-token window
     assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096)
     no_graph = footprint(cfg, m.num_layers, m.num_kv_heads, m.head_dim, 32832, graph_max_bs=0, size=4096)
     assert no_graph.fixed == codebooks
@@ -73,28 +73,50 @@ def test_offload_footprint_llama_8b() -> None:
     m = llama()
     fp = offload_footprint(m.num_layers, m.num_kv_heads, m.head_dim, hot_tokens=2048)
     assert fp.per_context_token == 512 and fp.stock_per_context_token == 128 * 1024
-    # K/V of 2,048 slots; per (layer, kv head) the token in each slot and a hand; the slot ids;
-    # per kv head the fetch's victim list and (hits, misses)
-    assert fp.per_running_request == 2048 * 128 * 1024 + 32 * 8 * (2048 * 4 + 4) + 2048 * 4 + 8 * (2048 + 2) * 4
+    # K/V of 2,048 slots; per (layer, kv head) the token in each slot and a hand; the slot ids
+    assert fp.per_running_request == 2048 * 128 * 1024 + 32 * 8 * (2048 * 4 + 4) + 2048 * 4
 
 
 def test_offload_plan_splits_the_gpu_budget() -> None:
-    from a2ats_sglang.runtime.memory import OffloadSizingError, plan_offload
+    from a2ats_sglang.runtime.memory import OffloadSizingError, auto_running, plan_offload
 
-    kv, codes, fixed = 128 * 1024, 512, 2**30
-    gib = 2**30
-    # 60 GiB for KV, 100 GiB of host KV (819,200 tokens), hot buffers of 4,096, 32K staging
-    tables = 3 * 2**20  # per request row
-    plan = plan_offload(60 * gib, kv, codes, fixed, host_slots=819_200, hot_tokens=4096, staging_tokens=32768,
-                        per_request_bytes=tables)
+    kv, codes, fixed, gib = 128 * 1024, 512, 2**30, 2**30
+    ctx, width = 65536, 2048
+
+    def tables(hot: int) -> int:
+        return 1024 * hot + 4096
+
+    def used(plan) -> int:
+        per_request = plan.hot_tokens * kv + tables(plan.hot_tokens)
+        return fixed + plan.logical_slots * (codes + 4) + plan.staging_tokens * kv + plan.hot_buffers * per_request
+
+    # 60 GiB for KV, 100 GiB of host KV (819,200 tokens = 12.5 requests of 64K), 64K staging
+    plan = plan_offload(60 * gib, kv, codes, fixed, 819_200, width, ctx, 65536, table_bytes=tables)
     assert plan.logical_slots == 819_199, "codes for the whole host pool fit (its slot 0 is padding)"
-    per_request = 4096 * kv + tables
-    used = fixed + plan.logical_slots * (codes + 4) + plan.staging_tokens * kv + (plan.max_running + 1) * per_request
-    assert used <= 60 * gib < used + per_request, "as many hot buffers as fit, no more (row 0's included)"
-    assert plan.hot_base == 1 + 32768 and plan.gpu_slots == 32768 + (plan.max_running + 1) * 4096
-    assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, running_cap=16).max_running == 16
-    assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, max_running=10).max_running == 10
-    with pytest.raises(OffloadSizingError, match="--max-running-requests 500 needs 500 hot buffers"):
-        plan_offload(60 * gib, kv, codes, fixed, 819_200, 4096, 32768, max_running=500)
+    assert plan.max_running == auto_running(819_200, ctx) == 25, "twice the full-context requests the host holds"
+    assert width < plan.hot_tokens < ctx
+    grown = plan_offload(60 * gib, kv, codes, fixed, 819_200, width, ctx, 65536, table_bytes=tables,
+                         max_running=plan.max_running)
+    assert grown == plan
+    bigger = type(plan)(plan.logical_slots, plan.max_running, plan.hot_tokens + 1, plan.staging_tokens)
+    assert used(plan) <= 60 * gib < used(bigger), "the hot buffers take the whole budget, no more"
+    assert plan.hot_base == 1 + 65536 and plan.gpu_slots == 65536 + (plan.max_running + 1) * plan.hot_tokens
+
+    many = plan_offload(60 * gib, kv, codes, fixed, 819_200, width, ctx, 65536, table_bytes=tables, max_running=100)
+    assert many.max_running == 100 and width <= many.hot_tokens < plan.hot_tokens
+    assert used(many) <= 60 * gib
+    # buffers of the whole context leave room for more rows: as many as fit, up to the cap
+    short = plan_offload(60 * gib, kv, codes, fixed, 819_200, 64, 256, 4096, table_bytes=tables)
+    assert short.hot_tokens == 256 and short.max_running == 256
+    assert plan_offload(60 * gib, kv, codes, fixed, 819_200, 64, 256, 4096, running_cap=40).max_running == 40
+    with pytest.raises(OffloadSizingError, match="--max-running-requests 500 needs 500 hot buffers of at least 2048"):
+        plan_offload(60 * gib, kv, codes, fixed, 819_200, width, ctx, 65536, max_running=500)
     with pytest.raises(OffloadSizingError, match="does not hold the fixed tensors"):
-        plan_offload(5 * gib, kv, codes, fixed, 819_200, 4096, 32768)
+        plan_offload(5 * gib, kv, codes, fixed, 819_200, width, ctx, 65536)
+
+
+def test_auto_running_follows_the_host_pool() -> None:
+    from a2ats_sglang.runtime.memory import auto_running
+
+    assert auto_running(688_128, 65_800) == 21  # 84 GiB of Llama-8B KV: 10.5 full-context requests
+    assert auto_running(10_001, 65_800) == 16 and auto_running(10**8, 4096) == 256

@@ -15,10 +15,7 @@ from a2ats_sglang.runtime.offload_plan import OffloadUnsupported, check_server_a
 def test_flags_parse_and_bad_sizes_are_refused() -> None:
     split = split_argv(["--a2ats-offload", "--a2ats-host-kv-gb", "12.5", "--port", "1"])
     assert split.config.offload and split.config.host_kv_gb == 12.5 and split.rest == ["--port", "1"]
-    assert not split_argv([]).config.offload and split_argv([]).config.hot_ratio == 1.0
-    assert split_argv(["--a2ats-offload", "--a2ats-hot-buffer-ratio", "1.5"]).config.hot_ratio == 1.5
-    with pytest.raises(ConfigError, match=r"--a2ats-hot-buffer-ratio must be in \[1, 16\]"):
-        A2ATSConfig(offload=True, hot_ratio=0.5)
+    assert not split_argv([]).config.offload
     with pytest.raises(ConfigError, match="must be positive"):
         A2ATSConfig(offload=True, host_kv_gb=0)
     with pytest.raises(ConfigError, match="sizes the host KV pool of --a2ats-offload"):

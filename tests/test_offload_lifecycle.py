@@ -65,3 +65,12 @@ def test_an_extend_of_an_unstaged_prefix_is_refused() -> None:
     o = make_offload()
     with pytest.raises(RuntimeError, match="extends a 7-token prefix that is not staged"):
         extend(o, ["x"], [1], [7], [3], 1)
+
+
+def test_graph_replays_count_decode_steps_and_captures_do_not() -> None:
+    o = make_offload()
+    o.begin_decode(None, capture=True)  # SGLang capturing the decode graph
+    assert o.metrics.steps == 0
+    o.begin_decode(None)  # a replay: SGLang's replay view has no request ids
+    o.begin_decode(["a"])  # an eager step
+    assert o.metrics.steps == 2 and not o.pool.stage_writes

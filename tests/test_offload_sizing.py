@@ -48,7 +48,8 @@ def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_
     plan = current_plan()
     host_slots = int(0.001 * 2**30) // CELL
     assert config.max_total_num_tokens == plan.logical_slots == host_slots - 1, "the host pool, less its padding slot"
-    assert plan.hot_tokens == decode_budget(cfg).width(CONTEXT) and plan.staging_tokens == CONTEXT + 256
+    # 64 MiB holds 256 hot buffers of the whole 512-token context (256 B a token): all resident
+    assert plan.hot_tokens == CONTEXT and plan.max_running == 256 and plan.staging_tokens == CONTEXT + 256
     rows = max_running.cap(lambda kvc, n: n // 2, kvc, config.max_total_num_tokens)
     assert rows == min(plan.max_running, config.max_total_num_tokens // 2)
 
@@ -66,16 +67,24 @@ def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_
         kv_pool.build(original, kvc, max_total_num_tokens=7, mha_pool_class=MHATokenToKVPool)
 
 
-def test_hot_buffers_grow_with_the_ratio(kvc, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dataclasses import replace
-
+def test_hot_buffers_share_what_is_left(kvc) -> None:
     from a2ats_sglang.patches import pool_sizing
+    from a2ats_sglang.runtime.memory import footprint, hot_table_bytes
 
     kvc, cfg = kvc
-    monkeypatch.setenv("A2ATS_SGLANG_CONFIG", replace(cfg, hot_ratio=1.5).to_json())
-    pool_sizing.charge(None, kvc, 64 * 2**20)
+    budget = 4 * 2**20
+    kvc.server_args.max_running_requests = 40
+    pool_sizing.charge(None, kvc, budget)
+    plan = current_plan()
     width = decode_budget(cfg).width(CONTEXT)
-    assert current_plan().hot_tokens == -(-width * 3 // 2) > width
+    assert plan.max_running == 40 and width < plan.hot_tokens < CONTEXT
+    per_request = plan.hot_tokens * CELL + hot_table_bytes(LAYERS, HEADS, plan.hot_tokens)
+    gpu = (footprint(cfg, LAYERS, HEADS, DIM, CONTEXT, graph_max_bs=0).fixed + plan.logical_slots * (LAYERS * HEADS * 2 + 4)
+           + plan.staging_tokens * CELL + plan.hot_buffers * per_request)
+    assert gpu <= budget < gpu + plan.hot_buffers * (CELL + 4 * LAYERS * HEADS + 4), "one more slot each would not fit"
+    kvc.server_args.max_running_requests = 10
+    pool_sizing.charge(None, kvc, budget)
+    assert current_plan().hot_tokens > plan.hot_tokens, "fewer rows, larger buffers"
 
 
 def test_max_total_tokens_caps_the_logical_slots(kvc) -> None:

@@ -118,8 +118,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def _buffers(self, bs: int) -> SparseDecodeBuffers:
         d = self.decoder
-        hot = self.offload.plan.hot_tokens if self.offload is not None else 0
-        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, self.device, hot)
+        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, self.device,
+                                   offload=self.offload is not None)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
@@ -133,7 +133,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                 self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
             return super().init_forward_metadata(forward_batch)
         if self.offload is not None:
-            self.offload.begin_decode(getattr(forward_batch, "rids", None))  # graph capture: no requests
+            self.offload.begin_decode(forward_batch.rids)
         bs = forward_batch.batch_size
         if bs == 0:
             self.step = None
@@ -146,8 +146,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
             return super().init_forward_metadata_out_graph(forward_batch, in_capture)
-        if self.offload is not None:
-            self.offload.begin_decode(getattr(forward_batch, "rids", None))  # graph capture: no requests
+        if self.offload is not None:  # a replay's view has no request ids
+            self.offload.begin_decode(getattr(forward_batch, "rids", None), capture=in_capture)
         bs = forward_batch.batch_size
         buffers = self.graph_buffers
         assert buffers is not None, "init_cuda_graph_state was not called"

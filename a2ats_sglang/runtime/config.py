@@ -38,7 +38,6 @@ class A2ATSConfig:
     selector: str = "max"
     offload: bool = False  # full KV in pinned host memory, codes and hot buffers on the GPU
     host_kv_gb: float | None = None  # host pool size (None: a share of free RAM)
-    hot_ratio: float = 1.0  # hot buffer per request = ratio × the decode's widest pick set
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget_ratio <= 1.0:
@@ -60,8 +59,6 @@ class A2ATSConfig:
             raise ConfigError(f"--a2ats-host-kv-gb must be positive, got {self.host_kv_gb}")
         if self.host_kv_gb is not None and not self.offload:
             raise ConfigError("--a2ats-host-kv-gb sizes the host KV pool of --a2ats-offload; pass both")
-        if not 1.0 <= self.hot_ratio <= 16.0:
-            raise ConfigError(f"--a2ats-hot-buffer-ratio must be in [1, 16], got {self.hot_ratio}")
         if self.selector not in SELECTORS:
             raise ConfigError(f"--a2ats-selector must be one of {SELECTORS}, got {self.selector!r}")
 

@@ -86,18 +86,15 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
         help="keep the full KV cache in pinned CPU memory: the GPU holds every token's codes, "
         "prefill staging and a hot buffer of selected tokens per running request, and misses are "
         "read from host memory each decode step. Admission counts host capacity, so many more "
-        "long requests run at once. Needs --disable-radix-cache for now.",
+        "long requests run at once. The GPU's KV budget left after codes and staging is split into "
+        "one hot buffer per request row: --max-running-requests rows if given, else twice as many "
+        "as the host pool holds full-context requests (16 to 256); fewer rows, larger buffers, "
+        "fewer PCIe reads. Needs --disable-radix-cache for now.",
     )
     g.add_argument(
         "--a2ats-host-kv-gb", metavar="GB", type=float, default=d.host_kv_gb,
         help="size of the pinned host KV pool with --a2ats-offload, in GiB. Default: 60%% of the "
         "RAM free at start-up",
-    )
-    g.add_argument(
-        "--a2ats-hot-buffer-ratio", metavar="X", type=float, default=d.hot_ratio,
-        help="with --a2ats-offload, each running request's hot buffer holds X times the most tokens "
-        "a decode step attends to (sinks + window + top-K): tokens a step drops stay resident "
-        "longer, fewer are read again over PCIe, at X times the GPU bytes. Default: %(default)s",
     )
 
 
@@ -115,7 +112,6 @@ def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
         selector=ns.a2ats_selector,
         offload=ns.a2ats_offload,
         host_kv_gb=ns.a2ats_host_kv_gb,
-        hot_ratio=ns.a2ats_hot_buffer_ratio,
     )
 
 

@@ -9,6 +9,7 @@ half norms fp32, decoded codewords bf16) and the decode graph's score/index buff
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +48,13 @@ def decode_budget(cfg: A2ATSConfig) -> Budget:
 
 def footprint(
     cfg: A2ATSConfig, num_layers: int, num_kv_heads: int, head_dim: int, context_len: int,
-    graph_max_bs: int, size: int | None = None, hot_tokens: int = 0,
+    graph_max_bs: int, size: int | None = None,
 ) -> Footprint:
     size = codebook_size(cfg) if size is None else size
-    budget = Budget(cfg.sinks or 0, cfg.window or 64, cfg.budget_ratio, cfg.budget_min, cfg.budget_max)
-    # window/sinks only shift the static width by a few tokens; 64 + 8 covers the defaults
-    width = budget.width(context_len) + 8
+    width = decode_budget(cfg).width(context_len)
     per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
-    scratch = SparseDecodeBuffers.nbytes(graph_max_bs, num_kv_heads, context_len, width, size, hot_tokens) if graph_max_bs else 0
+    scratch = SparseDecodeBuffers.nbytes(
+        graph_max_bs, num_kv_heads, context_len, width, size, offload=cfg.offload) if graph_max_bs else 0
     return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)
 
 
@@ -110,40 +110,55 @@ class OffloadPlan:
 
 def hot_table_bytes(num_layers: int, num_kv_heads: int, hot_tokens: int) -> int:
     """GPU bytes per request row besides its K/V slots: which token each (layer, kv head) holds
-    in each slot and its clock hand (:class:`~a2ats_sglang.runtime.hot_buffers.HotBuffers`), the
-    row's slot ids, and the fetch's victim scratch."""
-    return 4 * num_layers * num_kv_heads * (hot_tokens + 1) + 4 * hot_tokens + 4 * num_kv_heads * (hot_tokens + 2)
+    in each slot and its clock hand (:class:`~a2ats_sglang.runtime.hot_buffers.HotBuffers`), and
+    the row's slot ids. (The fetch's scratch is per graph row, in :class:`SparseDecodeBuffers`.)"""
+    return 4 * num_layers * num_kv_heads * (hot_tokens + 1) + 4 * hot_tokens
+
+
+def auto_running(host_slots: int, context_len: int, lo: int = 16, hi: int = 256) -> int:
+    """Request rows when ``--max-running-requests`` is not given: twice as many as the host pool
+    holds requests of the full context length (so prompts of half of it fill the pool), in
+    ``[lo, hi]``. Fewer rows leave each hot buffer more of the GPU, so fewer picks miss."""
+    return max(lo, min(hi, -(-2 * (host_slots - 1) // max(context_len, 1))))
 
 
 def plan_offload(
     budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
-    hot_tokens: int, staging_tokens: int, max_running: int | None = None, running_cap: int = 256,
-    per_request_bytes: int = 0,
+    width: int, context_len: int, staging_tokens: int, max_running: int | None = None, running_cap: int = 256,
+    table_bytes: Callable[[int], int] = lambda hot_tokens: 0,
 ) -> OffloadPlan:
     """Split the GPU's KV budget: codes (and the staging map) for every logical slot, fixed
-    tensors, staging, and as many hot buffers as fit (``max_running`` if given, up to
-    ``running_cap`` otherwise), each with ``per_request_bytes`` of tables. Logical slots are the
-    host pool's (slot 0 is padding), fewer only if their codes would leave no room for one
-    request."""
+    tensors, staging, then hot buffers: ``max_running`` request rows (:func:`auto_running` if not
+    given) plus row 0, each as large as the rest of the budget allows, between the decode's
+    ``width`` and ``context_len`` tokens, with ``table_bytes(hot_tokens)`` of tables. Hot buffers
+    of the whole context leave room for more rows: then as many as fit, up to ``running_cap``.
+    Logical slots are the host pool's (slot 0 is padding), fewer only if their codes would leave
+    no room for one request."""
     per_logical = code_bytes_per_token + 4  # + the staging map entry
-    per_request = hot_tokens * kv_bytes_per_token + per_request_bytes
-    staging = staging_tokens * kv_bytes_per_token
-    room = budget_bytes - fixed_bytes - staging - per_request  # row 0's buffer
-    if room < per_request + per_logical * hot_tokens:
+
+    def per_request(hot: int) -> int:
+        return hot * kv_bytes_per_token + table_bytes(hot)
+
+    room = budget_bytes - fixed_bytes - staging_tokens * kv_bytes_per_token
+    if room < 2 * per_request(width) + per_logical * width:  # row 0 and one request
         raise OffloadSizingError(
             f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
             f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens "
-            f"({staging / 2**30:.2f} GiB) and one hot buffer of {hot_tokens} tokens"
+            f"({staging_tokens * kv_bytes_per_token / 2**30:.2f} GiB) and one hot buffer of {width} tokens"
         )
-    logical = min(host_slots - 1, (room - per_request) // per_logical)
-    fit = (room - logical * per_logical) // per_request
+    logical = min(host_slots - 1, (room - 2 * per_request(width)) // per_logical)
+    left = room - logical * per_logical
+    rows = (auto_running(host_slots, context_len, hi=running_cap) if max_running is None else max_running) + 1
+    slope = per_request(1) - per_request(0)  # per_request is affine in the hot size
+    hot = max(width, min(context_len, (left // rows - per_request(0)) // slope))
+    fit = left // per_request(hot) - 1  # row 0 is padding
     if max_running is None:
         running = min(fit, running_cap)
     elif max_running > fit:
         raise OffloadSizingError(
-            f"--max-running-requests {max_running} needs {max_running} hot buffers of {hot_tokens} tokens; "
+            f"--max-running-requests {max_running} needs {max_running} hot buffers of at least {width} tokens; "
             f"the GPU holds {fit} next to the codes of {logical} tokens"
         )
     else:
         running = max_running
-    return OffloadPlan(int(logical), int(running), hot_tokens, staging_tokens)
+    return OffloadPlan(int(logical), int(running), int(hot), staging_tokens)

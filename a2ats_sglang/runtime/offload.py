@@ -57,12 +57,15 @@ class Offload:
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
         self.pool.stage_writes = True
 
-    def begin_decode(self, rids: list[str] | None) -> None:
-        """Host side of a decode step: the batch's requests are past their prefill."""
+    def begin_decode(self, rids: list[str] | None, capture: bool = False) -> None:
+        """Host side of a decode step: the batch's requests are past their prefill.
+
+        ``rids`` is None on a CUDA-graph replay (SGLang's replay view carries no request ids):
+        the decoding requests' staging is then released by the next extend instead."""
         self.pool.stage_writes = False
-        if not rids:  # graph capture
+        if capture:
             return
-        if self.staging.held():  # only just after a prefill: skip the per-request loop otherwise
+        if rids and self.staging.held():  # only just after a prefill: skip the per-request loop otherwise
             self.staging.release(rids)
         self.metrics.step()
 

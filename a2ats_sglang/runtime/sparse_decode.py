@@ -101,7 +101,7 @@ class SparseDecodeBuffers:
 
     def __init__(
         self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int,
-        device: torch.device | str, hot_tokens: int = 0,
+        device: torch.device | str, offload: bool = False,
     ) -> None:
         self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
         rows = max_bs * num_kv_heads
@@ -116,17 +116,17 @@ class SparseDecodeBuffers:
         self.encode_ws = encode_workspace(max_bs * ENCODE_KEYS_PER_REQUEST, num_kv_heads, codebook_size, device)
         self.topk_ws = topk_workspace(rows, context_len, device)
         # offload mode's fetch: victim slots per row, (hits, misses) per row
-        self.victims = torch.zeros(rows, hot_tokens, dtype=torch.int32, device=device) if hot_tokens else None
-        self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if hot_tokens else None
+        self.victims = torch.zeros(rows, width, dtype=torch.int32, device=device) if offload else None
+        self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if offload else None
 
     @staticmethod
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int,
-               hot_tokens: int = 0) -> int:
+               offload: bool = False) -> int:
         rows = max_bs * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows * ENCODE_KEYS_PER_REQUEST
         topk_ws = 4 * topk_workspace_numel(rows, context_len)
-        offload = 4 * rows * (hot_tokens + 2) if hot_tokens else 0
-        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws + offload
+        fetch = 4 * rows * (width + 2) if offload else 0
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws + fetch
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""

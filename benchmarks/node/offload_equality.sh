@@ -1,7 +1,9 @@
 # Offload mode against the GPU-resident sparse backend at the same budget (SmolLM2, both with
 # SGLang's deterministic inference, one request at a time so both see the same batches: the
 # lookup-table GEMM is not batch-invariant): offload changes where K/V live, not which tokens are
-# attended or in which order, so greedy outputs should match token for token. Run from the
+# attended or in which order, so greedy outputs should match token for token. The offload server
+# runs 256 request rows, so its hot buffers (~2.9K tokens) are smaller than the prompts and
+# evict. Run from the
 # repository root on the H100 node after the wheelhouse install:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/offload_equality.sh
 source benchmarks/node/env.sh
@@ -9,7 +11,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1
 det="--enable-deterministic-inference --cuda-graph-max-bs 32 --disable-radix-cache"
 nohup python3 -m a2ats_sglang.launch_server --port 30010 --mem-fraction-static 0.25 --max-total-tokens 240000 $det > /tmp/resident.log 2>&1 &
 echo $! > /tmp/resident.pid
-nohup python3 -m a2ats_sglang.launch_server --port 30011 --mem-fraction-static 0.25 --a2ats-offload --a2ats-host-kv-gb 8 --enable-metrics $det > /tmp/offload.log 2>&1 &
+nohup python3 -m a2ats_sglang.launch_server --port 30011 --mem-fraction-static 0.25 --a2ats-offload --a2ats-host-kv-gb 8 --max-running-requests 256 --enable-metrics $det > /tmp/offload.log 2>&1 &
 echo $! > /tmp/offload.pid
 bash benchmarks/node/wait.sh 30010 /tmp/resident.pid || clean /tmp/resident.log | cut -c1-400 | tail -20
 bash benchmarks/node/wait.sh 30011 /tmp/offload.pid || { clean /tmp/offload.log | cut -c1-400 | tail -30; cp /tmp/offload.log $OUT/; exit 1; }
