@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, config: dict, bs: int, miss: float) -> dict:
     hot_slots = torch.cat([torch.zeros(1, hot, dtype=torch.int32, device=dev), hot_slots])  # row 0: padding
     hot_tokens = torch.full((bs + 1, hkv, hot), -1, dtype=torch.int32, device=dev)
     hand = torch.zeros(bs + 1, hkv, dtype=torch.int32, device=dev)
-    victims = torch.zeros(rows, hot, dtype=torch.int32, device=dev)
+    victims = torch.zeros(rows, 2 * hot, dtype=torch.int32, device=dev)
     stats = torch.zeros(rows, 2, dtype=torch.int32, device=dev)
     counts = torch.full((rows,), width, dtype=torch.int32, device=dev)
     indptr = torch.arange(rows + 1, dtype=torch.int32, device=dev) * width

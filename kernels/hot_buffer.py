@@ -36,7 +36,7 @@ def _fetch_kernel(
     hot_slots_ptr, hot_tokens_ptr, hand_ptr, victims_ptr,
     host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr,
     indptr_ptr, out_ptr, stats_ptr, counters_ptr,
-    num_kv_heads, hot_size, dim,
+    num_kv_heads, hot_size, dim, pairs_off,
     stride_pr, stride_sr, stride_rr, stride_hs, stride_ht, stride_vr,
     stride_hk_s, stride_hk_h, stride_dk_s, stride_dk_h,
     BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, TAG: tl.constexpr, HIT: tl.constexpr, COUNT: tl.constexpr,
@@ -94,9 +94,12 @@ def _fetch_kernel(
         start += BLOCK_H
     tl.debug_barrier()
 
-    # 4. misses (picks still tagged) take the victims in order: copy K/V from the host
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < dim
+    # 4. misses (picks still tagged) take the victims in order; each miss's (GPU slot, logical
+    #    slot) pair goes to the scratch first, so the host reads in 5. run on dense lanes
+    #    (scattered misses on masked lanes left too few reads in flight over PCIe)
+    if need > 0:  # the hand moves past the last slot filled
+        tl.store(hand_ptr + rid * num_kv_heads + g, (tl.load(victims_row + need - 1) + 1) % hot_size)
+    tl.debug_barrier()
     n_miss = tl.zeros([], tl.int32)
     for start in range(0, n, BLOCK):
         j = start + tl.arange(0, BLOCK)
@@ -104,18 +107,29 @@ def _fetch_kernel(
         miss = (j < n) & (tl.load(score_row + t, mask=j < n, other=0.0) != HIT)
         rank = n_miss + tl.cumsum(miss.to(tl.int32), axis=0) - 1
         victim = tl.load(victims_row + rank, mask=miss, other=0)
-        slot = tl.load(slots_row + victim, mask=miss, other=0).to(tl.int64)
-        logical = tl.load(req_to_token_ptr + rid * stride_rr + t, mask=miss, other=0).to(tl.int64)
-        m2 = miss[:, None] & d_ok[None, :]
+        slot = tl.load(slots_row + victim, mask=miss, other=0)
+        logical = tl.load(req_to_token_ptr + rid * stride_rr + t, mask=miss, other=0)
+        tl.store(tokens_row + victim, t, mask=miss)
+        tl.store(out_ptr + dst + j, slot * num_kv_heads + g, mask=miss)
+        tl.debug_barrier()  # every victim of this block read before the pairs overwrite them
+        tl.store(victims_row + rank, slot, mask=miss)
+        tl.store(victims_row + pairs_off + rank, logical, mask=miss)
+        n_miss += tl.sum(miss.to(tl.int32), axis=0)
+    tl.debug_barrier()
+
+    # 5. copy the misses' K/V from the host
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < dim
+    for start in range(0, n_miss, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        ok = i < n_miss
+        slot = tl.load(victims_row + i, mask=ok, other=0).to(tl.int64)
+        logical = tl.load(victims_row + pairs_off + i, mask=ok, other=0).to(tl.int64)
+        m2 = ok[:, None] & d_ok[None, :]
         src = logical[:, None] * stride_hk_s + g * stride_hk_h + d[None, :]
         dev = slot[:, None] * stride_dk_s + g * stride_dk_h + d[None, :]
         tl.store(dev_k_ptr + dev, tl.load(host_k_ptr + src, mask=m2), mask=m2)
         tl.store(dev_v_ptr + dev, tl.load(host_v_ptr + src, mask=m2), mask=m2)
-        tl.store(tokens_row + victim, t, mask=miss)
-        tl.store(out_ptr + dst + j, (slot * num_kv_heads + g).to(tl.int32), mask=miss)
-        n_miss += tl.sum(miss.to(tl.int32), axis=0)
-    if n_miss > 0:  # the hand moves past the last slot filled
-        tl.store(hand_ptr + rid * num_kv_heads + g, (tl.load(victims_row + n_miss - 1) + 1) % hot_size)
     tl.store(stats_ptr + row * 2, n_hit)
     tl.store(stats_ptr + row * 2 + 1, n_miss)
     if COUNT:  # running totals (integer atomics: the sums do not depend on the order)
@@ -140,7 +154,7 @@ def fetch_hot(
     ``req_to_token`` ``[R, ctx]`` logical slots; ``hot_slots`` ``[R, H]`` int32, the GPU slots of
     each request's hot buffer (``H ≥ max counts``); ``hot_tokens`` ``[R, Hkv, H]`` int32, the
     token each (request, kv head) holds there (−1: none; this layer's); ``hand`` ``[R, Hkv]``
-    int32 clock hands; ``victims`` ``[rows_cap, ≥ min(H, width)]`` int32 scratch. ``host_k``/``host_v``
+    int32 clock hands; ``victims`` ``[rows_cap, 2·m]`` int32 scratch, ``m ≥ min(H, width)``. ``host_k``/``host_v``
     ``[logical slots, Hkv, d]`` (pinned), ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]``, same
     dtype. Writes ``out_indices[indptr[r] + j]`` = GPU slot·Hkv + g of pick ``j`` and
     ``stats[r] = (hits, misses)`` (``[rows_cap, 2]`` int32), and adds them to ``counters``
@@ -153,7 +167,7 @@ def fetch_hot(
     assert hot_tokens.shape[1:] == (num_kv_heads, hot_size) and hot_tokens.is_contiguous() and hand.is_contiguous()
     assert host_k.dtype == dev_k.dtype and host_k.stride() == host_v.stride() and dev_k.stride() == dev_v.stride()
     assert host_k.stride(2) == 1 and dev_k.stride(2) == 1 and scores.stride(1) == 1 and picks.stride(1) == 1
-    assert victims.shape[1] >= min(hot_size, picks.shape[1]) and out_indices.dtype == torch.int32
+    assert victims.shape[1] >= 2 * min(hot_size, picks.shape[1]) and out_indices.dtype == torch.int32
     assert stats.dtype == torch.int32 and stats.is_contiguous() and stats.shape[1] == 2
     assert counters is None or (counters.dtype == torch.int64 and counters.shape == (2,))
     _fetch_kernel[(rows,)](
@@ -161,7 +175,7 @@ def fetch_hot(
         hot_slots, hot_tokens, hand, victims,
         host_k, host_v, dev_k, dev_v,
         indptr, out_indices, stats, stats if counters is None else counters,
-        num_kv_heads, hot_size, dim,
+        num_kv_heads, hot_size, dim, victims.shape[1] // 2,
         picks.stride(0), scores.stride(0), req_to_token.stride(0), hot_slots.stride(0), hot_tokens.stride(1),
         victims.stride(0),
         host_k.stride(0), host_k.stride(1), dev_k.stride(0), dev_k.stride(1),

@@ -60,3 +60,17 @@ def test_pinned_pool_is_exactly_its_size_and_the_gpu_writes_it_in_place() -> Non
     store_to_host(k, v, loc, host_k, host_v)
     torch.cuda.synchronize()
     assert torch.equal(host_k[loc.cpu()], k.cpu()) and torch.equal(host_v[loc.cpu()], v.cpu())
+
+
+@pytest.mark.gpu
+def test_a_freed_pool_unpins_its_memory() -> None:
+    """Pools freed and made again (tests, restarts in one process) get the allocator's same
+    addresses back: registering them again fails (cudaError 712) unless the first was undone."""
+    import gc
+
+    plan = HostPoolPlan(4001, kv_bytes_per_token(2, 3, 16, torch.bfloat16))
+    for _ in range(4):
+        pool = HostKVPool(plan, 2, 3, 16, torch.bfloat16)
+        assert pool.k.is_pinned()
+        del pool
+        gc.collect()

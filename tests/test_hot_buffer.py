@@ -55,7 +55,7 @@ class Offload:
         fetch_hot(
             pick_t.to(DEVICE), counts.to(DEVICE), scores.to(DEVICE), self.req_to_token.to(DEVICE),
             torch.tensor(self.rid, device=DEVICE), torch.tensor(self.lens, device=DEVICE), self.hot_slots.to(DEVICE),
-            state[0], state[1], torch.zeros(self.rows, self.hot_size, dtype=torch.int32, device=DEVICE),
+            state[0], state[1], torch.zeros(self.rows, 2 * self.hot_size, dtype=torch.int32, device=DEVICE),
             self.host_k.to(DEVICE), self.host_v.to(DEVICE), state[2], state[3], indptr.to(DEVICE), out, stats,
             self.rows, block=8, block_h=self.block_h,
         )

@@ -48,7 +48,7 @@ def test_offload_step_attends_to_the_resident_paths_picks() -> None:
     dev_k = torch.zeros(1 + 3 * (width + 8), hkv, dim, dtype=torch.bfloat16, device=DEVICE)
     dev_v = torch.zeros_like(dev_k)
     rows = len(lens) * hkv
-    offload = OffloadStep(hot, host_k, host_v, dev_k, dev_v, torch.zeros(rows, width + 8, dtype=torch.int32, device=DEVICE),
+    offload = OffloadStep(hot, host_k, host_v, dev_k, dev_v, torch.zeros(rows, 2 * width, dtype=torch.int32, device=DEVICE),
                           torch.zeros(rows, 2, dtype=torch.int32, device=DEVICE))
     hits = 0
     for step in range(4):  # each step one token longer

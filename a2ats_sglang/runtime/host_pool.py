@@ -12,6 +12,7 @@ mapping (pinned memory is mapped into the GPU's address space).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import psutil
@@ -71,16 +72,21 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
     ``torch.empty(..., pin_memory=True)`` goes through PyTorch's caching host allocator, which
     rounds every allocation up to a power of two: a 47 GiB pool would pin 64 GiB. Ordinary
-    memory registered with ``cudaHostRegister`` is pinned at its own size, stays for the life of
-    the process (the pool does), and the GPU reads and writes it in place (UVA).
+    memory registered with ``cudaHostRegister`` is pinned at its own size, and the GPU reads and
+    writes it in place (UVA). It is unregistered when the returned tensor is collected (CUDA would
+    otherwise refuse to register the same addresses again, error 712, once the allocator reuses
+    them), so views of it must not outlive it: the pool that owns it keeps it.
     """
     t = torch.empty(shape, dtype=dtype)
-    err = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), REGISTER_PORTABLE_MAPPED))
+    cudart = torch.cuda.cudart()
+    ptr = t.data_ptr()
+    err = int(cudart.cudaHostRegister(ptr, t.numel() * t.element_size(), REGISTER_PORTABLE_MAPPED))
     if err != 0:
         raise HostPoolError(
             f"pinning {t.numel() * t.element_size() / GiB:.1f} GiB of host memory failed (cudaError {err}); "
             "lower --a2ats-host-kv-gb"
         )
+    weakref.finalize(t, cudart.cudaHostUnregister, ptr)
     return t
 
 

@@ -50,7 +50,7 @@ class OffloadStep(NamedTuple):
     host_v: torch.Tensor
     dev_k: torch.Tensor  # [GPU slots, Hkv, d] this layer's GPU KV tensor
     dev_v: torch.Tensor
-    victims: torch.Tensor  # [rows_cap, H] int32 scratch
+    victims: torch.Tensor  # [rows_cap, 2·width] int32 scratch
     stats: torch.Tensor  # [rows_cap, 2] int32: this layer's hits and misses per row
 
 
@@ -115,8 +115,8 @@ class SparseDecodeBuffers:
         # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
         self.encode_ws = encode_workspace(max_bs * ENCODE_KEYS_PER_REQUEST, num_kv_heads, codebook_size, device)
         self.topk_ws = topk_workspace(rows, context_len, device)
-        # offload mode's fetch: victim slots per row, (hits, misses) per row
-        self.victims = torch.zeros(rows, width, dtype=torch.int32, device=device) if offload else None
+        # offload mode's fetch: victim slots, then (GPU slot, logical slot) of each miss; (hits, misses)
+        self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if offload else None
         self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if offload else None
 
     @staticmethod
@@ -125,7 +125,7 @@ class SparseDecodeBuffers:
         rows = max_bs * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows * ENCODE_KEYS_PER_REQUEST
         topk_ws = 4 * topk_workspace_numel(rows, context_len)
-        fetch = 4 * rows * (width + 2) if offload else 0
+        fetch = 4 * rows * (2 * width + 2) if offload else 0
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws + fetch
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
