@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -81,6 +82,21 @@ def offload_summary(before: dict[str, float], after: dict[str, float]) -> dict[s
             "decode_steps": int(d["decode_steps"]), "fetched_gib": round(d["fetched_bytes"] / 2**30, 2)}
 
 
+DECODE_LINE = re.compile(r"Decode batch, #running-req: (\d+),.*gen throughput \(token/s\): ([\d.]+)")
+
+
+def steady_decode_rate(server_log: str, running: int) -> float | None:
+    """SGLang's own decode throughput with ``running`` requests in the batch: the median over its
+    "Decode batch" log lines (one per 40 steps) at that batch size. This is decoding alone with
+    every slot busy, what the paper's throughput measures (decode steps of a full batch); the
+    first line after a prefill, which includes it, falls out of the median."""
+    rates = sorted(float(m[2]) for m in DECODE_LINE.finditer(server_log) if int(m[1]) == running)
+    if not rates:
+        return None
+    mid = len(rates) // 2
+    return round(rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2, 1)
+
+
 def bench(server: servers.Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
     result_file = log.with_suffix(".jsonl")
     result_file.unlink(missing_ok=True)
@@ -91,9 +107,13 @@ def bench(server: servers.Server, args: argparse.Namespace, input_len: int, conc
            "--random-range-ratio", "1.0", "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
            "--output-file", str(result_file), "--disable-tqdm"]
     counters = offload_counters(server.url)
+    log_start = server.log.stat().st_size if server.log.exists() else 0
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=args.bench_timeout)
     offload = offload_summary(counters, offload_counters(server.url))
+    with open(server.log, errors="replace") as f:
+        f.seek(log_start)
+        steady = steady_decode_rate(f.read(), concurrency)
     if done.returncode != 0 or not result_file.exists():
         raise RuntimeError(f"bench_serving failed (exit {done.returncode}); see {log}")
     row = json.loads(result_file.read_text().strip().splitlines()[-1])
@@ -105,7 +125,8 @@ def bench(server: servers.Server, args: argparse.Namespace, input_len: int, conc
     # the end-to-end output rate at 256 output tokens)
     decode_rate = round(concurrency * 1000.0 / tpot, 1) if tpot else None
     return {"input_len": input_len, "output_len": args.output_len, "concurrency": concurrency, "num_prompts": prompts,
-            **{k: row.get(k) for k in keep}, "decode_tokens_per_s_at_concurrency": decode_rate, **offload,
+            **{k: row.get(k) for k in keep}, "decode_tokens_per_s_at_concurrency": decode_rate,
+            "steady_decode_tokens_per_s": steady, **offload,
             "command": shlex.join(cmd[1:])}
 
 

@@ -81,3 +81,22 @@ def test_offload_counters_become_hit_rate_and_bytes_per_step(monkeypatch: pytest
     got = throughput.offload_summary(before, after)
     assert got == {"hot_hit_rate": 0.75, "fetched_mib_per_decode_step": 0.1, "decode_steps": 10, "fetched_gib": 0.0}
     assert throughput.offload_summary({}, throughput.offload_counters("u")) == {}
+
+
+def test_steady_decode_rate_is_the_median_at_the_full_batch() -> None:
+    log = "\n".join([  # SGLang 0.5.17's lines (from an H100 run), one per 40 decode steps
+        "[2026-11-27 04:07:30] Decode batch, #running-req: 1, #token: 0, token usage: 0.00, cuda graph: True, "
+        "gen throughput (token/s): 0.27, #queue-req: 0",
+        "[2026-11-27 04:07:48] Decode batch, #running-req: 12, #token: 393696, token usage: 0.95, cuda graph: True, "
+        "gen throughput (token/s): 25.58, #queue-req: 0",  # includes the prefill before it
+        "[2026-11-27 04:07:49] Prefill batch, #new-seq: 1, #new-token: 8192, #cached-token: 0, token usage: 0.04",
+        "[2026-11-27 04:07:49] Decode batch, #running-req: 12, #token: 394176, token usage: 0.95, cuda graph: True, "
+        "gen throughput (token/s): 514.20, #queue-req: 0",
+        "[2026-11-27 04:07:50] Decode batch, #running-req: 12, #token: 394656, token usage: 0.95, cuda graph: True, "
+        "gen throughput (token/s): 513.68, #queue-req: 0",
+        "[2026-11-27 04:07:53] Decode batch, #running-req: 11, #token: 396096, token usage: 0.96, cuda graph: True, "
+        "gen throughput (token/s): 480.00, #queue-req: 0",
+    ])
+    assert throughput.steady_decode_rate(log, 12) == 513.7
+    assert throughput.steady_decode_rate(log, 11) == 480.0
+    assert throughput.steady_decode_rate(log, 6) is None
