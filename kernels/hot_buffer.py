@@ -226,16 +226,19 @@ def _copy_rows(src_k: torch.Tensor, src_v: torch.Tensor, src_idx: torch.Tensor |
 
 def store_to_host(
     k: torch.Tensor, v: torch.Tensor, loc: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor,
-    block_n: int = 16, block_e: int = 1024,
+    rows: torch.Tensor | None = None, block_n: int = 16, block_e: int = 1024,
 ) -> None:
-    """``host_k[loc[i]] = k[i]`` and the same for ``v``: new tokens' K/V written through to the
-    pinned host pool by the GPU itself (no host synchronisation, so also inside the decode graph).
+    """``host_k[loc[i]] = k[i]`` (``k[rows[i]]`` with ``rows``) and the same for ``v``: new
+    tokens' K/V written through to the pinned host pool by the GPU itself (no host
+    synchronisation, so also inside the decode graph); ``rows`` reads them from GPU slots instead
+    (an extend's staged K/V, copied on a side stream).
 
-    ``k``/``v`` ``[n, Hkv, d]`` with each token's ``Hkv·d`` values contiguous, ``loc`` ``[n]``
-    logical slots, ``host_k``/``host_v`` ``[slots, Hkv, d]`` contiguous per slot, same dtype.
+    ``k``/``v`` ``[n or slots, Hkv, d]`` with each token's ``Hkv·d`` values contiguous, ``loc``
+    ``[n]`` logical slots, ``host_k``/``host_v`` ``[slots, Hkv, d]`` contiguous per slot, same dtype.
     """
-    assert k.shape == v.shape and loc.shape[0] == k.shape[0]
-    _copy_rows(k, v, None, host_k, host_v, loc, block_n, block_e)
+    assert (rows is not None or k.shape[0] == loc.shape[0]) and k.shape == v.shape
+    assert rows is None or rows.shape == loc.shape
+    _copy_rows(k, v, rows, host_k, host_v, loc, block_n, block_e)
 
 
 def load_from_host(

@@ -152,6 +152,13 @@ def test_store_to_host_writes_each_tokens_kv_at_its_slot() -> None:
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[loc.cpu()] = False
     assert (host_k.cpu()[untouched] == 0).all() and (host_v.cpu()[untouched] == 0).all()
+    # from GPU slots (an extend's staged K/V): host[loc[i]] = staged[rows[i]]
+    staged_k = torch.randn(12, 3, 24, generator=g).bfloat16().to(DEVICE)
+    staged_v = torch.randn(12, 3, 24, generator=g).bfloat16().to(DEVICE)
+    rows = torch.tensor([11, 0, 5], device=DEVICE)
+    store_to_host(staged_k, staged_v, loc[:3], host_k, host_v, rows=rows, block_n=2, block_e=32)
+    assert torch.equal(host_k[loc[:3]], staged_k[rows]) and torch.equal(host_v[loc[:3]], staged_v[rows])
+    assert torch.equal(host_k[loc[3:]], k[3:]), "other slots keep what they had"
 
 
 def test_load_from_host_gathers_logical_slots_into_gpu_slots() -> None:

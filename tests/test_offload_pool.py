@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
@@ -55,3 +56,28 @@ def test_extend_writes_host_and_staging_decode_writes_host_only() -> None:
     assert torch.equal(host.k[1, 199], k2[0]) and torch.equal(host.v[1, 199], v2[0])
     assert torch.equal(pool.get_key_buffer(1), before)
     assert pool.logical_slots == 200 and pool.get_key_buffer(1).shape[0] == 33, "the GPU holds far fewer slots"
+
+
+@pytest.mark.gpu
+def test_extend_host_writes_run_on_a_side_stream_until_joined() -> None:
+    """An extend's host writes are copied from staging on a side stream; join() makes the forward
+    stream wait for them, so what it reads from the host pool next is the extend's K/V."""
+    from a2ats_sglang.kernels.hot_buffer import load_from_host
+
+    pool, host, staging = make_pool()
+    g = torch.Generator().manual_seed(1)
+    loc = torch.tensor([10, 11, 190, 5])
+    staging.place(["r"], torch.tensor([2], device=DEVICE), [0], [4], loc.to(DEVICE))
+    k, v = (torch.randn(4, 2, 16, generator=g).bfloat16() for _ in range(2))
+    pool.stage_writes = True
+    pool.set_kv_buffer(SimpleNamespace(layer_id=0), loc.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
+    assert pool.side_done is not None and len(pool.in_flight) == 2
+    pool.join()
+    assert pool.side_done is None and not pool.in_flight
+    out_k, out_v = (torch.zeros(4, 2, 16, dtype=torch.bfloat16, device=DEVICE) for _ in range(2))
+    load_from_host(*host.layer(0), loc.to(DEVICE), out_k, out_v, torch.arange(4, device=DEVICE))
+    torch.cuda.current_stream().synchronize()  # the forward stream only
+    assert torch.equal(out_k.cpu(), k) and torch.equal(out_v.cpu(), v)
+    pool.stage_writes = False  # decode writes stay on the forward stream
+    pool.set_kv_buffer(SimpleNamespace(layer_id=0), torch.tensor([7], device=DEVICE), k[:1].to(DEVICE), v[:1].to(DEVICE))
+    assert pool.side_done is None

@@ -39,6 +39,7 @@ class Offload:
     def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int],
                      extend_lens: list[int], out_cache_loc: torch.Tensor) -> None:
         """Host side of an extend (before its first layer runs)."""
+        self.pool.join()  # the last extend's host writes read staging slots released below
         staging = self.staging
         held = set(staging.held())
         batch = set(rids)
@@ -65,6 +66,7 @@ class Offload:
         self.pool.stage_writes = False
         if capture:
             return
+        self.pool.join()  # the step reads the host pool the last extend wrote
         if rids and self.staging.held():  # only just after a prefill: skip the per-request loop otherwise
             self.staging.release(rids)
         self.metrics.step()
