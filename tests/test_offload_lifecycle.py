@@ -11,7 +11,7 @@ import torch
 from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
 from a2ats_sglang.runtime.memory import OffloadPlan
 from a2ats_sglang.runtime.offload import Offload
-from a2ats_sglang.runtime.staging import Staging
+from a2ats_sglang.runtime.staging import Staging, StagingFull
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -31,9 +31,12 @@ def make_offload() -> Offload:
     return Offload(pool, layers, width=8, device=DEVICE)
 
 
-def extend(o: Offload, rids: list[str], rows: list[int], prefix: list[int], lens: list[int], first_slot: int) -> None:
+def extend(o: Offload, rids: list[str], rows: list[int], prefix: list[int], lens: list[int], first_slot: int,
+           req_to_token: torch.Tensor | None = None) -> None:
     loc = torch.arange(first_slot, first_slot + sum(lens), device=DEVICE)
-    o.begin_extend(rids, torch.tensor(rows, device=DEVICE), prefix, lens, loc)
+    if req_to_token is None:
+        req_to_token = torch.zeros(4, 64, dtype=torch.int32, device=DEVICE)
+    o.begin_extend(rids, torch.tensor(rows, device=DEVICE), prefix, lens, loc, req_to_token)
 
 
 def test_staging_follows_prefill_and_hot_buffers_start_empty() -> None:
@@ -61,10 +64,50 @@ def test_staging_follows_prefill_and_hot_buffers_start_empty() -> None:
     assert o.staging.available() == start and bool((o.staging.map == -1).all())
 
 
-def test_an_extend_of_an_unstaged_prefix_is_refused() -> None:
+def test_a_cached_prefix_is_staged_from_the_host_pool_layer_by_layer() -> None:
+    """Two new requests share a cached 7-token prefix (a radix hit): each gets staging slots for
+    it, load_prefix copies a layer's prefix K/V there from the host pool, the positions table
+    names them ahead of the new tokens, the logical→GPU map (new tokens only) leaves them out,
+    and release gives every slot back."""
     o = make_offload()
-    with pytest.raises(RuntimeError, match="extends a 7-token prefix that is not staged"):
-        extend(o, ["x"], [1], [7], [3], 1)
+    start = o.staging.available()
+    g = torch.Generator().manual_seed(0)
+    for layer in range(2):
+        k, v = o.pool.host.layer(layer)
+        k.copy_(torch.randn(k.shape, generator=g).to(k.dtype))
+        v.copy_(torch.randn(v.shape, generator=g).to(v.dtype))
+    req_to_token = torch.zeros(4, 64, dtype=torch.int32, device=DEVICE)
+    shared = torch.tensor([50, 51, 52, 90, 91, 7, 8], dtype=torch.int32)
+    req_to_token[1, :7] = shared.to(DEVICE)
+    req_to_token[2, :7] = shared.to(DEVICE)
+    o.hot.tokens.fill_(5)
+    extend(o, ["x", "y"], [1, 2], [7, 7], [3, 2], 100, req_to_token)
+    assert o.staging.in_use() == 7 + 3 + 7 + 2 and bool((o.hot.tokens[:, [1, 2]] == -1).all())
+    mapped = (o.staging.map >= 0).nonzero().flatten().tolist()
+    assert mapped == list(range(100, 105)), "only the new tokens' logical slots are mapped"
+    o.load_prefix(1)
+    dev_k, dev_v = o.pool.get_kv_buffer(1)
+    host_k, host_v = o.pool.host.layer(1)
+    for row in (1, 2):
+        gpu = o.staging.table[row, :7].long()
+        assert torch.equal(dev_k[gpu].cpu(), host_k[shared.long()].cpu())
+        assert torch.equal(dev_v[gpu].cpu(), host_v[shared.long()].cpu())
+    layer0 = o.pool.get_kv_buffer(0)[0][o.staging.table[1, :7].long()]
+    assert not torch.equal(layer0.cpu(), o.pool.host.layer(0)[0][shared.long()].cpu()), "layer 0 is loaded with its own layer"
+    o.load_prefix(0)
+    layer0 = o.pool.get_kv_buffer(0)[0][o.staging.table[1, :7].long()]
+    assert torch.equal(layer0.cpu(), o.pool.host.layer(0)[0][shared.long()].cpu())
+    assert set(o.staging.table[1, 7:10].tolist()) == set(o.staging.translate(torch.arange(100, 103, device=DEVICE)).tolist())
+    o.begin_decode(["x", "y"])
+    assert o.staging.available() == start and bool((o.staging.map == -1).all())
+
+
+def test_an_extend_beyond_staging_is_refused_before_anything_is_placed() -> None:
+    o = make_offload()
+    req_to_token = torch.zeros(4, 64, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(StagingFull, match="prefill staging has 40 free slots; this extend needs 41"):
+        extend(o, ["x", "y"], [1, 2], [30, 0], [5, 6], 100, req_to_token)
+    assert o.staging.available() == 40 and not o.staging.held()
 
 
 def test_graph_replays_count_decode_steps_and_captures_do_not() -> None:

@@ -124,11 +124,10 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
             prefix_lens = forward_batch.extend_prefix_lens
-            if self.offload is not None:  # no prefix reuse yet: a prefix is an earlier chunk, all encoded
+            if self.offload is not None:
                 fb = forward_batch
                 self.offload.begin_extend(fb.rids, fb.req_pool_indices, fb.extend_prefix_lens_cpu,
-                                          fb.extend_seq_lens_cpu, fb.out_cache_loc)
-                prefix_lens = None
+                                          fb.extend_seq_lens_cpu, fb.out_cache_loc, self.req_to_token_pool.req_to_token)
             self.extend_tails = None if prefix_lens is None else self.decoder.prefix_tails(
                 self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
             return super().init_forward_metadata(forward_batch)
@@ -184,12 +183,16 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     # -- forward --------------------------------------------------------------------------
 
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
+        if self.offload is not None:
+            self.offload.load_prefix(layer.layer_id)
         out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
         if k is not None:
             tables = self.decoder.rotary.key_tables(forward_batch.positions)
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
-            if self.extend_tails is not None:
-                k_pool = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+            if self.extend_tails is not None:  # by logical slot: the host pool in offload mode
+                pool = self.token_to_kv_pool
+                k_pool = (pool.host.layer(layer.layer_id - pool.start_layer)[0] if self.offload is not None
+                          else pool.get_key_buffer(layer.layer_id))
                 self.decoder.encode_pool(layer.layer_id, k_pool, self.extend_tails)
         return out
 

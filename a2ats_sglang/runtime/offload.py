@@ -4,7 +4,9 @@ GPU-resident path.
 - Extend: requests seen for the first time get empty hot buffers; staging slots of requests no
   longer prefilling are released; the new tokens get staging slots, and the prefill's attention
   indices are built from :attr:`Staging.table` (GPU slots by row and position) instead of
-  ``req_to_token`` (logical slots). K/V writes go to the host pool and to staging.
+  ``req_to_token`` (logical slots). K/V writes go to the host pool and to staging. A new
+  request whose prefix is cached gets staging slots for it too, filled from the host pool layer
+  by layer before each layer's attention.
 - Decode: K/V writes go to the host pool only; keys due for encoding are read from the host
   pool; after the top-K, :meth:`HotBuffers.fetch` makes the picks resident and writes GPU-slot
   indices for the attention.
@@ -18,10 +20,21 @@ from collections.abc import Callable
 
 import torch
 
+from a2ats_sglang.kernels.hot_buffer import load_from_host
 from a2ats_sglang.runtime.hot_buffers import HotBuffers
 from a2ats_sglang.runtime.offload_metrics import OffloadMetrics
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 from a2ats_sglang.runtime.sparse_decode import OffloadStep, SparseDecodeBuffers
+from a2ats_sglang.runtime.staging import StagingFull
+
+
+def prefix_slots(req_to_token: torch.Tensor, rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Logical slots of positions ``[0, lengths[i])`` of pool rows ``rows[i]``, concatenated."""
+    counts = torch.tensor(lengths, dtype=torch.int64)
+    n = int(counts.sum())
+    positions = torch.arange(n) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    token_rows = torch.repeat_interleave(rows.long(), counts.to(rows.device, non_blocking=True), output_size=n)
+    return req_to_token[token_rows, positions.to(rows.device, non_blocking=True)].long()
 
 
 class Offload:
@@ -35,9 +48,10 @@ class Offload:
         per_miss = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
         self.metrics = OffloadMetrics(self.hot.counters, per_miss, host_used, plan.logical_slots,
                                       self.staging.in_use, prometheus)
+        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # this extend's cached prefixes: logical, GPU
 
     def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int],
-                     extend_lens: list[int], out_cache_loc: torch.Tensor) -> None:
+                     extend_lens: list[int], out_cache_loc: torch.Tensor, req_to_token: torch.Tensor) -> None:
         """Host side of an extend (before its first layer runs)."""
         self.pool.join()  # the last extend's host writes read staging slots released below
         staging = self.staging
@@ -47,16 +61,34 @@ class Offload:
         # held request missing here has finished its prefill (or was aborted)
         staging.release([rid for rid in held if rid not in batch])
         new = [i for i, rid in enumerate(rids) if rid not in held]
-        for i in new:
-            if prefix_lens[i]:
-                raise RuntimeError(
-                    f"request {rids[i]} extends a {prefix_lens[i]}-token prefix that is not staged on the GPU "
-                    "(offload mode serves without prefix reuse: --disable-radix-cache)"
-                )
+        device = req_pool_indices.device
         if new:
-            self.hot.reset(req_pool_indices[torch.tensor(new, device=req_pool_indices.device)])
+            self.hot.reset(req_pool_indices[torch.tensor(new, device=device)])
+        # a new request's prefix is cached (a radix-cache hit): its K/V are in the host pool and
+        # come back into staging, layer by layer (load_prefix), for the dense prefill to read
+        cached = [i for i in new if prefix_lens[i]]
+        need = sum(prefix_lens[i] for i in cached) + sum(extend_lens)
+        if need > staging.available():
+            raise StagingFull(f"prefill staging has {staging.available()} free slots; this extend needs {need}")
+        self.prefix = None
+        if cached:
+            rows = req_pool_indices[torch.tensor(cached, device=device)]
+            lens = [prefix_lens[i] for i in cached]
+            logical = prefix_slots(req_to_token, rows, lens)
+            gpu = staging.place([rids[i] for i in cached], rows, [0] * len(cached), lens, logical, mapped=False)
+            self.prefix = (logical, gpu)
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
         self.pool.stage_writes = True
+
+    def load_prefix(self, layer_id: int) -> None:
+        """This layer's K/V of the extend's cached prefixes, host pool → their staging slots
+        (before the layer's attention reads them)."""
+        if self.prefix is None:
+            return
+        logical, gpu = self.prefix
+        host_k, host_v = self.pool.host.layer(layer_id - self.pool.start_layer)
+        dev_k, dev_v = self.pool.get_kv_buffer(layer_id)
+        load_from_host(host_k, host_v, logical, dev_k, dev_v, gpu)
 
     def begin_decode(self, rids: list[str] | None, capture: bool = False) -> None:
         """Host side of a decode step: the batch's requests are past their prefill.

@@ -31,7 +31,8 @@ class Staging:
         self.map = torch.full((logical_slots,), -1, dtype=torch.int32, device=device)  # logical → GPU slot
         self.table = torch.zeros(max_reqs, context_len, dtype=torch.int32, device=device)  # [row, position]
         self._free = torch.arange(base_slot, base_slot + size, dtype=torch.int64)  # host free list
-        self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # rid → [(logical, GPU) slots]
+        # rid → [(logical, GPU) slots, whether the map names them]
+        self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor, bool]]] = {}
 
     def available(self) -> int:
         return self._free.numel()
@@ -44,10 +45,14 @@ class Staging:
         return list(self._held)
 
     def place(self, rids: Sequence[str], rows: torch.Tensor, starts: Sequence[int], lengths: Sequence[int],
-              logical: torch.Tensor) -> torch.Tensor:
+              logical: torch.Tensor, mapped: bool = True) -> torch.Tensor:
         """GPU slots for an extend's new tokens: request ``i`` (pool row ``rows[i]``, a device
         tensor) adds ``lengths[i]`` tokens at positions ``starts[i], …`` whose logical slots are
-        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → GPU slots ``[n]``"""
+        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → GPU slots ``[n]``
+
+        ``mapped=False`` for a cached prefix brought back from the host pool: its logical slots
+        may be staged for several requests at once (they share it), and nothing is written to
+        them, so only the positions table names its GPU slots, not the logical→GPU map."""
         n = sum(lengths)
         if n > self._free.numel():
             raise StagingFull(
@@ -58,7 +63,8 @@ class Staging:
         gpu, self._free = self._free[:n], self._free[n:]
         gpu_dev = gpu.to(device=self.device, dtype=torch.int32, non_blocking=True)
         logical = logical[:n].to(torch.int64, copy=True)  # held past this batch's own tensors
-        self.map[logical] = gpu_dev
+        if mapped:
+            self.map[logical] = gpu_dev
         counts = torch.tensor(lengths, dtype=torch.int64)
         first = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64) - torch.cumsum(counts, 0) + counts,
                                         counts)
@@ -69,7 +75,7 @@ class Staging:
         offset = 0
         for rid, length in zip(rids, lengths):
             if length:
-                piece = (logical[offset : offset + length], gpu[offset : offset + length])
+                piece = (logical[offset : offset + length], gpu[offset : offset + length], mapped)
                 self._held.setdefault(rid, []).append(piece)
             offset += length
         return gpu_dev
@@ -80,9 +86,10 @@ class Staging:
         pieces = [p for rid in rids for p in self._held.pop(rid, ())]
         if not pieces:
             return 0
-        logical = torch.cat([p[0] for p in pieces])
+        mapped = [p[0] for p in pieces if p[2]]
+        if mapped:
+            self.map[torch.cat(mapped)] = -1
         gpu = torch.cat([p[1] for p in pieces])
-        self.map[logical] = -1
         self._free = torch.cat([self._free, gpu])
         return gpu.numel()
 
