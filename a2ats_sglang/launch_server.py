@@ -163,9 +163,6 @@ def prepare(argv: Sequence[str], prog: str = PROG) -> Launch:
 
     split = split_argv(argv, prog)
     sglang_argv, ns = _backend_argv(_expand_config_file(split.rest), _default_model)
-    if split.config.offload and not _flag_present(sglang_argv, "--disable-radix-cache"):
-        logger.info("[a2ats] --a2ats-offload: serving with --disable-radix-cache (prefix reuse comes later)")
-        sglang_argv = [*sglang_argv, "--disable-radix-cache"]
     codebook = resolve_codebook(ns.model_path, split.config.codebook, ns.load_format, ns.trust_remote_code)
     config = replace(split.config, codebook=codebook)
     export_config(config)

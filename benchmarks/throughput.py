@@ -11,6 +11,12 @@ at the given concurrency — by default the largest the KV pool holds
 (``⌊capacity / (input + output)⌋``, capped by the server's running-request limit). It records
 output tokens/s, TTFT, TPOT and ITL, the KV capacity, and peak GPU and host memory, then stops
 the server. Stock and a2ats ratios must come from runs on the same GPU, in the same session.
+
+``--shared-prefix Q`` measures prefix reuse instead: each input length is one document that Q
+questions (``--question-len`` tokens each) share, sent at once (bench_serving's
+generated-shared-prefix dataset, one group; its warm-up request goes first, so a radix cache
+holds the document before the timed requests). The server log says how many prompt tokens were
+computed and how many read from the cache.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: the most the KV pool holds)")
     p.add_argument("--num-prompts", type=int, default=None, help="requests per length (default: WAVES × concurrency)")
     p.add_argument("--waves", type=int, default=2, help="requests per length in multiples of the concurrency")
+    p.add_argument("--shared-prefix", type=int, default=None, metavar="Q",
+                   help="Q questions over one document of each input length (prefix reuse)")
+    p.add_argument("--question-len", type=int, default=128, help="tokens per question with --shared-prefix")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--server-args", default="", help="extra server flags, one string")
     p.add_argument("--startup-timeout", type=float, default=1200.0)
@@ -82,6 +91,7 @@ def offload_summary(before: dict[str, float], after: dict[str, float]) -> dict[s
             "decode_steps": int(d["decode_steps"]), "fetched_gib": round(d["fetched_bytes"] / 2**30, 2)}
 
 
+PREFILL_LINE = re.compile(r"Prefill batch, .*#new-token: (\d+), #cached-token: (\d+)")
 DECODE_LINE = re.compile(r"Decode batch, #running-req: (\d+),.*gen throughput \(token/s\): ([\d.]+)")
 
 
@@ -97,14 +107,28 @@ def steady_decode_rate(server_log: str, running: int) -> float | None:
     return round(rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2, 1)
 
 
+def prefill_tokens(server_log: str) -> dict[str, int]:
+    """Prompt tokens SGLang computed and read from its prefix cache, from its "Prefill batch" lines."""
+    pairs = [(int(m[1]), int(m[2])) for m in PREFILL_LINE.finditer(server_log)]
+    return {"prefill_computed_tokens": sum(p[0] for p in pairs), "prefill_cached_tokens": sum(p[1] for p in pairs)}
+
+
+def dataset_args(args: argparse.Namespace, input_len: int, prompts: int) -> list[str]:
+    if args.shared_prefix:
+        return ["--dataset-name", "generated-shared-prefix", "--gsp-num-groups", "1",
+                "--gsp-prompts-per-group", str(prompts), "--gsp-system-prompt-len", str(input_len),
+                "--gsp-question-len", str(args.question_len), "--gsp-output-len", str(args.output_len)]
+    return ["--dataset-name", "random-ids", "--tokenize-prompt", "--random-input-len", str(input_len),
+            "--random-output-len", str(args.output_len), "--random-range-ratio", "1.0"]
+
+
 def bench(server: servers.Server, args: argparse.Namespace, input_len: int, concurrency: int, log: Path) -> dict[str, Any]:
     result_file = log.with_suffix(".jsonl")
     result_file.unlink(missing_ok=True)
-    prompts = args.num_prompts or args.waves * concurrency
+    prompts = args.shared_prefix or args.num_prompts or args.waves * concurrency
     cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--base-url", server.url,
-           "--model", args.model_path, "--dataset-name", "random-ids", "--tokenize-prompt",
-           "--random-input-len", str(input_len), "--random-output-len", str(args.output_len),
-           "--random-range-ratio", "1.0", "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
+           "--model", args.model_path, *dataset_args(args, input_len, prompts),
+           "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
            "--output-file", str(result_file), "--disable-tqdm"]
     counters = offload_counters(server.url)
     log_start = server.log.stat().st_size if server.log.exists() else 0
@@ -113,7 +137,8 @@ def bench(server: servers.Server, args: argparse.Namespace, input_len: int, conc
     offload = offload_summary(counters, offload_counters(server.url))
     with open(server.log, errors="replace") as f:
         f.seek(log_start)
-        steady = steady_decode_rate(f.read(), concurrency)
+        run_log = f.read()
+    steady = steady_decode_rate(run_log, concurrency)
     if done.returncode != 0 or not result_file.exists():
         raise RuntimeError(f"bench_serving failed (exit {done.returncode}); see {log}")
     row = json.loads(result_file.read_text().strip().splitlines()[-1])
@@ -126,7 +151,7 @@ def bench(server: servers.Server, args: argparse.Namespace, input_len: int, conc
     decode_rate = round(concurrency * 1000.0 / tpot, 1) if tpot else None
     return {"input_len": input_len, "output_len": args.output_len, "concurrency": concurrency, "num_prompts": prompts,
             **{k: row.get(k) for k in keep}, "decode_tokens_per_s_at_concurrency": decode_rate,
-            "steady_decode_tokens_per_s": steady, **offload,
+            "steady_decode_tokens_per_s": steady, **prefill_tokens(run_log), **offload,
             "command": shlex.join(cmd[1:])}
 
 
@@ -144,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["max_running_requests"] = max_running
         for input_len in args.input_lens:
             per_request = input_len + args.output_len
-            concurrency = args.concurrency or min(max_running, capacity // per_request)
+            concurrency = args.concurrency or args.shared_prefix or min(max_running, capacity // per_request)
             if concurrency < 1:
                 report["runs"].append({"input_len": input_len, "error": f"one request needs {per_request} tokens; KV capacity is {capacity}"})
                 continue
@@ -164,7 +189,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["peak_host_rss_gib"] = round(watch.host_gib, 1)
     report["meta"] = run_meta("cuda", args.model_path, {
         "server": args.server, "server_args": args.server_args, "input_lens": args.input_lens,
-        "output_len": args.output_len, "dataset": "random token ids (sglang.bench_serving random-ids)",
+        "output_len": args.output_len,
+        "dataset": (f"one shared document of each input length, {args.shared_prefix} questions of {args.question_len} "
+                    "tokens (sglang.bench_serving generated-shared-prefix)") if args.shared_prefix
+        else "random token ids (sglang.bench_serving random-ids)",
         "concurrency": args.concurrency or "largest the KV pool holds",
     })
     out.parent.mkdir(parents=True, exist_ok=True)

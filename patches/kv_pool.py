@@ -31,6 +31,7 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
 
     from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
     from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+    from a2ats_sglang.runtime.offload_plan import set_staging
     from a2ats_sglang.runtime.staging import Staging
 
     if quant_method is not None or kvc.kv_cache_dtype not in (torch.bfloat16, torch.float16):
@@ -47,6 +48,7 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
     pool = original(kvc, max_total_num_tokens=plan.gpu_slots, quant_method=None,
                     mha_pool_class=partial(OffloadKVPool, host, staging))
     pool.plan = plan
+    set_staging(staging)  # the scheduler admits prefills against it (patches/staging_admission.py)
     logger.info("A²ATS offload: pinned host KV pool %.1f GiB, GPU KV tensors %d slots", host.nbytes / 2**30,
                 plan.gpu_slots)
     return pool

@@ -65,10 +65,10 @@ def test_staging_follows_prefill_and_hot_buffers_start_empty() -> None:
 
 
 def test_a_cached_prefix_is_staged_from_the_host_pool_layer_by_layer() -> None:
-    """Two new requests share a cached 7-token prefix (a radix hit): each gets staging slots for
-    it, load_prefix copies a layer's prefix K/V there from the host pool, the positions table
-    names them ahead of the new tokens, the logical→GPU map (new tokens only) leaves them out,
-    and release gives every slot back."""
+    """Two new requests share a cached 7-token prefix (a radix hit) the scheduler did not match
+    to one tree node: each gets staging slots for it, every layer's prefix K/V are copied there
+    from the host pool, the positions table names them ahead of the new tokens, the logical→GPU
+    map (new tokens only) leaves them out, and release gives every slot back."""
     o = make_offload()
     start = o.staging.available()
     g = torch.Generator().manual_seed(0)
@@ -85,21 +85,39 @@ def test_a_cached_prefix_is_staged_from_the_host_pool_layer_by_layer() -> None:
     assert o.staging.in_use() == 7 + 3 + 7 + 2 and bool((o.hot.tokens[:, [1, 2]] == -1).all())
     mapped = (o.staging.map >= 0).nonzero().flatten().tolist()
     assert mapped == list(range(100, 105)), "only the new tokens' logical slots are mapped"
-    o.load_prefix(1)
-    dev_k, dev_v = o.pool.get_kv_buffer(1)
-    host_k, host_v = o.pool.host.layer(1)
-    for row in (1, 2):
-        gpu = o.staging.table[row, :7].long()
-        assert torch.equal(dev_k[gpu].cpu(), host_k[shared.long()].cpu())
-        assert torch.equal(dev_v[gpu].cpu(), host_v[shared.long()].cpu())
-    layer0 = o.pool.get_kv_buffer(0)[0][o.staging.table[1, :7].long()]
-    assert not torch.equal(layer0.cpu(), o.pool.host.layer(0)[0][shared.long()].cpu()), "layer 0 is loaded with its own layer"
-    o.load_prefix(0)
-    layer0 = o.pool.get_kv_buffer(0)[0][o.staging.table[1, :7].long()]
-    assert torch.equal(layer0.cpu(), o.pool.host.layer(0)[0][shared.long()].cpu())
+    assert o.prefix_loaded == 14, "no scheduler keys: each request stages its own copy"
+    for layer in range(2):
+        o.load_prefix(layer)  # the forward stream waits for the layer's copy (on a GPU)
+        dev_k, dev_v = o.pool.get_kv_buffer(layer)
+        host_k, host_v = o.pool.host.layer(layer)
+        for row in (1, 2):
+            gpu = o.staging.table[row, :7].long()
+            assert torch.equal(dev_k[gpu].cpu(), host_k[shared.long()].cpu())
+            assert torch.equal(dev_v[gpu].cpu(), host_v[shared.long()].cpu())
     assert set(o.staging.table[1, 7:10].tolist()) == set(o.staging.translate(torch.arange(100, 103, device=DEVICE)).tolist())
     o.begin_decode(["x", "y"])
     assert o.staging.available() == start and bool((o.staging.map == -1).all())
+
+
+def test_requests_sharing_a_prefix_stage_it_once_until_the_last_is_done() -> None:
+    o = make_offload()
+    start = o.staging.available()
+    req_to_token = torch.zeros(4, 64, dtype=torch.int32, device=DEVICE)
+    req_to_token[1:4, :7] = torch.tensor([50, 51, 52, 90, 91, 7, 8], dtype=torch.int32, device=DEVICE)
+    doc = ("node", 7)
+    o.staging.prefix_keys.update({"x": doc, "y": doc})  # the scheduler saw both match one tree node
+    extend(o, ["x", "y"], [1, 2], [7, 7], [3, 2], 100, req_to_token)
+    assert o.staging.in_use() == 7 + 3 + 2 and not o.staging.prefix_keys
+    assert o.prefix_loaded == 7, "loaded once"
+    assert o.staging.table[1, :7].tolist() == o.staging.table[2, :7].tolist()
+    o.begin_decode(["x"])
+    assert o.staging.in_use() == 7 + 2, "y still holds the prefix"
+    o.staging.prefix_keys["z"] = doc  # a later request over the same document: y's staging is reused
+    extend(o, ["z"], [3], [7], [4], 110, req_to_token)
+    assert o.prefix_loaded == 0 and o.staging.in_use() == 7 + 4, "y's prefill ended; z holds the prefix now"
+    assert o.staging.table[3, :7].tolist() == o.staging.table[2, :7].tolist()
+    o.begin_decode(["z"])
+    assert o.staging.available() == start and not o.staging.held()
 
 
 def test_an_extend_beyond_staging_is_refused_before_anything_is_placed() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.memory import decode_budget
-from a2ats_sglang.runtime.offload_plan import current_plan, set_plan
+from a2ats_sglang.runtime.offload_plan import current_plan, current_staging, set_plan, set_staging
 
 LAYERS, HEADS, DIM, CONTEXT = 2, 2, 16, 512
 CELL = 2 * LAYERS * HEADS * DIM * 2
@@ -35,6 +35,7 @@ def kvc(monkeypatch: pytest.MonkeyPatch):
         layer_info=SimpleNamespace(num_effective_layers=LAYERS), kv_cache_dtype=torch.bfloat16, device="cpu",
     ), cfg
     set_plan(None)
+    set_staging(None)
 
 
 def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_buffers(kvc) -> None:
@@ -59,7 +60,7 @@ def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_
                               end_layer=LAYERS - 1)
 
     pool = kv_pool.build(original, kvc, max_total_num_tokens=config.max_total_num_tokens, mha_pool_class=MHATokenToKVPool)
-    assert isinstance(pool, OffloadKVPool) and pool.plan == plan
+    assert isinstance(pool, OffloadKVPool) and pool.plan == plan and current_staging() is pool.staging
     assert pool.get_key_buffer(0).shape[0] == plan.gpu_slots + 1, "staging + hot buffers (+ padding slot) on the GPU"
     assert pool.host.k.shape == (LAYERS, plan.logical_slots + 1, HEADS, DIM)
     assert pool.staging.size == plan.staging_tokens and pool.staging.table.shape[0] == plan.hot_buffers

@@ -38,3 +38,15 @@ def test_full_staging_refuses_with_a_clear_error_and_changes_nothing() -> None:
     assert st.available() == 1 and st.translate(torch.tensor([10, 11])).tolist() == [-1, -1]
     assert st.held() == ["a"]
     assert st.place(["b"], torch.tensor([2]), [0], [1], torch.tensor([10])).numel() == 1, "the last slot is still usable"
+
+
+def test_a_release_leaves_logical_slots_another_request_has_since_staged() -> None:
+    """With the radix cache SGLang frees a chunk's duplicate logical slots while the chunk stays
+    staged; another prefilling request may get them. Releasing the first must not unmap them."""
+    st = Staging(logical_slots=50, base_slot=0, size=8, max_reqs=4, context_len=8, device="cpu")
+    st.place(["a"], torch.tensor([1]), [0], [3], torch.tensor([5, 6, 7]))
+    b = st.place(["b"], torch.tensor([2]), [0], [2], torch.tensor([6, 7]))  # 6 and 7, freed and reused
+    st.release(["a"])
+    assert st.translate(torch.tensor([5, 6, 7])).tolist() == [-1, int(b[0]), int(b[1])]
+    st.release(["b"])
+    assert bool((st.map == -1).all()) and st.available() == 8

@@ -100,3 +100,26 @@ def test_steady_decode_rate_is_the_median_at_the_full_batch() -> None:
     assert throughput.steady_decode_rate(log, 12) == 513.7
     assert throughput.steady_decode_rate(log, 11) == 480.0
     assert throughput.steady_decode_rate(log, 6) is None
+
+
+def test_prefill_tokens_split_computed_and_cached() -> None:
+    log = "\n".join([
+        "[2026-11-27 04:07:29] Prefill batch, #new-seq: 1, #new-token: 8192, #cached-token: 0, token usage: 0.06, "
+        "#running-req: 0, #queue-req: 0, #pending-token: 16384, cuda graph: False, input throughput (token/s): 27051.33",
+        "[2026-11-27 04:07:31] Prefill batch, #new-seq: 4, #new-token: 512, #cached-token: 131072, token usage: 0.08, "
+        "#running-req: 1, #queue-req: 0, #pending-token: 0, cuda graph: False, input throughput (token/s): 1000.0",
+        "[2026-11-27 04:07:31] Decode batch, #running-req: 5, #token: 0, token usage: 0.00, cuda graph: True, "
+        "gen throughput (token/s): 1.0, #queue-req: 0",
+    ])
+    assert throughput.prefill_tokens(log) == {"prefill_computed_tokens": 8704, "prefill_cached_tokens": 131072}
+
+
+def test_shared_prefix_runs_one_document_for_all_questions() -> None:
+    args = throughput.build_parser().parse_args(
+        ["--server", "a2ats", "--label", "x", "--model-path", "m", "--shared-prefix", "32", "--question-len", "64"])
+    got = throughput.dataset_args(args, 32768, 32)
+    assert got[got.index("--dataset-name") + 1] == "generated-shared-prefix"
+    assert got[got.index("--gsp-num-groups") + 1] == "1" and got[got.index("--gsp-prompts-per-group") + 1] == "32"
+    assert got[got.index("--gsp-system-prompt-len") + 1] == "32768" and got[got.index("--gsp-question-len") + 1] == "64"
+    plain = throughput.dataset_args(throughput.build_parser().parse_args(["--server", "stock", "--label", "y", "--model-path", "m"]), 100, 4)
+    assert plain[plain.index("--dataset-name") + 1] == "random-ids"

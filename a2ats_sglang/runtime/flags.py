@@ -89,7 +89,7 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
         "long requests run at once. The GPU's KV budget left after codes and staging is split into "
         "one hot buffer per request row: --max-running-requests rows if given, else twice as many "
         "as the host pool holds full-context requests (16 to 256); fewer rows, larger buffers, "
-        "fewer PCIe reads. Needs --disable-radix-cache for now.",
+        "fewer PCIe reads. With the radix cache, a cached prefix's K/V come back from host memory.",
     )
     g.add_argument(
         "--a2ats-host-kv-gb", metavar="GB", type=float, default=d.host_kv_gb,

@@ -17,6 +17,7 @@ The host-side bookkeeping runs where SGLang prepares a step's metadata, outside 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -48,7 +49,9 @@ class Offload:
         per_miss = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
         self.metrics = OffloadMetrics(self.hot.counters, per_miss, host_used, plan.logical_slots,
                                       self.staging.in_use, prometheus)
-        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # this extend's cached prefixes: logical, GPU
+        # this extend's cached-prefix copies (host pool → staging) by layer: their completion events
+        self.prefix_ready: dict[int, torch.cuda.Event | None] = {}
+        self.prefix_loaded = 0  # cached-prefix tokens this extend brought back from the host pool
 
     def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int],
                      extend_lens: list[int], out_cache_loc: torch.Tensor, req_to_token: torch.Tensor) -> None:
@@ -56,39 +59,56 @@ class Offload:
         self.pool.join()  # the last extend's host writes read staging slots released below
         staging = self.staging
         held = set(staging.held())
-        batch = set(rids)
-        # a request prefilling over several chunks is in every extend until its last chunk, so a
-        # held request missing here has finished its prefill (or was aborted)
-        staging.release([rid for rid in held if rid not in batch])
         new = [i for i, rid in enumerate(rids) if rid not in held]
         device = req_pool_indices.device
         if new:
             self.hot.reset(req_pool_indices[torch.tensor(new, device=device)])
         # a new request's prefix is cached (a radix-cache hit): its K/V are in the host pool and
-        # come back into staging, layer by layer (load_prefix), for the dense prefill to read
+        # come back into staging, layer by layer (load_prefix), for the dense prefill to read;
+        # requests the scheduler saw share a prefix (same key) share its staging slots
         cached = [i for i in new if prefix_lens[i]]
-        need = sum(prefix_lens[i] for i in cached) + sum(extend_lens)
+        keys = [staging.prefix_keys.get(rids[i], ("request", rids[i])) for i in cached]
+        staging.prefix_keys.clear()  # the scheduler records them for this extend only
+        # prefixes staged already take their new users before the release below could free them
+        for i, key in zip(cached, keys):
+            if staging.is_staged(key):
+                staging.share_prefix(rids[i], req_pool_indices[i : i + 1], key, prefix_lens[i])
+        # a request prefilling over several chunks is in every extend until its last chunk, so a
+        # held request missing here has finished its prefill (or was aborted)
+        batch = set(rids)
+        staging.release([rid for rid in held if rid not in batch])
+        fresh = {k: prefix_lens[i] for i, k in zip(cached, keys) if not staging.is_staged(k)}
+        need = sum(fresh.values()) + sum(extend_lens)
         if need > staging.available():
             raise StagingFull(f"prefill staging has {staging.available()} free slots; this extend needs {need}")
-        self.prefix = None
-        if cached:
-            rows = req_pool_indices[torch.tensor(cached, device=device)]
-            lens = [prefix_lens[i] for i in cached]
-            logical = prefix_slots(req_to_token, rows, lens)
-            gpu = staging.place([rids[i] for i in cached], rows, [0] * len(cached), lens, logical, mapped=False)
-            self.prefix = (logical, gpu)
+        loads = []
+        for i, key in zip(cached, keys):
+            if key in fresh:
+                row = req_pool_indices[i : i + 1]
+                gpu = staging.share_prefix(rids[i], row, key, prefix_lens[i])
+                if gpu is not None:  # the first of the batch's requests sharing it
+                    loads.append((prefix_slots(req_to_token, row, [prefix_lens[i]]), gpu))
+        self.prefix_ready, self.prefix_loaded = {}, 0
+        if loads:  # every layer's copy queued now, on the side stream: they overlap the layers' compute
+            logical, gpu = torch.cat([a for a, _ in loads]), torch.cat([b for _, b in loads])
+            pool = self.pool
+            for layer_id in range(pool.start_layer, pool.end_layer + 1):
+                host_k, host_v = pool.host.layer(layer_id - pool.start_layer)
+                dev_k, dev_v = pool.get_kv_buffer(layer_id)
+                self.prefix_ready[layer_id] = pool.on_side(
+                    partial(load_from_host, host_k, host_v, logical, dev_k, dev_v, gpu))
+            if pool.side_done is not None:
+                pool.in_flight += (logical, gpu)
+            self.prefix_loaded = logical.numel()
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
         self.pool.stage_writes = True
 
     def load_prefix(self, layer_id: int) -> None:
-        """This layer's K/V of the extend's cached prefixes, host pool → their staging slots
-        (before the layer's attention reads them)."""
-        if self.prefix is None:
-            return
-        logical, gpu = self.prefix
-        host_k, host_v = self.pool.host.layer(layer_id - self.pool.start_layer)
-        dev_k, dev_v = self.pool.get_kv_buffer(layer_id)
-        load_from_host(host_k, host_v, logical, dev_k, dev_v, gpu)
+        """The forward stream waits for this layer's cached-prefix K/V to reach staging (before
+        the layer's attention reads them)."""
+        ready = self.prefix_ready.pop(layer_id, None)
+        if ready is not None:
+            torch.cuda.current_stream().wait_event(ready)
 
     def begin_decode(self, rids: list[str] | None, capture: bool = False) -> None:
         """Host side of a decode step: the batch's requests are past their prefill.

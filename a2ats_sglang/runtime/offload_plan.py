@@ -3,7 +3,8 @@ patches that build the pools and by the backend.
 
 SGLang sizes the KV pool (``config_from_budget``), then the request pool
 (``resolve_max_num_reqs``), then builds the KV pool (``_build_mha_kv_pool``), each in its own
-call on the scheduler process; the plan made at the first is what the later ones follow.
+call on the scheduler process; the plan made at the first is what the later ones follow. The
+pool's staging area is kept here too: the scheduler's prefill admission counts it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 
 from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.memory import OffloadPlan
+from a2ats_sglang.runtime.staging import Staging
 
 _plan: OffloadPlan | None = None
+_staging: Staging | None = None
 
 
 def set_plan(plan: OffloadPlan | None) -> None:
@@ -25,6 +28,16 @@ def current_plan() -> OffloadPlan | None:
     return _plan
 
 
+def set_staging(staging: Staging | None) -> None:
+    """The staging area of this process's offload pool (its scheduler admits against it)."""
+    global _staging
+    _staging = staging
+
+
+def current_staging() -> Staging | None:
+    return _staging
+
+
 class OffloadUnsupported(ValueError):
     """A server flag that offload mode cannot serve with."""
 
@@ -34,8 +47,6 @@ def check_server_args(server_args: Any, cfg: A2ATSConfig) -> None:
     if not cfg.offload:
         return
     problems = []
-    if not server_args.disable_radix_cache:
-        problems.append("--disable-radix-cache (prefix reuse in offload mode is not built yet)")
     if server_args.enable_mixed_chunk:
         problems.append("no --enable-mixed-chunk (a mixed batch's decode rows would need their KV on the GPU)")
     if server_args.page_size not in (None, 1):

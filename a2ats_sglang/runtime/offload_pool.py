@@ -16,6 +16,8 @@ stay on the forward stream, inside the decode graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc, MHATokenToKVPool, unwrap_write_loc
 
@@ -35,6 +37,21 @@ class OffloadKVPool(MHATokenToKVPool):
         self.side = torch.cuda.Stream(self.device) if torch.device(self.device).type == "cuda" else None
         self.side_done: torch.cuda.Event | None = None  # the last side-stream write enqueued
         self.in_flight: list[torch.Tensor] = []  # index tensors the side stream still reads
+
+    def on_side(self, work: Callable[[], None]) -> torch.cuda.Event | None:
+        """Run ``work`` on the side stream once the forward stream's work so far is done. →
+        its completion event (None: it ran on the forward stream: no GPU, or a graph capture)"""
+        if self.side is None or torch.cuda.is_current_stream_capturing():
+            work()
+            return None
+        ready = torch.cuda.Event()
+        ready.record()
+        with torch.cuda.stream(self.side):
+            self.side.wait_event(ready)
+            work()
+            self.side_done = torch.cuda.Event()
+            self.side_done.record()
+        return self.side_done
 
     def join(self) -> None:
         """The forward stream waits for the side stream's host writes (no host synchronisation);
@@ -59,14 +76,6 @@ class OffloadKVPool(MHATokenToKVPool):
             return
         gpu = self.staging.translate(logical)
         super().set_kv_buffer(layer, KVWriteLoc(gpu, None), cache_k, cache_v, k_scale, v_scale, layer_id_override)
-        if self.side is None or torch.cuda.is_current_stream_capturing():
-            store_to_host(k.to(self.dtype), v.to(self.dtype), logical, host_k, host_v)
-            return
-        staged = torch.cuda.Event()
-        staged.record()
-        with torch.cuda.stream(self.side):
-            self.side.wait_event(staged)
-            store_to_host(*self.get_kv_buffer(layer_id), logical, host_k, host_v, rows=gpu)
-            self.side_done = torch.cuda.Event()
-            self.side_done.record()
-        self.in_flight += (gpu, logical)
+        staged_k, staged_v = self.get_kv_buffer(layer_id)
+        if self.on_side(lambda: store_to_host(staged_k, staged_v, logical, host_k, host_v, rows=gpu)) is not None:
+            self.in_flight += (gpu, logical)

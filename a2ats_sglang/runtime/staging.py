@@ -15,7 +15,7 @@ request stay on the GPU, so placing and releasing never wait for the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import torch
 
@@ -31,8 +31,14 @@ class Staging:
         self.map = torch.full((logical_slots,), -1, dtype=torch.int32, device=device)  # logical → GPU slot
         self.table = torch.zeros(max_reqs, context_len, dtype=torch.int32, device=device)  # [row, position]
         self._free = torch.arange(base_slot, base_slot + size, dtype=torch.int64)  # host free list
-        # rid → [(logical, GPU) slots, whether the map names them]
-        self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor, bool]]] = {}
+        self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # rid → [(logical, GPU) slots]
+        # cached prefixes (radix-cache hits) brought back from the host pool, staged once for all
+        # the requests sharing them: key → [GPU slots (host), GPU slots (device), users]
+        self._prefix: dict[Hashable, list] = {}
+        self._prefix_of: dict[str, Hashable] = {}  # rid → its prefix's key
+        # the scheduler's word on which requests share a prefix (patches/staging_admission.py):
+        # rid → key, for the next extend
+        self.prefix_keys: dict[str, Hashable] = {}
 
     def available(self) -> int:
         return self._free.numel()
@@ -42,17 +48,37 @@ class Staging:
 
     def held(self) -> list[str]:
         """Requests holding staging slots (release those whose prefill is over)."""
-        return list(self._held)
+        return list(self._held.keys() | self._prefix_of.keys())
+
+    def is_staged(self, key: Hashable) -> bool:
+        return key in self._prefix
+
+    def share_prefix(self, rid: str, row: torch.Tensor, key: Hashable, length: int) -> torch.Tensor | None:
+        """Positions ``[0, length)`` of pool row ``row`` (a one-element device tensor) take the
+        GPU slots of cached prefix ``key``, staged once for every request that shares it.
+        → the GPU slots if they are new (the caller fills them from the host pool), else None"""
+        entry = self._prefix.get(key)
+        fresh = entry is None
+        if fresh:
+            if length > self._free.numel():
+                raise StagingFull(f"prefill staging has {self._free.numel()} free slots; a {length}-token prefix needs more")
+            gpu, self._free = self._free[:length], self._free[length:]
+            entry = self._prefix[key] = [gpu, gpu.to(device=self.device, dtype=torch.int32, non_blocking=True), set()]
+        entry[2].add(rid)
+        self._prefix_of[rid] = key
+        positions = torch.arange(length, device=self.device)
+        self.table[row.long().expand(length), positions] = entry[1]
+        return entry[1] if fresh else None
+
+    def held_tokens(self, rid: str) -> int:
+        """Staging slots request ``rid`` holds (a chunked prompt's earlier chunks)."""
+        return sum(p[1].numel() for p in self._held.get(rid, ()))
 
     def place(self, rids: Sequence[str], rows: torch.Tensor, starts: Sequence[int], lengths: Sequence[int],
-              logical: torch.Tensor, mapped: bool = True) -> torch.Tensor:
+              logical: torch.Tensor) -> torch.Tensor:
         """GPU slots for an extend's new tokens: request ``i`` (pool row ``rows[i]``, a device
         tensor) adds ``lengths[i]`` tokens at positions ``starts[i], …`` whose logical slots are
-        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → GPU slots ``[n]``
-
-        ``mapped=False`` for a cached prefix brought back from the host pool: its logical slots
-        may be staged for several requests at once (they share it), and nothing is written to
-        them, so only the positions table names its GPU slots, not the logical→GPU map."""
+        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → GPU slots ``[n]``"""
         n = sum(lengths)
         if n > self._free.numel():
             raise StagingFull(
@@ -63,8 +89,7 @@ class Staging:
         gpu, self._free = self._free[:n], self._free[n:]
         gpu_dev = gpu.to(device=self.device, dtype=torch.int32, non_blocking=True)
         logical = logical[:n].to(torch.int64, copy=True)  # held past this batch's own tensors
-        if mapped:
-            self.map[logical] = gpu_dev
+        self.map[logical] = gpu_dev
         counts = torch.tensor(lengths, dtype=torch.int64)
         first = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64) - torch.cumsum(counts, 0) + counts,
                                         counts)
@@ -75,21 +100,37 @@ class Staging:
         offset = 0
         for rid, length in zip(rids, lengths):
             if length:
-                piece = (logical[offset : offset + length], gpu[offset : offset + length], mapped)
+                piece = (logical[offset : offset + length], gpu[offset : offset + length])
                 self._held.setdefault(rid, []).append(piece)
             offset += length
         return gpu_dev
 
     def release(self, rids: Iterable[str]) -> int:
         """These requests' prefills are over (or they were aborted): their staging slots are
-        free again, their logical slots no longer mapped. Unknown ids are ignored. → slots freed"""
+        free again, their logical slots no longer mapped; a shared prefix's slots once its last
+        user is done. Unknown ids are ignored. → slots freed"""
+        rids = list(rids)
         pieces = [p for rid in rids for p in self._held.pop(rid, ())]
-        if not pieces:
+        freed = []
+        if pieces:
+            # only entries still naming these slots: with the radix cache, SGLang frees a chunk's
+            # logical slots that duplicate cached ones while the chunk stays staged here, and may
+            # hand them to another prefilling request, whose entries this must leave alone
+            logical = torch.cat([p[0] for p in pieces])
+            gpu = torch.cat([p[1] for p in pieces])
+            ours = gpu.to(self.map.device, non_blocking=True)
+            self.map[logical] = torch.where(self.map[logical] == ours, -1, self.map[logical])
+            freed.append(gpu)
+        for rid in rids:
+            key = self._prefix_of.pop(rid, None)
+            if key is not None:
+                entry = self._prefix[key]
+                entry[2].discard(rid)
+                if not entry[2]:
+                    freed.append(self._prefix.pop(key)[0])
+        if not freed:
             return 0
-        mapped = [p[0] for p in pieces if p[2]]
-        if mapped:
-            self.map[torch.cat(mapped)] = -1
-        gpu = torch.cat([p[1] for p in pieces])
+        gpu = torch.cat(freed)
         self._free = torch.cat([self._free, gpu])
         return gpu.numel()
 

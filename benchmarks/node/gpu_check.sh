@@ -1,6 +1,7 @@
 # First thing on a fresh H100 node: install, the GPU tests, the decode-step split and the
 # offload fetch timing (the full-budget equality is benchmarks/node/equality.sh, ~6 min alone;
-# the offload server test, tests/test_gpu_offload_server.py, starts its own server, ~5 min).
+# the offload server tests, tests/test_gpu_offload_{server,prefix}.py and
+# tests/test_gpu_frontend_fork.py, start their own servers, ~5 min each).
 # Run from the repository root after copying the wheelhouse parts to /tmp/wh:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/gpu_check.sh
 bash /tmp/wh/install.sh /tmp/wh >/dev/null 2>&1
@@ -9,7 +10,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 240 python3 -m pytest -q -rf --tb=short tests/test_host_pool.py tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_gpu_sparse_decode.py tests/test_gpu_method.py \
   tests/test_deferred_encode.py tests/test_hot_buffer.py tests/test_offload_pool.py tests/test_offload_select.py \
-  tests/test_offload_lifecycle.py 2>&1 | tail -15
+  tests/test_offload_lifecycle.py tests/test_staging_admission.py 2>&1 | tail -15
 echo "tests done at $SECONDS s"
 timeout 150 python3 -m benchmarks.decode_step --batch 1 8 16 --out $OUT/decode-step.json 2>&1 | grep -v Warn | tail -4
 echo "decode step done at $SECONDS s"

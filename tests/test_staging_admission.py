@@ -1,0 +1,101 @@
+"""Prefill admission in offload mode counts GPU staging: a new request's cached prefix and its
+first chunk must fit what the batch leaves (patches/staging_admission.py), with SGLang's own
+``AddReqResult`` and ``Range`` and a real :class:`Staging`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from a2ats_sglang.runtime.offload_plan import set_staging
+from a2ats_sglang.runtime.staging import Staging
+
+
+@pytest.fixture
+def staging():
+    s = Staging(logical_slots=500, base_slot=1, size=100, max_reqs=4, context_len=128, device="cpu")
+    set_staging(s)
+    yield s
+    set_staging(None)
+
+
+def request(rid: str, prefix: int, total: int, node: object | None = None) -> SimpleNamespace:
+    """A waiting request whose prompt matched ``prefix`` tokens of the radix tree, ending at ``node``."""
+    return SimpleNamespace(rid=rid, prefix_indices=torch.arange(prefix), full_untruncated_fill_ids=list(range(total)),
+                           extend_range=None, last_node=object() if node is None else node)
+
+
+def sglang_adds(adder, req, has_chunked_req, truncation_align_size):
+    """What SGLang's add_one_req does when its own budgets allow: the request joins the batch,
+    cut to the chunk budget."""
+    from sglang.srt.managers.schedule_policy import AddReqResult
+    from sglang.srt.utils.common import Range
+
+    start = len(req.prefix_indices)
+    end = min(len(req.full_untruncated_fill_ids), start + adder.rem_chunk_tokens)
+    req.extend_range = Range(start, end)
+    adder.can_run_list.append(req)
+    adder.rem_chunk_tokens -= end - start
+    return AddReqResult.CONTINUE
+
+
+def test_requests_are_added_while_their_prefix_and_chunk_fit_staging(staging) -> None:
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    from a2ats_sglang.patches.staging_admission import admit
+
+    adder = SimpleNamespace(can_run_list=[], rem_chunk_tokens=50)
+    a = request("a", prefix=60, total=70)  # a radix hit: 60 cached tokens, 10 new
+    assert admit(sglang_adds, adder, a, False, None) == AddReqResult.CONTINUE and adder.can_run_list == [a]
+    b = request("b", prefix=60, total=65)  # 65 more do not fit the 30 left
+    assert admit(sglang_adds, adder, b, False, None) == AddReqResult.OTHER and adder.can_run_list == [a]
+    c = request("c", prefix=0, total=200)  # no prefix: its first chunk (the 40 chunk tokens left) …
+    assert admit(sglang_adds, adder, c, False, None) == AddReqResult.OTHER, "… does not fit the 30 left either"
+    d = request("d", prefix=5, total=30)
+    assert admit(sglang_adds, adder, d, False, None) == AddReqResult.CONTINUE and adder.can_run_list == [a, d]
+    assert adder._a2ats_staging_left == 100 - 70 - 30
+    assert staging.prefix_keys == {"a": (id(a.last_node), 60), "d": (id(d.last_node), 5)}, "the backend's word on sharing"
+
+
+def test_requests_sharing_a_cached_document_stage_it_once(staging) -> None:
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    from a2ats_sglang.patches.staging_admission import admit
+
+    doc = object()  # the radix-tree node where a 60-token document ends
+    adder = SimpleNamespace(can_run_list=[], rem_chunk_tokens=1000)
+    questions = [request(f"q{i}", prefix=60, total=68, node=doc) for i in range(6)]
+    results = [admit(sglang_adds, adder, q, False, None) for q in questions]
+    assert results == [AddReqResult.CONTINUE] * 5 + [AddReqResult.OTHER], "60 + 5·8 = 100 slots: five fit"
+    assert len(set(staging.prefix_keys.values())) == 1 and len(staging.prefix_keys) == 5
+
+
+def test_the_first_request_always_goes_and_a_chunked_prompt_keeps_its_chunks(staging) -> None:
+    from sglang.srt.managers.schedule_policy import AddReqResult
+    from sglang.srt.utils.common import Range
+
+    from a2ats_sglang.patches.staging_admission import admit
+
+    big = request("big", prefix=90, total=120)  # alone in its batch: SGLang's own limits decide
+    assert admit(sglang_adds, SimpleNamespace(can_run_list=[], rem_chunk_tokens=1000), big, False, None) == AddReqResult.CONTINUE
+
+    # "c" prefills in chunks: 40 tokens staged by earlier chunks, 20 more in this batch
+    staging.place(["c"], torch.tensor([1]), [0], [40], torch.arange(10, 50))
+    chunked = SimpleNamespace(rid="c", extend_range=Range(40, 60))
+    adder = SimpleNamespace(can_run_list=[chunked], rem_chunk_tokens=30)
+    assert admit(sglang_adds, adder, request("e", prefix=30, total=45), True, None) == AddReqResult.OTHER  # 45 > 40
+    assert adder._a2ats_staging_left == 100 - 40 - 20
+    f = request("f", prefix=0, total=40)
+    assert admit(sglang_adds, adder, f, True, None) == AddReqResult.CONTINUE
+    assert f.extend_range.length == 30 and adder._a2ats_staging_left == 10
+
+
+def test_without_offload_sglang_decides_alone() -> None:
+    from a2ats_sglang.patches.staging_admission import admit
+
+    set_staging(None)
+    seen = []
+    admit(lambda *a: seen.append(a), SimpleNamespace(can_run_list=[1]), "req", False, 8)
+    assert len(seen) == 1
