@@ -20,3 +20,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """An a2ats server on SmolLM2, started once for a GPU test module that sets
+    ``SERVER = (name, port, flags)``; its log goes to ``$OUT/server-<name>.log``."""
+    from pathlib import Path
+
+    from a2ats_sglang.default_model import smollm2_path
+    from benchmarks.server import Server
+
+    name, port, flags = request.module.SERVER
+    log = Path(os.environ.get("OUT", tmp_path_factory.mktemp("logs"))) / f"server-{name}.log"
+    server = Server("a2ats", str(smollm2_path()), port, flags, log)
+    try:
+        server.wait_healthy(600)
+        yield server
+    finally:
+        server.stop()

@@ -5,9 +5,7 @@ The program is the README's example."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,23 +15,8 @@ pytestmark = pytest.mark.gpu
 PORT = 30093
 QUESTIONS = ["What does the text say about exceptions?", "Which statements are described?",
              "What is said about names?", "Summarise the first paragraph."]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from benchmarks.server import Server
-
-    from a2ats_sglang.default_model import smollm2_path
-
-    log = Path(os.environ.get("OUT", tmp_path_factory.mktemp("logs"))) / "server-frontend-fork.log"
-    s = Server("a2ats", str(smollm2_path()), PORT, [
-        "--a2ats-offload", "--a2ats-host-kv-gb", "1", "--enable-deterministic-inference",
-        "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "16"], log)
-    try:
-        s.wait_healthy(600)
-        yield s
-    finally:
-        s.stop()
+SERVER = ("frontend-fork", PORT, ["--a2ats-offload", "--a2ats-host-kv-gb", "1", "--enable-deterministic-inference",
+                            "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "16"])
 
 
 def document() -> str:

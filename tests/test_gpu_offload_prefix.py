@@ -10,9 +10,7 @@ radix cache on):
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,23 +19,8 @@ pytestmark = pytest.mark.gpu
 
 PORT = 30092
 DOC = 3000
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from benchmarks.server import Server
-
-    from a2ats_sglang.default_model import smollm2_path
-
-    log = Path(os.environ.get("OUT", tmp_path_factory.mktemp("logs"))) / "server-offload-prefix.log"
-    s = Server("a2ats", str(smollm2_path()), PORT, [
-        "--a2ats-offload", "--a2ats-host-kv-gb", "1", "--enable-deterministic-inference",
-        "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "16"], log)
-    try:
-        s.wait_healthy(600)
-        yield s
-    finally:
-        s.stop()
+SERVER = ("offload-prefix", PORT, ["--a2ats-offload", "--a2ats-host-kv-gb", "1", "--enable-deterministic-inference",
+                            "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "16"])
 
 
 def ids(n: int, seed: int) -> list[int]:

@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,22 +19,8 @@ import requests
 pytestmark = pytest.mark.gpu
 
 PORT = 30091
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from benchmarks.server import Server
-
-    from a2ats_sglang.default_model import smollm2_path
-
-    log = Path(os.environ.get("OUT", tmp_path_factory.mktemp("logs"))) / "server-offload-small.log"
-    s = Server("a2ats", str(smollm2_path()), PORT, ["--a2ats-offload", "--a2ats-host-kv-gb", "0.1", "--enable-metrics",
-                                                    "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "8"], log)
-    try:
-        s.wait_healthy(600)
-        yield s
-    finally:
-        s.stop()
+SERVER = ("offload-small", PORT, ["--a2ats-offload", "--a2ats-host-kv-gb", "0.1", "--enable-metrics",
+                                  "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "8"])
 
 
 def generate(server, ids: list[int], max_new_tokens: int = 8, **kw) -> requests.Response:
