@@ -74,3 +74,11 @@ def test_a_freed_pool_unpins_its_memory() -> None:
         assert pool.k.is_pinned()
         del pool
         gc.collect()
+
+
+def test_prefault_touches_every_chunk() -> None:
+    from a2ats_sglang.runtime.host_pool import prefault
+
+    t = torch.full((3, 1001, 7), 5, dtype=torch.bfloat16)  # 42,042 bytes: 11 chunks of 4,000, the last short
+    prefault(t, chunk_bytes=4000)
+    assert bool((t == 0).all())
