@@ -59,6 +59,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "score": round(sum(r["score"] for r in rows) / len(rows), 4),
         "n": len(rows),
         "tokens_mean": round(sum(r["tokens"] for r in rows) / len(rows), 1),
+        "seconds_mean": round(sum(r["seconds"] for r in rows) / len(rows), 3),
     }
 
 
@@ -103,10 +104,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                     samples = [generate(task, length, i, fmt, args.seed, args.essays) for i in range(args.samples)]
 
                     def ask(sample: Sample) -> dict[str, Any]:
+                        t0 = time.time()
                         prediction = endpoint.complete(sample.prompt, sample.max_new_tokens)
                         bar.update()
                         return {"index": sample.index, "score": score(sample, prediction), "prediction": prediction,
-                                "answers": list(sample.answers), "tokens": sample.tokens}
+                                "answers": list(sample.answers), "tokens": sample.tokens,
+                                "seconds": round(time.time() - t0, 3)}
 
                     rows = list(pool.map(ask, samples))
                     report["results"].setdefault(task, {})[str(length)] = _summary(rows)

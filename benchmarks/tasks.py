@@ -10,7 +10,9 @@ Tasks (RULER names): ``niah_single_noise``, ``niah_single_essay`` (a 7-digit num
 key), ``niah_multikey`` (UUID keys and values, the haystack made of distractor needles),
 ``niah_multivalue`` (four numbers for one key), ``vt`` (variable tracking, one chain of four
 hops), ``cwe`` (ten most common words of a list), ``fwe`` (three most frequent coded words),
-``passkey``. Scoring follows RULER: the share of reference answers found in the prediction,
+``passkey``; and ``niah_multiquery``: four keys hidden in one essay haystack, one question per
+sample, the samples of a document (4 in a row) sharing everything before the question, to
+measure prefix reuse. Scoring follows RULER: the share of reference answers found in the prediction,
 but matched as whole tokens so a number with an extra or wrong digit does not count.
 """
 
@@ -177,6 +179,7 @@ class TaskContext:
     length: int
     rng: random.Random
     essays: str | None = None
+    question: int = 0  # which of a shared document's questions (``SHARED_DOCUMENT`` tasks)
 
     def haystack(self, kind: str) -> tuple[str, ...]:
         return (NOISE,) if kind == "noise" else essay_sentences(self.essays)
@@ -346,6 +349,28 @@ def task_passkey(ctx: TaskContext) -> tuple[Callable[[int], tuple[str, str]], tu
     return build, (key,), 16
 
 
+def task_niah_multiquery(ctx: TaskContext) -> tuple[Callable[[int], tuple[str, str]], tuple[str, ...], int]:
+    rng = ctx.rng
+    keys: list[str] = []
+    while len(keys) < SHARED_DOCUMENT["niah_multiquery"]:
+        k = rng.choice(vocabulary())
+        if k not in keys:
+            keys.append(k)
+    hay_text = " ".join(ctx.haystack("essay"))
+    values = [_magic_number(rng, hay_text) for _ in keys]
+    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values)]
+    start, depth_seed = rng.randrange(10_000), rng.random()
+    key = keys[ctx.question]
+    q = f"What is the special magic number for {key} mentioned in the provided text? Answer with the number only."
+
+    def build(n: int) -> tuple[str, str]:
+        units = _insert(ctx.filler("essay", n, start), needles, random.Random(depth_seed))
+        return NIAH_HEAD.format(kind="numbers") + " ".join(units) + f"\n{q}", \
+            f"The special magic number for {key} mentioned in the provided text is"
+
+    return build, (values[ctx.question],), 32
+
+
 TASKS: dict[str, Callable[[TaskContext], tuple[Callable[[int], tuple[str, str]], tuple[str, ...], int]]] = {
     "niah_single_noise": task_niah_single_noise,
     "niah_single_essay": task_niah_single_essay,
@@ -355,7 +380,10 @@ TASKS: dict[str, Callable[[TaskContext], tuple[Callable[[int], tuple[str, str]],
     "cwe": task_cwe,
     "fwe": task_fwe,
     "passkey": task_passkey,
+    "niah_multiquery": task_niah_multiquery,
 }
+# tasks whose consecutive samples ask different questions about one document
+SHARED_DOCUMENT = {"niah_multiquery": 4}
 # most filler units a task can draw on (its pool); the default is "as many as it takes"
 CAPS = {"niah_multikey": 4096}
 
@@ -364,8 +392,9 @@ def generate(task: str, length: int, index: int, fmt: PromptFormat, seed: int = 
     """One sample, deterministic in (task, length, index, seed)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} (tasks: {', '.join(TASKS)})")
-    rng = random.Random(f"{seed}/{task}/{length}/{index}")
-    build, answers, max_new = TASKS[task](TaskContext(fmt, length, rng, essays))
+    per_doc = SHARED_DOCUMENT.get(task, 1)
+    rng = random.Random(f"{seed}/{task}/{length}/{index // per_doc}")
+    build, answers, max_new = TASKS[task](TaskContext(fmt, length, rng, essays, question=index % per_doc))
     prompt, tokens = _fit(fmt, build, length, CAPS.get(task, 1 << 20))
     if tokens < 0.98 * length:
         raise ValueError(f"{task}: could only reach {tokens} of {length} tokens")

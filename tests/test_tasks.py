@@ -78,6 +78,25 @@ def test_answers_are_unique(fmt: PromptFormat, index: int) -> None:
             assert [w for w, _ in counts[:3]] == list(s.answers) and counts[2][1] > counts[3][1]
         elif task == "passkey":
             assert re.findall(r"\b\d{5}\b", text) == [s.answers[0]] * 2
+        elif task == "niah_multiquery":
+            needles = dict(re.findall(r"special magic numbers for (\S+) is: (\d+)\.", text))
+            query = re.search(r"special magic number for (\S+) mentioned", s.prompt).group(1)
+            assert len(needles) == 4 and needles[query] == s.answers[0] and text.count(s.answers[0]) == 1
+
+
+def test_a_documents_questions_share_it_token_for_token(fmt: PromptFormat) -> None:
+    """niah_multiquery's samples 4d…4d+3 ask about one document: their prompts agree up to the
+    question, so a radix cache serves all but the first from cache; the next document differs."""
+    samples = [generate("niah_multiquery", 4096, i, fmt) for i in range(5)]
+    ids = [fmt.tokenizer.encode(s.prompt) for s in samples]
+
+    def common(a: list[int], b: list[int]) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    for other in ids[1:4]:
+        assert common(ids[0], other) > 0.95 * len(ids[0])
+    assert len({s.answers[0] for s in samples[:4]}) == 4, "four different questions"
+    assert common(ids[0], ids[4]) < 0.1 * len(ids[0])
 
 
 def sample_with(answers: tuple[str, ...]) -> Sample:
