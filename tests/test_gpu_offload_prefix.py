@@ -5,11 +5,15 @@ radix cache on):
   tokens) and answers exactly as it does with nothing cached;
 - concurrent requests over one document all finish with those same answers;
 - more distinct documents than the host pool holds evict cached ones; SGLang's idle check (every
-  logical slot free, cached or in use) stays quiet and the server keeps serving.
+  logical slot free, cached or in use) stays quiet and the server keeps serving;
+- the README's SGLang frontend program, which forks over one document through
+  ``RuntimeEndpoint``: every branch reads the document from the cache and answers as the same
+  question asked alone with nothing cached.
 """
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -78,3 +82,40 @@ def test_eviction_under_pressure_keeps_the_tree_consistent(server) -> None:
     first = generate(server, docs[0])  # long evicted: prefilled again, same answer
     assert first["output_ids"] == outs[0]["output_ids"]
     assert requests.get(f"{server.url}/health", timeout=30).status_code == 200
+
+
+QUESTIONS = ["What does the text say about exceptions?", "Which statements are described?",
+             "What is said about names?", "Summarise the first paragraph."]
+
+
+def document() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))[:12000]  # ~3K tokens of Python's reference
+
+
+def test_forked_questions_reuse_the_document(server) -> None:
+    import sglang as sgl
+
+    @sgl.function
+    def ask(s, doc: str, questions: list[str]):
+        s += "Read this text.\n\n" + doc + "\n\n"
+        forks = s.fork(len(questions))
+        for f, q in zip(forks, questions):
+            f += "Question: " + q + "\nAnswer:" + sgl.gen("answer", max_tokens=24, temperature=0)
+        forks.join()
+
+    sgl.set_default_backend(sgl.RuntimeEndpoint(server.url))
+    log_start = server.log.stat().st_size
+    state = ask.run(doc=document(), questions=QUESTIONS)
+    forked = state["answer"]  # join() gathers each branch's answer, in order
+    cached = sum(int(m[1]) for m in re.finditer(r"#cached-token: (\d+)", server.log.read_text(errors="replace")[log_start:]))
+    assert cached >= 3 * 2500, f"the branches read the document from the cache ({cached} cached tokens)"
+
+    alone = []
+    for q in QUESTIONS:
+        assert requests.post(f"{server.url}/flush_cache", timeout=60).status_code == 200
+        body = {"text": "Read this text.\n\n" + document() + "\n\nQuestion: " + q + "\nAnswer:",
+                "sampling_params": {"max_new_tokens": 24, "temperature": 0}}
+        alone.append(requests.post(f"{server.url}/generate", json=body, timeout=300).json()["text"])
+    assert forked == alone

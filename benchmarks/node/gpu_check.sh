@@ -1,7 +1,7 @@
 # First thing on a fresh H100 node: install, the GPU tests, the decode-step split and the
 # offload fetch timing (the full-budget equality is benchmarks/node/equality.sh, ~6 min alone;
-# the offload server tests, tests/test_gpu_offload_{server,prefix}.py and
-# tests/test_gpu_frontend_fork.py, start their own servers, ~5 min each).
+# the offload server tests, tests/test_gpu_offload_{server,prefix}.py, start their own
+# servers, ~5 min each).
 # Run from the repository root after copying the wheelhouse parts to /tmp/wh:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/gpu_check.sh
 bash /tmp/wh/install.sh /tmp/wh >/dev/null 2>&1
