@@ -99,3 +99,24 @@ def test_without_offload_sglang_decides_alone() -> None:
     seen = []
     admit(lambda *a: seen.append(a), SimpleNamespace(can_run_list=[1]), "req", False, 8)
     assert len(seen) == 1
+
+
+def test_sglangs_radix_cache_ends_every_match_of_a_document_at_one_node() -> None:
+    """The sharing key is (the matched node, the prefix length): SGLang's RadixCache must end the
+    matches of two prompts over one cached document at the same node, also after more inserts."""
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
+
+    cache = RadixCache(CacheInitParams(disable=False, req_to_token_pool=None, page_size=1,
+                                       token_to_kv_pool_allocator=SimpleNamespace(free=lambda x: None, device="cpu")))
+    doc = list(range(100, 200))
+    cache.insert(InsertParams(key=RadixKey([*doc, 1, 2, 3]), value=torch.arange(1000, 1103)))
+
+    def match(tail: list[int]):
+        return cache.match_prefix(MatchPrefixParams(key=RadixKey(doc + tail)))
+
+    a, b = match([7, 8]), match([9])
+    assert len(a.device_indices) == len(b.device_indices) == 100 and a.last_device_node is b.last_device_node
+    cache.insert(InsertParams(key=RadixKey([*doc, 7, 8]), value=torch.cat([torch.arange(1000, 1100), torch.tensor([5, 6])])))
+    assert match([5]).last_device_node is a.last_device_node
