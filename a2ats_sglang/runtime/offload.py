@@ -5,8 +5,9 @@ GPU-resident path.
   longer prefilling are released; the new tokens get staging slots, and the prefill's attention
   indices are built from :attr:`Staging.table` (GPU slots by row and position) instead of
   ``req_to_token`` (logical slots). K/V writes go to the host pool and to staging. A new
-  request whose prefix is cached gets staging slots for it too, filled from the host pool layer
-  by layer before each layer's attention.
+  request whose prefix is cached (the radix cache) gets staging slots for it too, shared with
+  the requests that match the same tree node; every layer's copy from the host pool is queued
+  on the pool's side stream, and each layer's attention waits for its own.
 - Decode: K/V writes go to the host pool only; keys due for encoding are read from the host
   pool; after the top-K, :meth:`HotBuffers.fetch` makes the picks resident and writes GPU-slot
   indices for the attention.

@@ -8,10 +8,11 @@ staging slots of its tokens, because dense prefill reads them there. Decode toke
 through the hot-buffer fetch when a step selects them.
 
 An extend's host writes (~1 GiB per 8K-token chunk of Llama-8B, ~45 ms over PCIe) run on a side
-stream from the staged copy, overlapped with the layers after them; :meth:`OffloadKVPool.join`
-makes the forward stream wait for them (a GPU-side wait) before the next batch, which may read
-the host pool (decode) or reuse released staging slots (extend). Decode writes, a few tokens,
-stay on the forward stream, inside the decode graph.
+stream from the staged copy, overlapped with the layers after them (so do cached-prefix copies
+into staging, :meth:`OffloadKVPool.on_side`); :meth:`OffloadKVPool.join` makes the forward
+stream wait for them (a GPU-side wait) before the next batch, which may read the host pool
+(decode) or reuse released staging slots (extend). Decode writes, a few tokens, stay on the
+forward stream, inside the decode graph.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class OffloadKVPool(MHATokenToKVPool):
         self.logical_slots = host.slots
         self.stage_writes = False  # the backend sets it for the duration of an extend
         self.side = torch.cuda.Stream(self.device) if torch.device(self.device).type == "cuda" else None
-        self.side_done: torch.cuda.Event | None = None  # the last side-stream write enqueued
+        self.side_done: torch.cuda.Event | None = None  # the last side-stream work enqueued
         self.in_flight: list[torch.Tensor] = []  # index tensors the side stream still reads
 
     def on_side(self, work: Callable[[], None]) -> torch.cuda.Event | None:
@@ -54,8 +55,8 @@ class OffloadKVPool(MHATokenToKVPool):
         return self.side_done
 
     def join(self) -> None:
-        """The forward stream waits for the side stream's host writes (no host synchronisation);
-        their index tensors may then be freed."""
+        """The forward stream waits for the side stream's work (host writes, cached-prefix copies;
+        no host synchronisation); their index tensors may then be freed."""
         if self.side_done is not None:
             torch.cuda.current_stream(self.side.device).wait_event(self.side_done)
             self.side_done = None
