@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from a2ats_sglang.runtime.config import A2ATSConfig, export_config
 from a2ats_sglang.runtime.offload_plan import OffloadUnsupported
+from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
 from a2ats_sglang.runtime.offload_plan import check_server_args as check_offload_args
 from a2ats_sglang.runtime.flags import a2ats_parser, split_argv
 
@@ -163,6 +164,8 @@ def prepare(argv: Sequence[str], prog: str = PROG) -> Launch:
 
     split = split_argv(argv, prog)
     sglang_argv, ns = _backend_argv(_expand_config_file(split.rest), _default_model)
+    if split.config.offload and not _flag_present(sglang_argv, "--radix-cache-backend"):
+        sglang_argv = [*sglang_argv, "--radix-cache-backend", RADIX_BACKEND]
     codebook = resolve_codebook(ns.model_path, split.config.codebook, ns.load_format, ns.trust_remote_code)
     config = replace(split.config, codebook=codebook)
     export_config(config)

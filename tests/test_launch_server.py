@@ -254,3 +254,16 @@ def test_launchers_hand_sglang_an_a2ats_configuration(tmp_path: Path) -> None:
     assert seen["one_batch"] == [["a2ats", "a2ats"], [4]]
     assert seen["offline"] == [["a2ats", "a2ats"], 7]
     assert seen["env"] == ["1", json.loads(A2ATSConfig(codebook=str(cb.resolve()), window=32).to_json())]
+
+
+def test_offload_serves_with_its_radix_cache_unless_told_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from a2ats_sglang.runtime import plugin
+    from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
+
+    monkeypatch.setattr(plugin, "install", lambda: None)  # SGLang itself is not needed here
+    base = ["--model-path", str(model_dir(tmp_path, "smollm2-135m")), "--a2ats-codebook", str(make_codebook().save(tmp_path / "cb"))]
+    argv = launch_server.prepare([*base, "--a2ats-offload"]).argv
+    assert argv[argv.index("--radix-cache-backend") + 1] == RADIX_BACKEND and "--disable-radix-cache" not in argv
+    mine = launch_server.prepare([*base, "--a2ats-offload", "--radix-cache-backend=other"]).argv
+    assert "--radix-cache-backend=other" in mine and "--radix-cache-backend" not in mine
+    assert "--radix-cache-backend" not in launch_server.prepare(base).argv, "GPU-resident mode keeps SGLang's default"

@@ -23,7 +23,8 @@ def test_flags_parse_and_bad_sizes_are_refused() -> None:
 
 
 def args(**kw) -> SimpleNamespace:
-    base = {"disable_radix_cache": False, "enable_mixed_chunk": False, "page_size": 1, "enable_hierarchical_cache": False}
+    base = {"disable_radix_cache": False, "enable_mixed_chunk": False, "page_size": 1, "enable_hierarchical_cache": False,
+            "radix_cache_backend": None}
     return SimpleNamespace(**base | kw)
 
 
@@ -31,6 +32,10 @@ def test_server_flags_offload_cannot_serve_with_are_named() -> None:
     on = A2ATSConfig(offload=True)
     check_server_args(args(), on)  # the radix cache included: prefixes are staged from the host pool
     check_server_args(args(disable_radix_cache=True), on)
+    check_server_args(args(radix_cache_backend="a2ats-offload"), on)
+    check_server_args(args(disable_radix_cache=True, radix_cache_backend="flexkv"), on)  # no tree: any name
+    with pytest.raises(OffloadUnsupported, match="--radix-cache-backend a2ats-offload .*, not flexkv"):
+        check_server_args(args(radix_cache_backend="flexkv"), on)
     check_server_args(args(enable_mixed_chunk=True, page_size=16), A2ATSConfig())  # not offloading: anything goes
     with pytest.raises(OffloadUnsupported, match=r"needs no --enable-mixed-chunk .*; --page-size 1; no --enable-hier"):
         check_server_args(args(enable_mixed_chunk=True, page_size=16, enable_hierarchical_cache=True), on)

@@ -13,6 +13,7 @@ from typing import Any
 
 from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.memory import OffloadPlan
+from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
 from a2ats_sglang.runtime.staging import Staging
 
 _plan: OffloadPlan | None = None
@@ -51,6 +52,9 @@ def check_server_args(server_args: Any, cfg: A2ATSConfig) -> None:
         problems.append("no --enable-mixed-chunk (a mixed batch's decode rows would need their KV on the GPU)")
     if server_args.page_size not in (None, 1):
         problems.append("--page-size 1")
+    backend = getattr(server_args, "radix_cache_backend", None)
+    if not server_args.disable_radix_cache and backend not in (None, RADIX_BACKEND):
+        problems.append(f"--radix-cache-backend {RADIX_BACKEND} (prefix staging relies on its tree), not {backend}")
     if getattr(server_args, "enable_hierarchical_cache", False):
         problems.append("no --enable-hierarchical-cache (offload keeps KV in host memory itself)")
     if problems:

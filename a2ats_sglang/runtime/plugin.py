@@ -42,7 +42,8 @@ def create_a2ats_backend(runner: ModelRunner) -> AttentionBackend:
 
 
 def install() -> None:
-    """Register the ``a2ats`` backend with SGLang and apply our patches. Idempotent.
+    """Register the ``a2ats`` backend and offload mode's radix cache with SGLang and apply our
+    patches. Idempotent.
 
     In the launcher this must run before SGLang parses its flags, so argparse accepts
     ``--attention-backend a2ats`` (the choices list is read when the parser is built).
@@ -69,6 +70,9 @@ def install() -> None:
     if BACKEND_NAME not in DETERMINISTIC_ATTENTION_BACKEND_CHOICES:
         add_deterministic_attention_backend_choices([BACKEND_NAME])
     register_attention_backend(BACKEND_NAME)(create_a2ats_backend)
+    from a2ats_sglang.runtime.offload_radix import register as register_radix_cache
+
+    register_radix_cache()
     install_all()
     _installed = True
     logger.debug("a2ats_sglang installed into SGLang")
