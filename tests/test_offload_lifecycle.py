@@ -87,7 +87,7 @@ def test_a_cached_prefix_is_staged_from_the_host_pool_layer_by_layer() -> None:
     assert mapped == list(range(100, 105)), "only the new tokens' logical slots are mapped"
     assert o.prefix_loaded == 14, "no scheduler keys: each request stages its own copy"
     for layer in range(2):
-        o.load_prefix(layer)  # the forward stream waits for the layer's copy (on a GPU)
+        o.wait_prefix(layer)  # the forward stream waits for the layer's copy (on a GPU)
         dev_k, dev_v = o.pool.get_kv_buffer(layer)
         host_k, host_v = o.pool.host.layer(layer)
         for row in (1, 2):

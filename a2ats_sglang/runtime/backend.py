@@ -184,7 +184,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
         if self.offload is not None:
-            self.offload.load_prefix(layer.layer_id)
+            self.offload.wait_prefix(layer.layer_id)
         out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
         if k is not None:
             tables = self.decoder.rotary.key_tables(forward_batch.positions)

@@ -65,7 +65,7 @@ class Offload:
         if new:
             self.hot.reset(req_pool_indices[torch.tensor(new, device=device)])
         # a new request's prefix is cached (a radix-cache hit): its K/V are in the host pool and
-        # come back into staging, layer by layer (load_prefix), for the dense prefill to read;
+        # come back into staging, layer by layer (wait_prefix), for the dense prefill to read;
         # requests the scheduler saw share a prefix (same key) share its staging slots
         cached = [i for i in new if prefix_lens[i]]
         keys = [staging.prefix_keys.get(rids[i], ("request", rids[i])) for i in cached]
@@ -82,16 +82,18 @@ class Offload:
         need = sum(fresh.values()) + sum(extend_lens)
         if need > staging.available():
             raise StagingFull(f"prefill staging has {staging.available()} free slots; this extend needs {need}")
-        loads = []
+        firsts, gpus = [], []  # the first of the batch's requests sharing each fresh prefix
         for i, key in zip(cached, keys):
             if key in fresh:
-                row = req_pool_indices[i : i + 1]
-                gpu = staging.share_prefix(rids[i], row, key, prefix_lens[i])
-                if gpu is not None:  # the first of the batch's requests sharing it
-                    loads.append((prefix_slots(req_to_token, row, [prefix_lens[i]]), gpu))
+                gpu = staging.share_prefix(rids[i], req_pool_indices[i : i + 1], key, prefix_lens[i])
+                if gpu is not None:
+                    firsts.append(i)
+                    gpus.append(gpu)
         self.prefix_ready, self.prefix_loaded = {}, 0
-        if loads:  # every layer's copy queued now, on the side stream: they overlap the layers' compute
-            logical, gpu = torch.cat([a for a, _ in loads]), torch.cat([b for _, b in loads])
+        if firsts:  # every layer's copy queued now, on the side stream: they overlap the layers' compute
+            rows = req_pool_indices[torch.tensor(firsts, device=device)]
+            logical = prefix_slots(req_to_token, rows, [prefix_lens[i] for i in firsts])
+            gpu = torch.cat(gpus)
             pool = self.pool
             for layer_id in range(pool.start_layer, pool.end_layer + 1):
                 host_k, host_v = pool.host.layer(layer_id - pool.start_layer)
@@ -104,7 +106,7 @@ class Offload:
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
         self.pool.stage_writes = True
 
-    def load_prefix(self, layer_id: int) -> None:
+    def wait_prefix(self, layer_id: int) -> None:
         """The forward stream waits for this layer's cached-prefix K/V to reach staging (before
         the layer's attention reads them)."""
         ready = self.prefix_ready.pop(layer_id, None)
