@@ -23,12 +23,13 @@ light = not any(m == "sglang" or m.startswith("sglang.") for m in sys.modules)
 from sglang.srt.plugins import load_plugins
 load_plugins()
 from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
-from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, DETERMINISTIC_ATTENTION_BACKEND_CHOICES
+from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, DETERMINISTIC_ATTENTION_BACKEND_CHOICES, RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND
 out = {"light": light, "registered": "a2ats" in ATTENTION_BACKENDS, "choice": "a2ats" in ATTENTION_BACKEND_CHOICES}
 if out["registered"]:
     plugin.install(); plugin.register()
     out["choices"] = ATTENTION_BACKEND_CHOICES.count("a2ats")
     out["deterministic"] = DETERMINISTIC_ATTENTION_BACKEND_CHOICES.count("a2ats")
+    out["radix_deterministic"] = RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND.count("a2ats")
     out["factory"] = ATTENTION_BACKENDS["a2ats"] is plugin.create_a2ats_backend
     out["by_reference"] = b"a2ats_sglang.runtime.plugin" in pickle.dumps(plugin.run_scheduler_process)
 print("PROBE", json.dumps(out))
@@ -71,5 +72,5 @@ def test_register_does_nothing_without_the_gate(probes: dict[str, dict]) -> None
 def test_register_installs_with_the_gate(probes: dict[str, dict]) -> None:
     on = probes["on"]
     assert on["registered"] and on["choice"] and on["factory"]
-    assert on["choices"] == 1 and on["deterministic"] == 1  # install() and register() again change nothing
+    assert on["choices"] == 1 and on["deterministic"] == 1 and on["radix_deterministic"] == 1  # install() and register() again change nothing
     assert on["by_reference"]  # spawn pickles the scheduler entry by name, importing this module

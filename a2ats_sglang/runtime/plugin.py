@@ -57,8 +57,10 @@ def install() -> None:
     from sglang.srt.server_args import (
         ATTENTION_BACKEND_CHOICES,
         DETERMINISTIC_ATTENTION_BACKEND_CHOICES,
+        RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND,
         add_attention_backend_choices,
         add_deterministic_attention_backend_choices,
+        add_radix_supported_deterministic_attention_backend_choices,
     )
 
     from a2ats_sglang.patches import install_all
@@ -69,6 +71,13 @@ def install() -> None:
     # reach our plan, and selection has no float atomics, so the backend qualifies
     if BACKEND_NAME not in DETERMINISTIC_ATTENTION_BACKEND_CHOICES:
         add_deterministic_attention_backend_choices([BACKEND_NAME])
+    # ... with the radix cache kept on (SGLang turns it off for FlashInfer): deterministic mode
+    # runs our extends paged-only with a fixed split, so a prefix hit attends over the same KV
+    # tiles as a cold prefill. Bit-equal when both extends pick the same FlashInfer query tile:
+    # more than 64 query rows (new tokens × query heads per KV head) in each; shorter
+    # continuations of a cached prefix may differ in the last bits
+    if BACKEND_NAME not in RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND:
+        add_radix_supported_deterministic_attention_backend_choices([BACKEND_NAME])
     register_attention_backend(BACKEND_NAME)(create_a2ats_backend)
     from a2ats_sglang.runtime.offload_radix import register as register_radix_cache
 
