@@ -26,7 +26,7 @@ def make_offload() -> Offload:
     staging = Staging(200, plan.staging_base, plan.staging_tokens, plan.hot_buffers, 64, DEVICE)
     pool = OffloadKVPool(host, staging, plan.gpu_slots, page_size=1, dtype=torch.bfloat16, head_num=heads,
                          head_dim=dim, layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0,
-                         end_layer=layers - 1)
+                         end_layer=layers)  # exclusive, as a server passes it
     pool.plan = plan
     return Offload(pool, layers, width=8, device=DEVICE)
 

@@ -30,7 +30,7 @@ def make_pool():
     host.v.zero_()
     staging = Staging(logical, base_slot=1, size=20, max_reqs=8, context_len=64, device=DEVICE)
     pool = OffloadKVPool(host, staging, 32, page_size=1, dtype=torch.bfloat16, head_num=heads, head_dim=dim,
-                         layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0, end_layer=layers - 1)
+                         layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0, end_layer=layers)  # exclusive, as a server passes it
     return pool, host, staging
 
 

@@ -57,7 +57,7 @@ def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_
     def original(kvc, *, max_total_num_tokens, mha_pool_class, quant_method=None):  # what SGLang does
         return mha_pool_class(max_total_num_tokens, page_size=1, dtype=kvc.kv_cache_dtype, head_num=HEADS, head_dim=DIM,
                               layer_num=LAYERS, device="cpu", enable_memory_saver=False, start_layer=0,
-                              end_layer=LAYERS - 1)
+                              end_layer=LAYERS)  # exclusive, as a server passes it
 
     pool = kv_pool.build(original, kvc, max_total_num_tokens=config.max_total_num_tokens, mha_pool_class=MHATokenToKVPool)
     assert isinstance(pool, OffloadKVPool) and pool.plan == plan and current_staging() is pool.staging

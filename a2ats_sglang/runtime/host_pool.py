@@ -119,6 +119,7 @@ class HostKVPool:
         self.k = alloc(shape, dtype)
         self.v = alloc(shape, dtype)
         self.slots = plan.slots
+        self.num_layers = num_layers
 
     def layer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[slots, Hkv, d]`` K and V of one layer (what the kernels read and write)."""

@@ -95,8 +95,10 @@ class Offload:
             logical = prefix_slots(req_to_token, rows, [prefix_lens[i] for i in firsts])
             gpu = torch.cat(gpus)
             pool = self.pool
-            for layer_id in range(pool.start_layer, pool.end_layer + 1):
-                host_k, host_v = pool.host.layer(layer_id - pool.start_layer)
+            # by the host pool's layers: SGLang's end_layer is exclusive in a server, inclusive by default
+            for i in range(pool.host.num_layers):
+                layer_id = pool.start_layer + i
+                host_k, host_v = pool.host.layer(i)
                 dev_k, dev_v = pool.get_kv_buffer(layer_id)
                 self.prefix_ready[layer_id] = pool.on_side(
                     partial(load_from_host, host_k, host_v, logical, dev_k, dev_v, gpu))
