@@ -100,6 +100,7 @@ def test_forked_questions_reuse_the_document(server) -> None:
     @sgl.function
     def ask(s, doc: str, questions: list[str]):
         s += "Read this text.\n\n" + doc + "\n\n"
+        s.sync()  # fork() caches the text only if it is already applied (SGLang checks before syncing)
         forks = s.fork(len(questions))
         for f, q in zip(forks, questions):
             f += "Question: " + q + "\nAnswer:" + sgl.gen("answer", max_tokens=24, temperature=0)

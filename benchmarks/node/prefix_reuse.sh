@@ -6,7 +6,7 @@
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 M=/tmp/models/llama-3.1-8b-shape
-common="--load-format dummy --context-length 65800 --cuda-graph-backend-prefill disabled --enable-metrics"
+common="--load-format dummy --context-length 65800 --cuda-graph-backend-prefill disabled --cuda-graph-max-bs 32 --enable-metrics"
 host_gb=$(awk '/MemAvailable/ {g = $2 / 1048576; h = g - 40; if (h > 0.8 * g) h = 0.8 * g; print int(h)}' /proc/meminfo)
 case ${SIDE:?stock, a2ats or a2ats-noradix} in
   stock) server=stock; extra="--attention-backend flashinfer" ;;
