@@ -38,7 +38,7 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     )
 
     from a2ats_sglang.runtime.config import current_config
-    from a2ats_sglang.runtime.memory import decode_budget, footprint
+    from a2ats_sglang.runtime.memory import footprint
 
     mc, sa = kvc.model_config, kvc.server_args
     decode_graph = sa.cuda_graph_config.decode
