@@ -119,11 +119,14 @@ class HostKVPool:
         self.k = alloc(shape, dtype)
         self.v = alloc(shape, dtype)
         self.slots = plan.slots
-        self.num_layers = num_layers
 
     def layer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[slots, Hkv, d]`` K and V of one layer (what the kernels read and write)."""
         return self.k[layer_id], self.v[layer_id]
+
+    @property
+    def num_layers(self) -> int:
+        return self.k.shape[0]
 
     @property
     def nbytes(self) -> int:
