@@ -36,6 +36,14 @@ def staging_left(adder, staging) -> int:
     return left
 
 
+def sharing_key(req):
+    """Requests whose match ends at the same radix-tree node share its cached prefix, staged once.
+    The node's own serial number, not ``id()``: a staged entry outlives its users' requests until
+    the next extend, and a node evicted meanwhile may leave its address to a new one."""
+    prefix = len(req.prefix_indices)
+    return (req.last_node.id, prefix) if prefix else None
+
+
 def admit(original, adder, req, has_chunked_req: bool, truncation_align_size):
     from a2ats_sglang.runtime.offload_plan import current_staging
 
@@ -47,8 +55,7 @@ def admit(original, adder, req, has_chunked_req: bool, truncation_align_size):
     left = staging_left(adder, staging)
     counted = getattr(adder, "_a2ats_prefixes", set())
     prefix = len(req.prefix_indices)
-    # requests matching the same tree node share its cached prefix: staged once
-    key = (id(req.last_node), prefix) if prefix else None
+    key = sharing_key(req)
     prefix_need = prefix if key is not None and key not in counted and not staging.is_staged(key) else 0
     first = len(req.full_untruncated_fill_ids) - prefix
     if adder.rem_chunk_tokens is not None:

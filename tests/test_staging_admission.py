@@ -4,6 +4,7 @@ first chunk must fit what the batch leaves (patches/staging_admission.py), with 
 
 from __future__ import annotations
 
+from itertools import count
 from types import SimpleNamespace
 
 import pytest
@@ -21,10 +22,18 @@ def staging():
     set_staging(None)
 
 
-def request(rid: str, prefix: int, total: int, node: object | None = None) -> SimpleNamespace:
-    """A waiting request whose prompt matched ``prefix`` tokens of the radix tree, ending at ``node``."""
+NODE_IDS = count(1)
+
+
+def node() -> SimpleNamespace:
+    """A radix-tree node (its serial number is all the sharing key uses)."""
+    return SimpleNamespace(id=next(NODE_IDS))
+
+
+def request(rid: str, prefix: int, total: int, at: SimpleNamespace | None = None) -> SimpleNamespace:
+    """A waiting request whose prompt matched ``prefix`` tokens of the radix tree, ending at node ``at``."""
     return SimpleNamespace(rid=rid, prefix_indices=torch.arange(prefix), full_untruncated_fill_ids=list(range(total)),
-                           extend_range=None, last_node=object() if node is None else node)
+                           extend_range=None, last_node=node() if at is None else at)
 
 
 def sglang_adds(adder, req, has_chunked_req, truncation_align_size):
@@ -56,7 +65,7 @@ def test_requests_are_added_while_their_prefix_and_chunk_fit_staging(staging) ->
     d = request("d", prefix=5, total=30)
     assert admit(sglang_adds, adder, d, False, None) == AddReqResult.CONTINUE and adder.can_run_list == [a, d]
     assert adder._a2ats_staging_left == 100 - 70 - 30
-    assert staging.prefix_keys == {"a": (id(a.last_node), 60), "d": (id(d.last_node), 5)}, "the backend's word on sharing"
+    assert staging.prefix_keys == {"a": (a.last_node.id, 60), "d": (d.last_node.id, 5)}, "the backend's word on sharing"
 
 
 def test_requests_sharing_a_cached_document_stage_it_once(staging) -> None:
@@ -64,9 +73,9 @@ def test_requests_sharing_a_cached_document_stage_it_once(staging) -> None:
 
     from a2ats_sglang.patches.staging_admission import admit
 
-    doc = object()  # the radix-tree node where a 60-token document ends
+    doc = node()  # the radix-tree node where a 60-token document ends
     adder = SimpleNamespace(can_run_list=[], rem_chunk_tokens=1000)
-    questions = [request(f"q{i}", prefix=60, total=68, node=doc) for i in range(6)]
+    questions = [request(f"q{i}", prefix=60, total=68, at=doc) for i in range(6)]
     results = [admit(sglang_adds, adder, q, False, None) for q in questions]
     assert results == [AddReqResult.CONTINUE] * 5 + [AddReqResult.OTHER], "60 + 5·8 = 100 slots: five fit"
     assert len(set(staging.prefix_keys.values())) == 1 and len(staging.prefix_keys) == 5
@@ -120,3 +129,34 @@ def test_sglangs_radix_cache_ends_every_match_of_a_document_at_one_node() -> Non
     assert len(a.device_indices) == len(b.device_indices) == 100 and a.last_device_node is b.last_device_node
     cache.insert(InsertParams(key=RadixKey([*doc, 7, 8]), value=torch.cat([torch.arange(1000, 1100), torch.tensor([5, 6])])))
     assert match([5]).last_device_node is a.last_device_node
+
+
+
+
+def test_the_sharing_key_names_a_node_once_in_the_process() -> None:
+    """A staged prefix stays in Staging until the next extend, after its requests finished; if its
+    node is evicted meanwhile (here: the whole tree, as flush_cache does) and another document of
+    the same length is cached, the new match must not take the old key, or its request would
+    attend over the old document's staged K/V. ``id()`` could repeat once the old node is freed;
+    the key is SGLang's node serial number, which must never repeat, also across a reset."""
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
+
+    from a2ats_sglang.patches.staging_admission import sharing_key
+
+    cache = RadixCache(CacheInitParams(disable=False, req_to_token_pool=None, page_size=1,
+                                       token_to_kv_pool_allocator=SimpleNamespace(free=lambda x: None, device="cpu")))
+
+    def cached(doc: list[int]) -> SimpleNamespace:
+        cache.insert(InsertParams(key=RadixKey(doc), value=torch.arange(1000, 1000 + len(doc))))
+        m = cache.match_prefix(MatchPrefixParams(key=RadixKey([*doc, 1])))
+        return SimpleNamespace(prefix_indices=m.device_indices, last_node=m.last_device_node)
+
+    keys = []
+    for first in (100, 300, 500):  # three documents of 100 tokens, the tree emptied in between
+        req = cached(list(range(first, first + 100)))
+        keys.append(sharing_key(req))
+        assert keys[-1] == (req.last_node.id, 100)
+        cache.reset()
+    assert len(set(keys)) == 3 and keys == sorted(keys), "serial numbers only grow"
