@@ -6,7 +6,9 @@
 # they warm up), "compare" waits for them, runs the tasks on both and compares; default: both.
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
-det="--enable-deterministic-inference --mem-fraction-static 0.25 --max-total-tokens 240000 --cuda-graph-max-bs 32"
+# no radix cache on either side: SGLang turns it off for FlashInfer in deterministic mode, while
+# a2ats keeps it, and a prefix hit is a different extend from the stock side's cold prefill
+det="--enable-deterministic-inference --disable-radix-cache --mem-fraction-static 0.25 --max-total-tokens 240000 --cuda-graph-max-bs 32"
 if [ "${1:-all}" != compare ]; then
   nohup python3 -m sglang.launch_server --model-path $A2ATS_SGLANG_SMOLLM2 --port 30000 --attention-backend flashinfer --cuda-graph-backend-prefill disabled $det > /tmp/stock.log 2>&1 &
   echo $! > /tmp/stock.pid
