@@ -7,8 +7,8 @@
 # The three servers start together (each after the previous one has sized its pools, as SGLang
 # sizes from the free memory it sees); $DURING, if set, runs while they start (e.g. the GPU server
 # tests, on their own ports); the three clients then run one after the other on a quiet GPU.
-# ~4 min on a warm node, plus $DURING:
-#   A2ATS_COMMIT=<sha> [DURING="python3 -m pytest ..."] bash benchmarks/node/prefix_reuse_smollm2.sh
+# ~4 min on a warm node, plus $DURING (the offload server tests: ~5 min):
+#   A2ATS_COMMIT=<sha> [DURING="bash benchmarks/node/offload_server_tests.sh"] bash benchmarks/node/prefix_reuse_smollm2.sh
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 det="--enable-deterministic-inference --cuda-graph-max-bs 32"
