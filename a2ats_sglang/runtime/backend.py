@@ -191,7 +191,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
             if self.extend_tails is not None:  # by logical slot: the host pool in offload mode
                 pool = self.token_to_kv_pool
-                k_pool = (pool.host.layer(layer.layer_id - pool.start_layer)[0] if self.offload is not None
+                k_pool = (pool.host_kv(layer.layer_id)[0] if self.offload is not None
                           else pool.get_key_buffer(layer.layer_id))
                 self.decoder.encode_pool(layer.layer_id, k_pool, self.extend_tails)
         return out

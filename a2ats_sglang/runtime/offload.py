@@ -95,10 +95,8 @@ class Offload:
             logical = prefix_slots(req_to_token, rows, [prefix_lens[i] for i in firsts])
             gpu = torch.cat(gpus)
             pool = self.pool
-            # by the host pool's layers: SGLang's end_layer is exclusive in a server, inclusive by default
-            for i in range(pool.host.num_layers):
-                layer_id = pool.start_layer + i
-                host_k, host_v = pool.host.layer(i)
+            for layer_id in pool.layer_ids:
+                host_k, host_v = pool.host_kv(layer_id)
                 dev_k, dev_v = pool.get_kv_buffer(layer_id)
                 self.prefix_ready[layer_id] = pool.on_side(
                     partial(load_from_host, host_k, host_v, logical, dev_k, dev_v, gpu))
@@ -129,6 +127,6 @@ class Offload:
         self.metrics.step()
 
     def layer(self, layer_id: int, buffers: SparseDecodeBuffers) -> OffloadStep:
-        host_k, host_v = self.pool.host.layer(layer_id - self.pool.start_layer)
+        host_k, host_v = self.pool.host_kv(layer_id)
         dev_k, dev_v = self.pool.get_kv_buffer(layer_id)
         return OffloadStep(self.hot, host_k, host_v, dev_k, dev_v, buffers.victims, buffers.stats)

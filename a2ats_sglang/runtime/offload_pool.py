@@ -39,6 +39,16 @@ class OffloadKVPool(MHATokenToKVPool):
         self.side_done: torch.cuda.Event | None = None  # the last side-stream work enqueued
         self.in_flight: list[torch.Tensor] = []  # index tensors the side stream still reads
 
+    @property
+    def layer_ids(self) -> range:
+        """The model layers this pool holds (SGLang's ``end_layer`` is exclusive in a server,
+        inclusive by default: the host pool's own count decides)."""
+        return range(self.start_layer, self.start_layer + self.host.num_layers)
+
+    def host_kv(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host-pool K and V of model layer ``layer_id``."""
+        return self.host.layer(layer_id - self.start_layer)
+
     def on_side(self, work: Callable[[], None]) -> torch.cuda.Event | None:
         """Run ``work`` on the side stream once the forward stream's work so far is done. →
         its completion event (None: it ran on the forward stream: no GPU, or a graph capture)"""
@@ -71,7 +81,7 @@ class OffloadKVPool(MHATokenToKVPool):
         layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
         k = cache_k.view(-1, self.head_num, self.head_dim)
         v = cache_v.view(-1, self.head_num, self.v_head_dim)
-        host_k, host_v = self.host.layer(layer_id - self.start_layer)
+        host_k, host_v = self.host_kv(layer_id)
         if not self.stage_writes:
             store_to_host(k.to(self.dtype), v.to(self.dtype), logical, host_k, host_v)
             return

@@ -16,12 +16,22 @@ request stay on the GPU, so placing and releasing never wait for the device.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 
 class StagingFull(RuntimeError):
     """More prompt tokens in flight than the staging area holds."""
+
+
+@dataclass
+class StagedPrefix:
+    """A cached prefix brought back from the host pool, staged once for all its users."""
+
+    slots: torch.Tensor  # GPU slots, host copy (the free list's)
+    slots_dev: torch.Tensor  # the same, on the device (int32, for the tables)
+    users: set[str] = field(default_factory=set)  # request ids
 
 
 class Staging:
@@ -32,9 +42,8 @@ class Staging:
         self.table = torch.zeros(max_reqs, context_len, dtype=torch.int32, device=device)  # [row, position]
         self._free = torch.arange(base_slot, base_slot + size, dtype=torch.int64)  # host free list
         self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # rid → [(logical, GPU) slots]
-        # cached prefixes (radix-cache hits) brought back from the host pool, staged once for all
-        # the requests sharing them: key → [GPU slots (host), GPU slots (device), users]
-        self._prefix: dict[Hashable, list] = {}
+        # cached prefixes (radix-cache hits) staged once for all the requests sharing them
+        self._prefix: dict[Hashable, StagedPrefix] = {}
         self._prefix_of: dict[str, Hashable] = {}  # rid → its prefix's key
         # the scheduler's word on which requests share a prefix (patches/staging_admission.py):
         # rid → key, for the next extend
@@ -63,12 +72,12 @@ class Staging:
             if length > self._free.numel():
                 raise StagingFull(f"prefill staging has {self._free.numel()} free slots; a {length}-token prefix needs more")
             gpu, self._free = self._free[:length], self._free[length:]
-            entry = self._prefix[key] = [gpu, gpu.to(device=self.device, dtype=torch.int32, non_blocking=True), set()]
-        entry[2].add(rid)
+            entry = self._prefix[key] = StagedPrefix(gpu, gpu.to(device=self.device, dtype=torch.int32, non_blocking=True))
+        entry.users.add(rid)
         self._prefix_of[rid] = key
         positions = torch.arange(length, device=self.device)
-        self.table[row.long().expand(length), positions] = entry[1]
-        return entry[1] if fresh else None
+        self.table[row.long().expand(length), positions] = entry.slots_dev
+        return entry.slots_dev if fresh else None
 
     def held_tokens(self, rid: str) -> int:
         """Staging slots request ``rid`` holds (a chunked prompt's earlier chunks)."""
@@ -125,9 +134,9 @@ class Staging:
             key = self._prefix_of.pop(rid, None)
             if key is not None:
                 entry = self._prefix[key]
-                entry[2].discard(rid)
-                if not entry[2]:
-                    freed.append(self._prefix.pop(key)[0])
+                entry.users.discard(rid)
+                if not entry.users:
+                    freed.append(self._prefix.pop(key).slots)
         if not freed:
             return 0
         gpu = torch.cat(freed)
