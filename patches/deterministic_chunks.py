@@ -1,13 +1,12 @@
 """Align chunked-prefill cuts for the a2ats backend in deterministic mode, as SGLang does for
-FlashInfer.
+its Triton backend.
 
 Target: ``sglang.srt.managers.scheduler.Scheduler.init_deterministic_inference_config`` (SGLang
 0.5.17), which sets the scheduler's ``truncation_align_size`` from a table keyed by attention
-backend name (``flashinfer``, ``triton``). Our prefill is FlashInfer's with the same fixed split
-(``SGLANG_FLASHINFER_PREFILL_SPLIT_TILE_SIZE``), but the name ``a2ats`` is not in the table, so
-with ``--enable-deterministic-inference`` a long prompt would be cut into chunks wherever the
-batch's budget ended, and its outputs would depend on what else was batched with it. After the
-original runs, an a2ats scheduler gets FlashInfer's alignment.
+backend name (``flashinfer``, ``triton``). In deterministic mode our extends run SGLang's
+Triton backend's unified kernel (runtime/unified_extend.py), but the name ``a2ats`` is not in
+the table, so a long prompt would be cut into chunks wherever the batch's budget ended. After
+the original runs, an a2ats scheduler gets the Triton backend's alignment.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import sys
 TARGET = "sglang.srt.managers.scheduler.Scheduler.init_deterministic_inference_config"
 SIGNATURE = "(self)"
 
-FLASHINFER_SPLIT = ("SGLANG_FLASHINFER_PREFILL_SPLIT_TILE_SIZE", 4096)  # SGLang's own entry for flashinfer
+TRITON_ALIGN = ("SGLANG_TRITON_PREFILL_TRUNCATION_ALIGN_SIZE", 4096)  # SGLang's own entry for triton
 
 _installed = False  # set by install_around
 
@@ -30,7 +29,7 @@ def align(original, scheduler) -> None:
     original(scheduler)
     if scheduler.server_args.attention_backend == BACKEND_NAME and scheduler.truncation_align_size is None \
             and scheduler.server_args.enable_deterministic_inference:
-        scheduler.truncation_align_size = get_int_env_var(*FLASHINFER_SPLIT)
+        scheduler.truncation_align_size = get_int_env_var(*TRITON_ALIGN)
 
 
 def install() -> None:

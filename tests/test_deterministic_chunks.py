@@ -1,6 +1,6 @@
-"""Deterministic mode cuts an a2ats server's chunked prefills at FlashInfer's split size, as
-SGLang's scheduler does for its own FlashInfer backend (patches/deterministic_chunks.py), driven
-through SGLang's real ``Scheduler.init_deterministic_inference_config``."""
+"""Deterministic mode cuts an a2ats server's chunked prefills where SGLang's scheduler cuts them
+for its Triton backend, whose unified extend kernel ours runs (patches/deterministic_chunks.py),
+driven through SGLang's real ``Scheduler.init_deterministic_inference_config``."""
 
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ def configured(monkeypatch, backend: str, deterministic: bool) -> int | None:
     return sched.truncation_align_size
 
 
-def test_a2ats_gets_flashinfers_alignment_in_deterministic_mode(monkeypatch) -> None:
-    stock = configured(monkeypatch, "flashinfer", True)
-    assert stock == 4096  # SGLang's own value for FlashInfer (not ours)
+def test_a2ats_gets_tritons_alignment_in_deterministic_mode(monkeypatch) -> None:
+    stock = configured(monkeypatch, "triton", True)
+    assert stock == 4096  # SGLang's own value for Triton (not ours)
     assert configured(monkeypatch, "a2ats", True) == stock
-    monkeypatch.setenv("SGLANG_FLASHINFER_PREFILL_SPLIT_TILE_SIZE", "8192")
-    assert configured(monkeypatch, "a2ats", True) == configured(monkeypatch, "flashinfer", True) == 8192
+    monkeypatch.setenv("SGLANG_TRITON_PREFILL_TRUNCATION_ALIGN_SIZE", "8192")
+    assert configured(monkeypatch, "a2ats", True) == configured(monkeypatch, "triton", True) == 8192
+    assert configured(monkeypatch, "flashinfer", True) == 4096  # FlashInfer's own setting is not ours
 
 
-@pytest.mark.parametrize("backend", ["a2ats", "flashinfer"])
+@pytest.mark.parametrize("backend", ["a2ats", "triton"])
 def test_nothing_is_aligned_without_deterministic_mode(monkeypatch, backend: str) -> None:
     assert configured(monkeypatch, backend, False) is None
 

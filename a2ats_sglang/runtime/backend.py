@@ -33,6 +33,7 @@ from a2ats_sglang.runtime.sparse_decode import (
     SparseDecoder,
     StepTables,
 )
+from a2ats_sglang.runtime.unified_extend import UnifiedExtend
 
 if TYPE_CHECKING:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
@@ -100,6 +101,9 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.step: tuple[SparseDecodeBuffers, BatchDecodeWithPagedKVCacheWrapper] | None = None
         self.tables: StepTables | None = None  # this decode step's rotations, shared by all layers
         self.extend_tails: PoolKeys | None = None  # reused-prefix keys this extend encodes
+        # deterministic mode: extends through SGLang's unified Triton kernel (unified_extend.py)
+        self.deterministic = model_runner.server_args.enable_deterministic_inference
+        self.unified: UnifiedExtend | None = None  # this extend's index lists, in deterministic mode
         d = self.decoder
         logger.info(
             "A²ATS decode: codebook %s (%s, %d codewords), sinks %d, window %d, K = %.3g·len in "
@@ -130,7 +134,13 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                                           fb.extend_seq_lens_cpu, fb.out_cache_loc, self.req_to_token_pool.req_to_token)
             self.extend_tails = None if prefix_lens is None else self.decoder.prefix_tails(
                 self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
-            return super().init_forward_metadata(forward_batch)
+            if not self.deterministic:
+                return super().init_forward_metadata(forward_batch)
+            fb = forward_batch  # the table the prefill reads: staging's in offload mode
+            self.unified = UnifiedExtend.plan(
+                self.indices_updater_prefill.req_to_token, fb.req_pool_indices, fb.seq_lens, fb.extend_prefix_lens,
+                fb.extend_seq_lens, fb.seq_lens_sum, max(fb.extend_seq_lens_cpu))
+            return
         if self.offload is not None:
             self.offload.begin_decode(forward_batch.rids)
         bs = forward_batch.batch_size
@@ -185,7 +195,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
         if self.offload is not None:
             self.offload.wait_prefix(layer.layer_id)
-        out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+        out = (super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache) if self.unified is None
+               else self._extend_unified(q, k, v, layer, forward_batch, save_kv_cache))
         if k is not None:
             tables = self.decoder.rotary.key_tables(forward_batch.positions)
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
@@ -195,6 +206,17 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                           else pool.get_key_buffer(layer.layer_id))
                 self.decoder.encode_pool(layer.layer_id, k_pool, self.extend_tails)
         return out
+
+    def _extend_unified(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache: bool):
+        pool = self.token_to_kv_pool
+        if k is not None and save_kv_cache:
+            pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v, *self._kv_write_scales(layer))
+        k_pool, v_pool = pool.get_kv_buffer(layer.layer_id)
+        out = self.unified.attend(
+            q.contiguous().view(-1, layer.tp_q_head_num, layer.head_dim), k_pool, v_pool, layer.scaling,
+            logit_cap=layer.logit_cap, k_scale=layer.k_scale_float, v_scale=layer.v_scale_float,
+        )
+        return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
         if k is not None and save_kv_cache:

@@ -72,10 +72,8 @@ def install() -> None:
     if BACKEND_NAME not in DETERMINISTIC_ATTENTION_BACKEND_CHOICES:
         add_deterministic_attention_backend_choices([BACKEND_NAME])
     # ... with the radix cache kept on (SGLang turns it off for FlashInfer): deterministic mode
-    # runs our extends paged-only with a fixed split, so a prefix hit attends over the same KV
-    # tiles as a cold prefill. Bit-equal when both extends pick the same FlashInfer query tile:
-    # more than 64 query rows (new tokens × query heads per KV head) in each; shorter
-    # continuations of a cached prefix may differ in the last bits
+    # runs our extends through SGLang's Triton backend's unified kernel (unified_extend.py), so
+    # a row after a prefix hit is computed as in a cold prefill, however short the continuation
     if BACKEND_NAME not in RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND:
         add_radix_supported_deterministic_attention_backend_choices([BACKEND_NAME])
     register_attention_backend(BACKEND_NAME)(create_a2ats_backend)
