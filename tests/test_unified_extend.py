@@ -71,7 +71,8 @@ def check(lens: list[int], heads: int, kv_heads: int, head_dim: int, splits: lis
     want = pool.reference(q_full, scale)
 
     cold = pool.extend(tail(q_full, [0] * len(lens)), [0] * len(lens), scale)  # whole prompts
-    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    # bf16 K/V; fp32 runs exact in the interpreter, as TF32 on tensor cores (10-bit mantissa)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4 if DEVICE == "cpu" else 1e-2
     torch.testing.assert_close(cold.float(), torch.cat(want), atol=tol, rtol=tol)
 
     cold_by_req = list(cold.split(lens))
