@@ -3,6 +3,7 @@ against the method references, on the GPU, with SGLang's memory layout but no se
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -171,3 +172,28 @@ def test_lookup_table_under_deterministic_inference() -> None:
         bio.disable_batch_invariant_mode()
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_codes_do_not_depend_on_how_many_keys_are_encoded_together() -> None:
+    """Deterministic mode fixes the encode kernel's tiling: the codes of a few keys encoded alone
+    (a short continuation of a cached prefix) equal their codes inside a long prefill."""
+    from a2ats_sglang.runtime.backend import build_decoder
+    from a2ats_sglang.runtime.config import A2ATSConfig
+
+    config = json.loads((CONFIGS / "llama-3.1-8b.json").read_text())
+    book = Codebook.random(ModelIdentity.from_hf_config(config), 4096)
+    m = book.meta.model
+    g = torch.Generator(device="cpu").manual_seed(3)
+    n = 5000
+    k_post = (torch.randn(n, m.num_kv_heads, m.head_dim, generator=g) * torch.linspace(3, 0.3, m.head_dim)).bfloat16().cuda()
+    cfg = A2ATSConfig(codebook="unused", budget_ratio=0.05, budget_min=8, budget_max=None, wrope="bucketed")
+    decoder = build_decoder(cfg, book, 2 * n, n + 64, "cuda", batch_invariant=True)
+    positions = torch.arange(n, device="cuda")
+    decoder.encode(0, k_post, positions, decoder.rotary.key_tables(positions))  # one long prefill
+    together = decoder.codes[0, :n].clone()
+    lo, sizes = 0, itertools.cycle([1, 19, 40, 7, 300])
+    while lo < n:  # the same keys again, a few at a time, into other slots
+        hi = min(n, lo + next(sizes))
+        decoder.encode(0, k_post[lo:hi], n + positions[lo:hi], decoder.rotary.key_tables(positions[lo:hi]))
+        lo = hi
+    assert torch.equal(decoder.codes[0, n:], together)

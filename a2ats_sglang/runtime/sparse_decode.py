@@ -158,6 +158,9 @@ class SparseDecoder:
     ) -> None:
         model = book.meta.model
         self.batch_invariant = batch_invariant
+        # the encode kernel sizes its key tile by the number of keys; a key's code must not
+        # depend on how many were encoded with it (a prefix hit's continuation, a decode batch)
+        self.encode_tiling = {"block_n": 64, "num_warps": 4} if batch_invariant else {}
         self.num_kv_heads, self.head_dim = model.num_kv_heads, model.head_dim
         self.group = model.group_size
         self.codebook_size = book.meta.codebook_size
@@ -184,12 +187,12 @@ class SparseDecoder:
         encode kernel with ``tables`` from :meth:`DeviceRotary.key_tables`."""
         k = k_post.reshape(-1, self.num_kv_heads, self.head_dim)
         encode_keys(k, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace,
-                    unrotate=self.rotary.unrotate(tables))
+                    unrotate=self.rotary.unrotate(tables), **self.encode_tiling)
 
     def encode_pool(self, layer: int, k_pool: torch.Tensor, keys: PoolKeys, workspace: torch.Tensor | None = None) -> None:
         """Codes of keys already stored in ``k_pool`` ``[slots, Hkv, d]`` (post-RoPE)."""
         encode_keys(k_pool, self.proj[layer], self.half_norm[layer], keys.slots, self.codes[layer], workspace,
-                    unrotate=self.rotary.unrotate(keys.tables), gather=True)
+                    unrotate=self.rotary.unrotate(keys.tables), gather=True, **self.encode_tiling)
 
     def _pool_keys(self, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, t: torch.Tensor,
                    want: torch.Tensor) -> PoolKeys:
