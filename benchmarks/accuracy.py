@@ -60,6 +60,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n": len(rows),
         "tokens_mean": round(sum(r["tokens"] for r in rows) / len(rows), 1),
         "seconds_mean": round(sum(r["seconds"] for r in rows) / len(rows), 3),
+        "ttft_mean": None if any(r["ttft"] is None for r in rows) else round(sum(r["ttft"] for r in rows) / len(rows), 4),
     }
 
 
@@ -105,11 +106,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
                     def ask(sample: Sample) -> dict[str, Any]:
                         t0 = time.time()
-                        prediction = endpoint.complete(sample.prompt, sample.max_new_tokens)
+                        reply = endpoint.complete(sample.prompt, sample.max_new_tokens)
                         bar.update()
-                        return {"index": sample.index, "score": score(sample, prediction), "prediction": prediction,
+                        return {"index": sample.index, "score": score(sample, reply.text), "prediction": reply.text,
                                 "answers": list(sample.answers), "tokens": sample.tokens,
-                                "seconds": round(time.time() - t0, 3)}
+                                "seconds": round(time.time() - t0, 3),
+                                "ttft": None if reply.ttft is None else round(reply.ttft, 4)}
 
                     rows = list(pool.map(ask, samples))
                     report["results"].setdefault(task, {})[str(length)] = _summary(rows)

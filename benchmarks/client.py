@@ -8,6 +8,7 @@ every request has a bounded timeout, so a benchmark never hangs on a dead server
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,12 @@ Kind = Literal["generate", "openai"]
 
 class EndpointError(RuntimeError):
     """The server could not be used; the message says why."""
+
+
+@dataclass
+class Completion:
+    text: str
+    ttft: float | None  # seconds from sending to the first streamed chunk (None: not streamed)
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Endpoint:
             raise ValueError(f"endpoint kind must be 'generate' or 'openai', not {self.kind!r}")
         self.session = requests.Session()
 
-    def _request(self, method: str, path: str, timeout: float | None = None, **kw: Any) -> Any:
+    def _send(self, method: str, path: str, timeout: float | None = None, **kw: Any) -> requests.Response:
         url = self.base_url + path
         limit = timeout or self.timeout
         try:
@@ -47,10 +54,11 @@ class Endpoint:
         if resp.status_code != 200:
             first = (resp.text or "").strip().splitlines()[:1]
             raise EndpointError(f"{url} answered HTTP {resp.status_code}: {first[0][:300] if first else '(empty body)'}")
-        try:
-            return resp.json()
-        except (json.JSONDecodeError, ValueError):
-            raise EndpointError(f"{url} sent a non-JSON reply: {resp.text[:200]!r}") from None
+        return resp
+
+    def _request(self, method: str, path: str, timeout: float | None = None, **kw: Any) -> Any:
+        resp = self._send(method, path, timeout, **kw)
+        return _json(resp.text, self.base_url + path)
 
     def health(self) -> None:
         """Raise unless ``/health`` answers 200 within 5 s."""
@@ -76,20 +84,48 @@ class Endpoint:
             raise EndpointError(f"{self.base_url}/server_info did not return an object")
         return info
 
-    def complete(self, prompt: str, max_new_tokens: int) -> str:
-        """Greedy completion of ``prompt`` (the text is sent as is, no template added)."""
+    def complete(self, prompt: str, max_new_tokens: int) -> Completion:
+        """Greedy completion of ``prompt`` (the text is sent as is, no template added). The native
+        endpoint streams, so the time to the first token is measured too."""
         if self.kind == "openai":
             body = {"model": self.model or "default", "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0}
             reply = self._request("POST", "/v1/completions", json=body)
             try:
-                return str(reply["choices"][0]["text"])
+                return Completion(str(reply["choices"][0]["text"]), None)
             except (KeyError, IndexError, TypeError):
                 raise EndpointError(f"completion reply has no choices[0].text: {str(reply)[:200]}") from None
-        body = {"text": prompt, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens}}
-        reply = self._request("POST", "/generate", json=body)
+        body = {"text": prompt, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens}, "stream": True}
+        url = self.base_url + "/generate"
+        t0 = time.perf_counter()
+        resp = self._send("POST", "/generate", json=body, stream=True)
+        ttft, reply, raw = None, None, []
+        try:
+            for line in resp.iter_lines():
+                line = line.decode("utf-8", errors="replace")
+                raw.append(line)
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                ttft = time.perf_counter() - t0 if ttft is None else ttft
+                reply = _json(payload, url)
+                if isinstance(reply, dict) and "error" in reply:
+                    raise EndpointError(f"{url} failed mid-stream: {str(reply['error'])[:300]}")
+        except requests.exceptions.RequestException as e:
+            raise EndpointError(f"{url} stream broke off: {e}") from None
+        if ttft is None:  # not an event stream: one JSON reply
+            reply = _json("\n".join(raw), url)
         if not isinstance(reply, dict) or not isinstance(reply.get("text"), str):
             raise EndpointError(f"/generate reply has no 'text': {str(reply)[:200]}")
-        return reply["text"]
+        return Completion(reply["text"], ttft)
+
+
+def _json(text: str, url: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        raise EndpointError(f"{url} sent a non-JSON reply: {text[:200]!r}") from None
 
 
 def _reason(e: Exception) -> str:

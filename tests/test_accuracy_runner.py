@@ -63,7 +63,10 @@ class FakeServer:
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.calls += 1
-                self._send(*outer.reply(self.path, body))
+                status, text = outer.reply(self.path, body)
+                if body.get("stream") and status == 200 and not text.startswith("data:"):  # SGLang streams events
+                    text = f"data: {text}\n\ndata: [DONE]\n\n"
+                self._send(status, text)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -106,6 +109,12 @@ def test_perfect_model_scores_one(serve, tmp_path: Path, kind: str) -> None:  # 
         for length in ("1024", "2048"):
             assert report["results"][task][length]["score"] == 1.0 and report["results"][task][length]["n"] == 3
     assert report["meta"]["workload"]["endpoint"] == kind and report["meta"]["commit"]
+    rows = [r for cells in report["samples"].values() for cell in cells.values() for r in cell]
+    if kind == "generate":  # streamed: the first chunk's time, within the request's
+        assert all(0 < r["ttft"] <= r["seconds"] + 1e-3 for r in rows)
+        assert report["results"]["passkey"]["1024"]["ttft_mean"] > 0
+    else:
+        assert all(r["ttft"] is None for r in rows) and report["results"]["passkey"]["1024"]["ttft_mean"] is None
 
 
 def test_server_error_mid_run_keeps_partial_results(serve, tmp_path: Path, capsys) -> None:  # noqa: ANN001
@@ -177,3 +186,15 @@ def test_launched_server_that_crashes(tmp_path: Path, monkeypatch: pytest.Monkey
     argv = ["--launch", "stock", "--model-path", "m", "--label", "t", "--out", str(tmp_path / "a.json"), "--port", "0"]
     assert accuracy.main(argv) == 1
     assert "server exited with code 3 while starting" in capsys.readouterr().err
+
+
+def test_stream_error_and_first_chunk_time() -> None:
+    def chunks(path: str, body: dict) -> tuple[int, str]:  # already an event stream (sent as is)
+        return 200, 'data: {"text": " 1"}\n\ndata: {"error": {"message": "scheduler aborted the request"}}\n\n'
+
+    server = FakeServer(chunks, {})
+    try:
+        with pytest.raises(EndpointError, match="failed mid-stream: .*scheduler aborted the request"):
+            Endpoint(server.url).complete("hi", 4)
+    finally:
+        server.close()
