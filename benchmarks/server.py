@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +48,19 @@ class MemoryWatch:
         self._thread.join(timeout=15)
 
 
+def _exit_on_sigterm() -> None:
+    """``timeout`` and the node's time limit stop a harness with SIGTERM, which by default ends
+    Python without running ``finally``; the server runs in its own session and would outlive it
+    (and answer the next run's health checks). Exit through the ``finally`` blocks instead."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 class Server:
     """A launched server process group, stopped on exit."""
 
@@ -54,10 +68,13 @@ class Server:
         module = SERVERS[kind]
         if importlib.util.find_spec(module) is None:
             raise RuntimeError(f"{module} is not available in this installation")
+        if port_in_use(port):  # its health checks would pass for the wrong server
+            raise RuntimeError(f"port {port} is already in use (a server left over from an earlier run?)")
         self.cmd = [sys.executable, "-m", module, "--model-path", model, "--host", "127.0.0.1", "--port", str(port), *extra]
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log, "w")
+        _exit_on_sigterm()
         self.proc = subprocess.Popen(self.cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
 

@@ -60,6 +60,48 @@ def test_server_that_never_gets_healthy(fake, tmp_path: Path, monkeypatch: pytes
     assert "server not healthy after 3 s" in capsys.readouterr().err
 
 
+def test_a_port_already_serving_is_refused(fake, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # a server left over on the port would pass the new one's health checks and be measured instead
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        a = args(tmp_path)
+        a[a.index("--port") + 1] = str(port)
+        assert throughput.main(a) == 1
+    assert f"port {port} is already in use" in capsys.readouterr().err
+
+
+def test_a_harness_stopped_by_sigterm_stops_its_server(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    script = f"""
+import time
+from pathlib import Path
+from benchmarks import server as servers
+servers.SERVERS["stock"] = "fake_server"
+s = servers.Server("stock", "m", {port}, [], Path({str(tmp_path / "s.log")!r}))
+try:
+    s.wait_healthy(60)
+    print(s.proc.pid, flush=True)
+    time.sleep(120)
+finally:
+    s.stop()
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]))
+    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    server_pid = int(harness.stdout.readline())
+    os.kill(harness.pid, signal.SIGTERM)  # what `timeout` sends
+    assert harness.wait(30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(server_pid, 0)
+    assert not servers.port_in_use(port)
+
+
 def test_missing_server_module(fake, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert throughput.main([*args(tmp_path)[:1], "a2ats", *args(tmp_path)[2:]]) == 1
     assert "no_such_module_a2ats is not available" in capsys.readouterr().err
