@@ -3,19 +3,25 @@
 # tests/test_gpu_offload_server.py (host pool exhaustion, waiting, aborts; issue 6). The second
 # server starts once the first has sized its pools, as SGLang sizes from the free memory it sees.
 # Reports in $OUT/tests-offload-{prefix,server}.log, server logs in $OUT/server-offload-*.log.
-# ~5 min; run from the repository root on the H100 node after the wheelhouse install:
-#   A2ATS_COMMIT=<sha> bash benchmarks/node/offload_server_tests.sh
+# ~5 min; run from the repository root on the H100 node after the wheelhouse install (MODULES=prefix
+# runs one of them):
+#   A2ATS_COMMIT=<sha> [MODULES=prefix] bash benchmarks/node/offload_server_tests.sh
 source benchmarks/node/env.sh
 export OUT
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 run() { timeout 540 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_gpu_offload_$1.py > $OUT/tests-offload-$1.log 2>&1; }
-run prefix & first=$!
-for i in $(seq 1 120); do
-  grep -q "Memory pool end" $OUT/server-offload-prefix.log 2>/dev/null && break
-  kill -0 $first 2>/dev/null || break
-  sleep 2
+modules=${MODULES:-prefix server}
+first=
+for m in $modules; do
+  if [ -n "$first" ]; then  # the next server sizes its pools once the previous one has
+    for i in $(seq 1 120); do
+      grep -q "Memory pool end" $OUT/server-offload-*.log 2>/dev/null && break
+      kill -0 $first 2>/dev/null || break
+      sleep 2
+    done
+  fi
+  run $m & first=${first:-$!}
 done
-run server
-wait $first
-for m in prefix server; do echo "== $m"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests-offload-$m.log | tail -8; done
+wait
+for m in $modules; do echo "== $m"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests-offload-$m.log | tail -8; done
 grep -h "Traceback" -A30 $OUT/server-offload-*.log 2>/dev/null | grep -E "Error|error" | head -5

@@ -8,11 +8,12 @@
 # sizes from the free memory it sees); $DURING, if set, runs while they start (e.g. the GPU server
 # tests, on their own ports); the three clients then run one after the other on a quiet GPU.
 # ~4 min on a warm node, plus $DURING (the offload server tests: ~5 min):
-#   A2ATS_COMMIT=<sha> [DURING="bash benchmarks/node/offload_server_tests.sh"] bash benchmarks/node/prefix_reuse_smollm2.sh
+#   A2ATS_COMMIT=<sha> [SIDES="reuse noradix"] [DURING="bash benchmarks/node/offload_server_tests.sh"] \
+#     bash benchmarks/node/prefix_reuse_smollm2.sh
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 det="--enable-deterministic-inference --cuda-graph-max-bs 32"
-sides="reuse noradix stock"
+sides=${SIDES:-reuse noradix stock}
 port() { case $1 in reuse) echo 30020 ;; noradix) echo 30021 ;; stock) echo 30022 ;; esac; }
 sized() { # wait until a server has allocated its KV pool (or died)
   for i in $(seq 1 90); do
