@@ -1,7 +1,8 @@
 """The ``a2ats`` attention backend: FlashInfer prefill, A²ATS sparse decode.
 
-Prefill/extend is FlashInfer's, unchanged (exact); afterwards the new keys are encoded into the
-code pool. A decode step, per layer: store K/V, encode the keys whose group of
+Prefill/extend is FlashInfer's, unchanged (exact; with ``--enable-deterministic-inference``
+SGLang's unified Triton extend kernel, :mod:`~a2ats_sglang.runtime.unified_extend`); afterwards
+the new keys are encoded into the code pool. A decode step, per layer: store K/V, encode the keys whose group of
 :func:`~a2ats_sglang.runtime.sparse_decode.encode_group` positions the step completes (read back
 from the pool; a newer key sits in the local window, which is never scored), then
 :class:`~a2ats_sglang.runtime.sparse_decode.SparseDecoder` scores every token from its code,
@@ -81,9 +82,10 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.device = model_runner.device
         offload = isinstance(pool, OffloadKVPool)
         slots = pool.logical_slots if offload else pool.size + pool.page_size
-        # --enable-deterministic-inference promises batch-invariant results: fixed-tiling lookup table
-        self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device,
-                                     batch_invariant=model_runner.server_args.enable_deterministic_inference)
+        # --enable-deterministic-inference promises batch-invariant results: fixed tilings in the
+        # decoder's kernels, extends through SGLang's unified Triton kernel (unified_extend.py)
+        self.deterministic = model_runner.server_args.enable_deterministic_inference
+        self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device, batch_invariant=self.deterministic)
         self.offload: Offload | None = None
         if offload:
             self.offload = Offload(
@@ -101,8 +103,6 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.step: tuple[SparseDecodeBuffers, BatchDecodeWithPagedKVCacheWrapper] | None = None
         self.tables: StepTables | None = None  # this decode step's rotations, shared by all layers
         self.extend_tails: PoolKeys | None = None  # reused-prefix keys this extend encodes
-        # deterministic mode: extends through SGLang's unified Triton kernel (unified_extend.py)
-        self.deterministic = model_runner.server_args.enable_deterministic_inference
         self.unified: UnifiedExtend | None = None  # this extend's index lists, in deterministic mode
         d = self.decoder
         logger.info(
