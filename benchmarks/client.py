@@ -98,12 +98,12 @@ class Endpoint:
         url = self.base_url + "/generate"
         t0 = time.perf_counter()
         resp = self._send("POST", "/generate", json=body, stream=True)
-        ttft, reply, raw = None, None, []
+        ttft, reply, other = None, None, []
         try:
             for line in resp.iter_lines():
                 line = line.decode("utf-8", errors="replace")
-                raw.append(line)
                 if not line.startswith("data:"):
+                    other.append(line)
                     continue
                 payload = line[5:].strip()
                 if payload == "[DONE]":
@@ -114,8 +114,8 @@ class Endpoint:
                     raise EndpointError(f"{url} failed mid-stream: {str(reply['error'])[:300]}")
         except requests.exceptions.RequestException as e:
             raise EndpointError(f"{url} stream broke off: {e}") from None
-        if ttft is None:  # not an event stream: one JSON reply
-            reply = _json("\n".join(raw), url)
+        if ttft is None:  # no event came: a plain reply (or an error page from a proxy)
+            reply = _json("\n".join(other), url)
         if not isinstance(reply, dict) or not isinstance(reply.get("text"), str):
             raise EndpointError(f"/generate reply has no 'text': {str(reply)[:200]}")
         return Completion(reply["text"], ttft)

@@ -64,7 +64,7 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.calls += 1
                 status, text = outer.reply(self.path, body)
-                if body.get("stream") and status == 200 and not text.startswith("data:"):  # SGLang streams events
+                if body.get("stream") and status == 200 and text.startswith("{"):  # SGLang streams JSON events
                     text = f"data: {text}\n\ndata: [DONE]\n\n"
                 self._send(status, text)
 
