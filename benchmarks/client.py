@@ -25,6 +25,7 @@ class EndpointError(RuntimeError):
 class Completion:
     text: str
     ttft: float | None  # seconds from sending to the first streamed chunk (None: not streamed)
+    cached_tokens: int | None = None  # prompt tokens the server found in its prefix cache (None: not reported)
 
 
 @dataclass
@@ -118,7 +119,8 @@ class Endpoint:
             reply = _json("\n".join(other), url)
         if not isinstance(reply, dict) or not isinstance(reply.get("text"), str):
             raise EndpointError(f"/generate reply has no 'text': {str(reply)[:200]}")
-        return Completion(reply["text"], ttft)
+        cached = (reply.get("meta_info") or {}).get("cached_tokens")
+        return Completion(reply["text"], ttft, cached if isinstance(cached, int) else None)
 
 
 def _json(text: str, url: str) -> Any:

@@ -94,7 +94,7 @@ def serve() -> Iterator[Callable[[Reply], FakeServer]]:
 
 def args_for(url: str, out: Path, *extra: str) -> list[str]:
     return ["--base-url", url, "--label", "t", "--tasks", "niah_single_noise", "passkey", "--lengths", "1024", "2048",
-            "--samples", "3", "--out", str(out), "--timeout", "5", *extra]
+            "--samples", "3", "--out", str(out), "--timeout", "5", "--warmup", "0", *extra]
 
 
 @pytest.mark.parametrize("kind", ["generate", "openai"])
@@ -115,6 +115,34 @@ def test_perfect_model_scores_one(serve, tmp_path: Path, kind: str) -> None:  # 
         assert report["results"]["passkey"]["1024"]["ttft_mean"] > 0
     else:
         assert all(r["ttft"] is None for r in rows) and report["results"]["passkey"]["1024"]["ttft_mean"] is None
+
+
+def test_warmup_requests_come_first_and_are_not_measured(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    prompts: list[str] = []
+
+    def recording(path: str, body: dict) -> tuple[int, str]:
+        prompts.append(body["text"])
+        status, text = oracle_reply(path, body)
+        return status, json.dumps({**json.loads(text), "meta_info": {"cached_tokens": 7}})
+
+    server = serve(recording)
+    out = tmp_path / "acc.json"
+    assert accuracy.main(args_for(server.url, out, "--warmup", "2", "--concurrency", "1")) == 0
+    report = json.loads(out.read_text())
+    assert server.calls == 14 and report["meta"]["workload"]["warmup_requests"] == 2
+    measured = [r for cells in report["samples"].values() for cell in cells.values() for r in cell]
+    assert len(measured) == 12
+    assert len(set(prompts[:2])) == 2 and not set(prompts[:2]) & set(prompts[2:])  # another seed's prompts
+    assert "special magic number" in prompts[0]  # the first task, niah_single_noise
+    assert report["results"]["passkey"]["2048"]["cached_tokens"] == 21  # the server's meta_info, summed
+
+
+def test_negative_warmup_is_refused(serve, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    server = serve(oracle_reply)
+    args = args_for(server.url, tmp_path / "a.json")
+    args[args.index("--warmup") + 1] = "-1"
+    assert accuracy.main(args) == 1 and server.calls == 0
+    assert "--warmup must be 0 or more" in capsys.readouterr().err
 
 
 def test_server_error_mid_run_keeps_partial_results(serve, tmp_path: Path, capsys) -> None:  # noqa: ANN001

@@ -3,7 +3,8 @@
 # three of four prompts find their document cached. a2ats offload with the radix cache vs a2ats
 # offload --disable-radix-cache (both deterministic: answers must be equal token for token), and
 # stock SGLang with its radix cache (not deterministic: SGLang turns the radix cache off for
-# FlashInfer in deterministic mode); per-request seconds in each result.
+# FlashInfer in deterministic mode); per-request seconds, TTFT and cached prompt tokens (the server's
+# meta_info, warm-up requests excluded) in each result.
 # The three servers start together (each after the previous one has sized its pools, as SGLang
 # sizes from the free memory it sees); $DURING, if set, runs while they start (e.g. the GPU server
 # tests, on their own ports); the three clients then run one after the other on a quiet GPU.
@@ -36,13 +37,11 @@ acc="--tasks niah_multiquery --lengths 7168 --samples 16 --concurrency 1"
 for side in $sides; do
   p=$(port $side)
   bash benchmarks/node/wait.sh $p /tmp/$side.pid || { clean /tmp/$side.log | cut -c1-300 | tail -20; continue; }
-  start_line=$(wc -l < /tmp/$side.log)
   timeout $((590 - SECONDS)) python3 -m benchmarks.accuracy --base-url http://127.0.0.1:$p --label prefix-$side-smollm2 \
     $acc --out $OUT/accuracy-prefix-$side-smollm2.json > /tmp/acc-$side.log 2>&1
-  tail -n +$start_line /tmp/$side.log | grep "#cached-token" | sed 's/.*#new-token: \([0-9]*\), #cached-token: \([0-9]*\).*/\1 \2/' \
-    | awk -v s=$side '{n += $1; c += $2} END {print s, "computed", n, "cached", c}'
   python3 -c "import json; r = json.load(open('$OUT/accuracy-prefix-$side-smollm2.json'))['results']['niah_multiquery']['7168']; print('$side', r)"
   cp /tmp/$side.log $OUT/server-prefix-$side.log
   kill $(cat /tmp/$side.pid) 2>/dev/null
 done
-python3 -m benchmarks.compare $OUT/accuracy-prefix-noradix-smollm2.json $OUT/accuracy-prefix-reuse-smollm2.json | tail -6
+[ -f $OUT/accuracy-prefix-noradix-smollm2.json ] && [ -f $OUT/accuracy-prefix-reuse-smollm2.json ] && \
+  python3 -m benchmarks.compare $OUT/accuracy-prefix-noradix-smollm2.json $OUT/accuracy-prefix-reuse-smollm2.json | tail -6
