@@ -17,8 +17,8 @@ bash benchmarks/node/wait.sh 30010 /tmp/resident.pid || clean /tmp/resident.log 
 bash benchmarks/node/wait.sh 30011 /tmp/offload.pid || { clean /tmp/offload.log | cut -c1-400 | tail -30; cp /tmp/offload.log $OUT/; exit 1; }
 clean /tmp/offload.log | grep -i "a2ats\|offload\|error" | cut -c1-300 | head -20
 curl -s -m 60 localhost:30011/generate -H 'content-type: application/json' -d '{"text": "The capital of France is", "sampling_params": {"max_new_tokens": 16, "temperature": 0}}'; echo
-for p in 30010 30011; do timeout 240 python3 -m benchmarks.accuracy --base-url http://127.0.0.1:$p --label offload-eq-$p --lengths 4096 7168 --samples 5 --concurrency ${CONCURRENCY:-1} --out $OUT/accuracy-offload-eq-$p.json > /tmp/acc$p.log 2>&1 & done
-wait
+for p in 30010 30011; do timeout 240 python3 -m benchmarks.accuracy --base-url http://127.0.0.1:$p --label offload-eq-$p --lengths 4096 7168 --samples 5 --concurrency ${CONCURRENCY:-1} --out $OUT/accuracy-offload-eq-$p.json > /tmp/acc$p.log 2>&1 & clients="$clients $!"; done
+wait $clients  # not a bare wait: the servers are this shell's jobs too
 tail -3 /tmp/acc30011.log
 python3 -m benchmarks.compare $OUT/accuracy-offload-eq-30010.json $OUT/accuracy-offload-eq-30011.json | tail -12
 curl -s -m 10 localhost:30011/metrics | grep -E "^a2ats|^sglang:token_usage|^sglang:num_used" | head -20
