@@ -13,7 +13,7 @@
 #     bash benchmarks/node/prefix_reuse_smollm2.sh
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
-det="--enable-deterministic-inference --cuda-graph-max-bs 32"
+det=${DET-"--enable-deterministic-inference --cuda-graph-max-bs 32"}  # DET="--cuda-graph-max-bs 32": FlashInfer extends
 sides=${SIDES:-reuse noradix stock}
 port() { case $1 in reuse) echo 30020 ;; noradix) echo 30021 ;; stock) echo 30022 ;; esac; }
 sized() { # wait until a server has allocated its KV pool (or died)
