@@ -94,10 +94,11 @@ def throughput_block(results: Path) -> str:
             if "error" in run:
                 lines.append(f"| {r['label']} | {run['input_len']:,} | – | {run['error']} | | | | |")
                 continue
+            kv, gpu = r.get("kv_capacity_tokens"), r.get("peak_gpu_memory_mib")  # absent: an external server's run
             lines.append(
                 f"| {r['label']} | {run['input_len']:,} | {run['concurrency']} | {run['output_throughput']:.1f} | "
-                f"{run['mean_ttft_ms'] / 1000:.1f} | {run['mean_tpot_ms']:.1f} | {r['kv_capacity_tokens']:,} | "
-                f"{r['peak_gpu_memory_mib'] / 1024:.1f} |"
+                f"{run['mean_ttft_ms'] / 1000:.1f} | {run['mean_tpot_ms']:.1f} | {'–' if kv is None else f'{kv:,}'} | "
+                f"{'–' if gpu is None else f'{gpu / 1024:.1f}'} |"
             )
     return "\n".join(lines) + "\n\n" + "\n".join(sources)
 

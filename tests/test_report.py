@@ -30,6 +30,10 @@ def test_report_fills_readme_blocks_and_plots(tmp_path: Path) -> None:
         "runs": [{"input_len": 32768, "concurrency": 12, "output_throughput": 123.45, "mean_ttft_ms": 20500.0, "mean_tpot_ms": 61.2},
                  {"input_len": 999999, "error": "one request needs 1000255 tokens"}],
     })
+    write(res / "throughput-external.json", {  # an external server's run: no capacity or memory readings
+        "meta": META, "label": "external", "server_command": "external",
+        "runs": [{"input_len": 32768, "concurrency": 21, "output_throughput": 128.2, "mean_ttft_ms": 9000.0, "mean_tpot_ms": 40.0}],
+    })
     write(res / "fidelity.json", {"meta": META, "results": {
         "oracle": {"0.03": {"recall": 0.927, "output_rel_error": 0.07, "selected_fraction": 0.0416}},
         "a2ats": {"0.03": {"recall": 0.837, "output_rel_error": 0.193, "selected_fraction": 0.0416}}}})
@@ -46,6 +50,7 @@ def test_report_fills_readme_blocks_and_plots(tmp_path: Path) -> None:
     assert "PARTIAL: HTTP 500" in text and "commit abcdef1" in text
     assert "| stock | 32,768 | 12 | 123.5 | 20.5 | 61.2 | 423,499 | 76.2 |" in text
     assert "one request needs 1000255 tokens" in text
+    assert "| external | 32,768 | 21 | 128.2 | 9.0 | 40.0 | – | – |" in text
     assert "| `a2ats` | 0.837 / 0.193 | 4.2 % |" in text
     assert (res / "accuracy.png").stat().st_size > 5000 and (res / "throughput.png").stat().st_size > 5000
     # idempotent
