@@ -52,7 +52,6 @@ class Offload:
                                       self.staging.in_use, prometheus)
         # this extend's cached-prefix copies (host pool → staging) by layer: their completion events
         self.prefix_ready: dict[int, torch.cuda.Event | None] = {}
-        self.prefix_loaded = 0  # cached-prefix tokens this extend brought back from the host pool
 
     def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int],
                      extend_lens: list[int], out_cache_loc: torch.Tensor, req_to_token: torch.Tensor) -> None:
@@ -89,7 +88,7 @@ class Offload:
                 if gpu is not None:
                     firsts.append(i)
                     gpus.append(gpu)
-        self.prefix_ready, self.prefix_loaded = {}, 0
+        self.prefix_ready = {}
         if firsts:  # every layer's copy queued now, on the side stream: they overlap the layers' compute
             rows = req_pool_indices[torch.tensor(firsts, device=device)]
             logical = prefix_slots(req_to_token, rows, [prefix_lens[i] for i in firsts])
@@ -102,7 +101,6 @@ class Offload:
                     partial(load_from_host, host_k, host_v, logical, dev_k, dev_v, gpu))
             if pool.side_done is not None:
                 pool.in_flight += (logical, gpu)
-            self.prefix_loaded = logical.numel()
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
         self.pool.stage_writes = True
 
