@@ -1,10 +1,13 @@
-"""Turn ``benchmarks/results/*.json`` into README tables and PNG plots.
+"""Turn ``benchmarks/results/*.json`` into the measurement documents and PNG plots.
 
-    python -m benchmarks.report            # rewrites the marked blocks of README.md
+    python -m benchmarks.report            # writes docs/results.md and docs/fidelity.md
 
-README holds blocks between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->`` (NAME is
-``fidelity``, ``accuracy`` or ``throughput``); each is regenerated from the result files, with
-a line naming each file's device, commit and command. Plots go next to the results.
+Each document is generated whole from its template, ``docs/NAME.in.md`` → ``docs/NAME.md``:
+hand-written prose with marker lines ``<!-- report:BLOCK -->``, each replaced by the block of
+that name (:data:`BLOCKS`) built from the result files. Every table is followed by its sources
+(result file, GPU, commit and command, from the file's ``meta``), and ``<!-- report:devices -->``
+says which GPUs the document's tables were measured on. Result files that no document reads are
+listed on stdout. Plots go next to the results.
 """
 
 from __future__ import annotations
@@ -12,15 +15,41 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-RESULTS = Path("benchmarks/results")
+from benchmarks.compare import differences
+from benchmarks.tasks import SHARED_DOCUMENT
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+MARKER = re.compile(r"^<!-- report:([a-z0-9_]+) -->$", re.M)
+DEVICES = "devices"  # the marker filled last, from the sources of every other block
+
+Result = tuple[Path, dict[str, Any]]
 
 
-def _load(pattern: str, results: Path) -> list[tuple[Path, dict[str, Any]]]:
-    return [(p, json.loads(p.read_text())) for p in sorted(results.glob(pattern))]
+class Block(NamedTuple):
+    text: str
+    sources: tuple[Path, ...]  # the result files the text was built from
+
+
+# ---------------------------------------------------------------------------------------------
+# reading result files
+
+
+def _load(results: Path, *patterns: str) -> list[Result]:
+    paths = sorted({p for pattern in patterns for p in results.glob(pattern)})
+    return [(p, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
+
+
+def _one(results: Path, name: str) -> Result | None:
+    path = results / name
+    return (path, json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
 
 
 def _source(path: Path, report: dict[str, Any]) -> str:
@@ -28,79 +57,461 @@ def _source(path: Path, report: dict[str, Any]) -> str:
     return f"`{path.name}`: {m.get('device', '?')}, commit {str(m.get('commit', '?'))[:7]}, `{m.get('command', '?')}`"
 
 
+def _sources(files: Iterable[Result]) -> str:
+    return "\n".join("- " + _source(p, r) for p, r in files)
+
+
+def _none(what: str) -> Block:
+    return Block(f"_no {what} results yet_", ())
+
+
+def _row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: Iterable[Iterable[object]]) -> str:
+    return "\n".join([_row(header), "|---" * len(header) + "|", *(_row(r) for r in rows)])
+
+
+def _ratio(x: float | None, base: float | None) -> str:
+    return f" ({x / base:.2f}×)" if x is not None and base else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# fidelity (benchmarks.fidelity)
+
+
 def _fidelity_table(results: dict[str, Any]) -> str:
     budgets = list(next(iter(results.values())))
-    lines = ["| selector | " + " | ".join(f"{100 * float(b):g} %" for b in budgets) + " | tokens kept at 3 % |",
-             "|---" * (len(budgets) + 2) + "|"]
-    for name, rows in results.items():
-        kept = rows.get("0.03", {}).get("selected_fraction")
-        cells = " | ".join(f"{v['recall']:.3f} / {v['output_rel_error']:.3f}" for v in rows.values())
-        lines.append(f"| `{name}` | {cells} | " + (f"{100 * kept:.1f} % |" if kept is not None else "– |"))
-    return "\n".join(lines)
+    rows = []
+    for name, cells in results.items():
+        kept = cells.get("0.03", {}).get("selected_fraction")
+        rows.append([f"`{name}`", *(f"{v['recall']:.3f} / {v['output_rel_error']:.3f}" for v in cells.values()),
+                     "–" if kept is None else f"{100 * kept:.1f} %"])
+    return _table(["selector", *(f"{100 * float(b):g} %" for b in budgets), "tokens kept at 3 %"], rows)
 
 
-def fidelity_block(results: Path) -> str:
-    files = _load("fidelity.json", results)
-    if not files:
-        return "_no fidelity results yet_"
-    path, r = files[0]
-    out = "Attention-mass recall / relative output error. " + _source(path, r) + "\n\n" + _fidelity_table(r["results"])
+def fidelity_block(results: Path) -> Block:
+    """Recall / output error of every selector at every budget, and at the shifted positions."""
+    found = _one(results, "fidelity.json")
+    if found is None:
+        return _none("fidelity")
+    path, r = found
+    out = "Attention-mass recall / relative output error.\n\n" + _fidelity_table(r["results"])
     if "results_shifted" in r:
         shift = r["meta"]["workload"].get("shift")
         out += f"\n\nThe same texts placed {shift:,} positions later:\n\n" + _fidelity_table(r["results_shifted"])
     legend = "\n".join(f"- `{k}`: {v}" for k, v in r.get("selectors", {}).items())
-    return out + "\n\n" + legend
+    return Block(out + "\n\n" + legend + "\n\nSource:\n\n" + _sources([found]), (path,))
 
 
-def accuracy_block(results: Path) -> str:
-    """One table per prompt length, a column per run (runs without that length are left out)."""
-    files = _load("accuracy-*.json", results)
+# (selector, what it is) rows of the 3 % summary
+FIDELITY_SUMMARY = (
+    ("oracle", ""),
+    ("a2ats", "single b = 2,048"),
+    ("a2ats_bucketed", "H at b"),
+    ("a2ats_bucketed_hb", "H over buckets"),
+    ("kmeans_bucketed", ""),
+    ("wrope_bucketed_exact_keys", "ceiling"),
+    ("quest", ""),
+)
+
+
+def fidelity_summary_block(results: Path) -> Block:
+    """At 3 %: recall, output error and gap to the oracle; then the gap at every budget."""
+    found = _one(results, "fidelity.json")
+    if found is None:
+        return _none("fidelity")
+    path, r = found
+    res = r["results"]
+    oracle = res["oracle"]
+    rows = []
+    for name, note in FIDELITY_SUMMARY:
+        if name not in res:
+            continue
+        cell = res[name]["0.03"]
+        gap = "—" if name == "oracle" else f"{oracle['0.03']['recall'] - cell['recall']:.3f}"
+        rows.append([f"`{name}`" + (f" ({note})" if note else ""), f"{cell['recall']:.3f}", f"{cell['output_rel_error']:.3f}", gap])
+    at3 = _table(["3 % budget", "recall", "output error", "gap to oracle recall"], rows)
+    budgets = list(oracle)
+    gaps = [[f"`{name}`", *(f"{oracle[b]['recall'] - res[name][b]['recall']:.3f}" for b in budgets)]
+            for name, _ in FIDELITY_SUMMARY if name in res and name != "oracle"]
+    by_budget = _table(["gap to oracle recall", *(f"{100 * float(b):g} %" for b in budgets)], gaps)
+    return Block(at3 + "\n\n" + by_budget + "\n\nSource:\n\n" + _sources([found]), (path,))
+
+
+def fidelity_diagnostics_block(results: Path) -> Block:
+    """Where a selector's error comes from: its scores against the truth and against exact keys."""
+    found = _one(results, "fidelity.json")
+    if found is None:
+        return _none("fidelity")
+    path, r = found
+    diag = r.get("diagnostics", {}).get("score_correlation", {})
+    names = list(dict.fromkeys(k.split("/", 1)[1].split("@")[0] for k in diag if "/" in k))
+    rows = []
+    for name in names:
+        cells = [diag.get(f"score_corr/{name}"), diag.get(f"score_corr_vs_exact_keys/{name}"),
+                 diag.get(f"wrope_attention_recall/{name}@0.03")]
+        rows.append([f"`{name}`", *("–" if c is None else f"{c:.3f}" for c in cells)])
+    table = _table(["selector", "far-token logits vs exact log-probabilities", "vs the same WRoPE with exact keys",
+                    "WRoPE attention mass kept at 3 %"], rows)
+    note = diag.get("note")
+    return Block(table + (f"\n\n_{note}_" if note else "") + "\n\nSource:\n\n" + _sources([found]), (path,))
+
+
+def fidelity_runs_block(results: Path) -> Block:
+    """Every fidelity run side by side: its codebook and H, and the single-b selectors at 3 %."""
+    files = _load(results, "fidelity*.json")
     if not files:
-        return "_no accuracy results yet_"
+        return _none("fidelity")
+    files.sort(key=lambda f: (f[0].name != "fidelity.json", f[0].name))  # the main run first
+    rows = []
+    for path, r in files:
+        w, res = r["meta"]["workload"], r["results"]
+        diag = r.get("diagnostics", {}).get("score_correlation", {})
+        corr = diag.get("score_corr_vs_exact_keys/a2ats", diag.get("score_corr_vs_wrope_exact/a2ats"))
+        distances = [d for d in w.get("h_distances", [w.get("b")]) if d is not None]
+        size = w.get("codebook_size")
+        rows.append([f"`{path.name}`", r["meta"].get("device", "?"), "–" if size is None else f"{size:,}",
+                     ", ".join(f"{d:,}" for d in distances) or "–",
+                     *(f"{res[s]['0.03']['recall']:.3f}" if s in res else "–" for s in ("a2ats", "kmeans", "wrope_exact_keys")),
+                     "–" if corr is None else f"{corr:.3f}"])
+    table = _table(["run", "GPU", "codewords", "H from WRoPE distances", "`a2ats` recall at 3 %", "`kmeans`",
+                    "`wrope_exact_keys`", "`a2ats` logits vs exact-key WRoPE (correlation)"], rows)
+    return Block(table + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy (benchmarks.accuracy, benchmarks.compare)
+
+
+def accuracy_block(results: Path, patterns: tuple[str, ...]) -> Block:
+    """One table per prompt length, a column per run (runs without that length are left out)."""
+    files = _load(results, *patterns)
+    if not files:
+        return _none("accuracy")
     lengths = sorted({int(k) for _, r in files for cells in r["results"].values() for k in cells})
     tasks = list(dict.fromkeys(t for _, r in files for t in r["results"]))
     out = []
     for x in lengths:
-        runs = [(p, r) for p, r in files if any(str(x) in c for c in r["results"].values())]
-        lines = ["| task | " + " | ".join(r["label"] for _, r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        runs = [r for _, r in files if any(str(x) in c for c in r["results"].values())]
+        rows = []
         for task in tasks:
-            cells = [r["results"].get(task, {}).get(str(x)) for _, r in runs]
-            lines.append(f"| {task} | " + " | ".join(f"{c['score']:.2f}" if c else "–" for c in cells) + " |")
+            cells = [r["results"].get(task, {}).get(str(x)) for r in runs]
+            rows.append([task, *(f"{c['score']:.2f}" if c else "–" for c in cells)])
         means = []
-        for _, r in runs:
+        for r in runs:
             scores = [c[str(x)]["score"] for c in r["results"].values() if str(x) in c]
             means.append(f"**{sum(scores) / len(scores):.2f}**")
-        lines.append("| **mean** | " + " | ".join(means) + " |")
-        out.append(f"**{x:,} tokens**\n\n" + "\n".join(lines))
+        rows.append(["**mean**", *means])
+        out.append(f"**{x:,} tokens**\n\n" + _table(["task", *(r["label"] for r in runs)], rows))
     sources = []
     for path, r in files:
         n = sorted({c["n"] for cells in r["results"].values() for c in cells.values()})
         state = "complete" if r.get("complete") else "PARTIAL: " + str(r.get("error"))
         server = f"; server: `{r['meta']['server']}`" if r["meta"].get("server") else ""
         sources.append(f"- **{r['label']}** ({state}; {'/'.join(map(str, n))} samples per cell): " + _source(path, r) + server)
-    return "\n\n".join(out) + "\n\n" + "\n".join(sources)
+    return Block("\n\n".join(out) + "\n\nSources:\n\n" + "\n".join(sources), tuple(p for p, _ in files))
 
 
-def throughput_block(results: Path) -> str:
-    files = _load("throughput-*.json", results)
+class Pair(NamedTuple):
+    what: str
+    reference: str  # result file names
+    candidate: str
+
+
+EQUALITY = (
+    Pair("full budget vs stock FlashInfer, deterministic", "accuracy-det-stock-smollm2.json", "accuracy-det-a2ats-full-smollm2.json"),
+    Pair("full budget vs stock Triton, deterministic", "accuracy-det-stock-triton-smollm2.json", "accuracy-det-a2ats-full-smollm2.json"),
+    Pair("full budget vs stock FlashInfer, not deterministic", "accuracy-stock-same-run-smollm2.json", "accuracy-a2ats-full-smollm2.json"),
+    Pair("two stock FlashInfer runs, different batching", "accuracy-stock-smollm2.json", "accuracy-stock-same-run-smollm2.json"),
+    Pair("offload vs GPU-resident, same budget, deterministic", "accuracy-offload-eq-resident-smollm2.json", "accuracy-offload-eq-offload-smollm2.json"),
+    Pair("offload: radix cache vs none, deterministic", "accuracy-prefix-noradix-smollm2.json", "accuracy-prefix-reuse-smollm2.json"),
+    Pair("offload: radix cache vs none, not deterministic", "accuracy-prefix-noradix-nodet-smollm2.json", "accuracy-prefix-reuse-nodet-smollm2.json"),
+)
+
+
+def equality_block(results: Path) -> Block:
+    """How many greedy outputs two runs share token for token (same seeded prompts)."""
+    rows, used = [], {}
+    for pair in EQUALITY:
+        a, b = _one(results, pair.reference), _one(results, pair.candidate)
+        if a is None or b is None:
+            continue
+        cells, _ = differences(a[1], b[1])
+        same, total = sum(s for s, _ in cells.values()), sum(n for _, n in cells.values())
+        rows.append([pair.what, f"`{a[0].name}`", f"`{b[0].name}`", f"**{same} / {total}**"])
+        used.update({a[0]: a, b[0]: b})
+    if not rows:
+        return _none("equality")
+    table = _table(["comparison", "reference", "candidate", "identical outputs"], rows)
+    return Block(table + "\n\nSources:\n\n" + _sources(used.values()), tuple(used))
+
+
+# ---------------------------------------------------------------------------------------------
+# decode step (benchmarks.decode_step)
+
+
+def _step_ms(row: dict[str, Any]) -> dict[str, float]:
+    """Mean, idle and due ms of the serving path (files that timed two variants name it)."""
+    by_variant = row.get("a2ats_step_ms_by_variant", {})
+    if "separate_first_pass" in by_variant:
+        return by_variant["separate_first_pass"]
+    return {**row["a2ats_step_ms"], "mean": row["a2ats_ms"]}
+
+
+def decode_step_block(results: Path) -> Block:
+    """Attention ms of one decode step (every layer), stock vs A²ATS with its split, per file."""
+    files = _load(results, "decode-step*.json")
     if not files:
-        return "_no throughput results yet_"
-    lines = ["| run | input | concurrency | output tok/s | mean TTFT (s) | mean TPOT (ms) | KV capacity (tokens) | peak GPU (GiB) |",
-             "|---|---|---|---|---|---|---|---|"]
-    sources = []
+        return _none("decode-step")
+    files.sort(key=lambda f: (f[1]["meta"]["workload"].get("graph_context") or 0, f[0].name))  # default sizing first
+    out = []
+    for path, r in files:
+        w = r["meta"]["workload"]
+        first = r["results"][0]
+        sized = f", CUDA graphs sized for {w['graph_context']:,} tokens" if w.get("graph_context") else ""
+        rows = []
+        for row in r["results"]:
+            s, step = row["a2ats_stages_ms"], _step_ms(row)
+            rows.append([row["batch"], f"{row['stock_ms']:.2f} ms",
+                         f"{step['mean']:.2f} ms ({step['idle']:.2f} / {step['due']:.2f})",
+                         f"{row['stock_ms'] / step['mean']:.2f}×", f"{s['encode_idle']:.2f} / {s['encode_due']:.2f}",
+                         f"{s['lookup_table']:.2f}", f"{s['score']:.2f}", f"{s['topk']:.2f}", f"{s['attention']:.2f}"])
+        caption = (f"**`{path.name}`**: {w['context']:,}-token contexts{sized}; {first['layers']} layers, "
+                   f"{first['kept_tokens_per_kv_head']:,} tokens kept per kv head, keys encoded in groups of "
+                   f"{first['encode_group']}")
+        table = _table(["batch", "stock FlashInfer", "A²ATS (idle / due)", "stock / A²ATS", "encode idle / due",
+                        "lookup table", "score", "top-K", "attention"], rows)
+        out.append(caption + "\n\n" + table)
+    return Block("\n\n".join(out) + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
+# ---------------------------------------------------------------------------------------------
+# serving throughput (benchmarks.throughput)
+
+
+def throughput_block(results: Path) -> Block:
+    """Every throughput run: bench_serving's numbers, KV capacity and peak GPU memory."""
+    files = _load(results, "throughput-*.json")
+    if not files:
+        return _none("throughput")
+    rows, sources = [], []
     for path, r in files:
         sources.append("- " + _source(path, r) + f"; server: `{r.get('server_command', '?')}`")
+        commit = str(r.get("meta", {}).get("commit", "?"))[:7]
         for run in r["runs"]:
             if "error" in run:
-                lines.append(f"| {r['label']} | {run['input_len']:,} | – | {run['error']} | | | | |")
+                rows.append([r["label"], commit, f"{run['input_len']:,}", "–", run["error"], "", "", "", ""])
                 continue
             kv, gpu = r.get("kv_capacity_tokens"), r.get("peak_gpu_memory_mib")  # absent: an external server's run
-            lines.append(
-                f"| {r['label']} | {run['input_len']:,} | {run['concurrency']} | {run['output_throughput']:.1f} | "
-                f"{run['mean_ttft_ms'] / 1000:.1f} | {run['mean_tpot_ms']:.1f} | {'–' if kv is None else f'{kv:,}'} | "
-                f"{'–' if gpu is None else f'{gpu / 1024:.1f}'} |"
-            )
-    return "\n".join(lines) + "\n\n" + "\n".join(sources)
+            rows.append([r["label"], commit, f"{run['input_len']:,}", run["concurrency"], f"{run['output_throughput']:.1f}",
+                         f"{run['mean_ttft_ms'] / 1000:.1f}", f"{run['mean_tpot_ms']:.1f}",
+                         "–" if kv is None else f"{kv:,}", "–" if gpu is None else f"{gpu / 1024:.1f}"])
+    table = _table(["run", "commit", "input", "concurrency", "output tok/s", "mean TTFT (s)", "mean TPOT (ms)",
+                    "KV capacity (tokens)", "peak GPU (GiB)"], rows)
+    return Block(table + "\n\nSources:\n\n" + "\n".join(sources), tuple(p for p, _ in files))
+
+
+class Side(NamedTuple):
+    file: str
+    name: str  # the row's server column
+
+
+# rows of the offload comparison; the first is the baseline of the ratios
+OFFLOAD_THROUGHPUT = (
+    Side("throughput-stock-offload-llama8b.json", "stock (FlashInfer, KV in HBM)"),
+    Side("throughput-a2ats-offload-llama8b.json", "a2ats offload"),
+    Side("throughput-a2ats-offload-llama8b-135aadb.json", "a2ats offload"),
+)
+
+
+def offload_throughput_block(results: Path) -> Block:
+    """Stock vs offload at each prompt length: end-to-end and steady decode tokens/s, TTFT."""
+    sides = [(side, found) for side in OFFLOAD_THROUGHPUT if (found := _one(results, side.file))]
+    if not sides:
+        return _none("offload throughput")
+    base = {run["input_len"]: run for run in sides[0][1][1]["runs"] if "error" not in run}
+    lengths = sorted({run["input_len"] for _, (_, r) in sides for run in r["runs"]})
+    rows = []
+    for x in lengths:
+        for i, (side, (_, r)) in enumerate(sides):
+            run = next((run for run in r["runs"] if run["input_len"] == x), None)
+            if run is None:
+                continue
+            name = side.name if i == 0 else f"{side.name}, {str(r['meta']['commit'])[:7]}"
+            if "error" in run:
+                rows.append([f"{x:,}", name, "–", run["error"], "", ""])
+                continue
+            b = {} if i == 0 else base.get(x, {})
+            steady = run.get("steady_decode_tokens_per_s")
+            rows.append([f"{x:,}", name, run["concurrency"],
+                         f"{run['output_throughput']:.1f}" + _ratio(run["output_throughput"], b.get("output_throughput")),
+                         "–" if steady is None else f"{steady:.0f}" + _ratio(steady, b.get("steady_decode_tokens_per_s")),
+                         f"{run['mean_ttft_ms'] / 1000:.1f} s"])
+    table = _table(["prompt", "server", "concurrency", "output tok/s", "steady decode tok/s", "mean TTFT"], rows)
+    return Block(table + "\n\nSources:\n\n" + _sources(found for _, found in sides), tuple(f[0] for _, f in sides))
+
+
+PREFIX_LLAMA = (
+    Side("prefix-stock-llama8b.json", "stock SGLang (FlashInfer, its radix cache, KV in HBM)"),
+    Side("prefix-a2ats-llama8b.json", "a2ats offload, radix cache"),
+    Side("prefix-a2ats-noradix-llama8b.json", "a2ats offload, `--disable-radix-cache`"),
+)
+
+
+def prefix_llama_block(results: Path) -> Block:
+    """One shared document, many questions at once (``benchmarks.throughput --shared-prefix``)."""
+    sides = [(side, found) for side in PREFIX_LLAMA if (found := _one(results, side.file))]
+    if not sides:
+        return _none("prefix reuse")
+    rows = []
+    for side, (_, r) in sides:
+        for run in r["runs"]:
+            if "error" in run:
+                rows.append([side.name, run["error"], "", "", "", "", ""])
+                continue
+            computed, cached = run.get("prefill_computed_tokens"), run.get("prefill_cached_tokens")
+            tokens = f"{computed:,} / {cached:,}" if computed else "–"  # 0: the server log had no counts
+            rows.append([side.name, f"{run['duration']:.1f}", f"{run['mean_ttft_ms'] / 1000:.2f}",
+                         f"{run['p99_ttft_ms'] / 1000:.2f}", f"{run['output_throughput']:.1f}",
+                         f"{run['mean_tpot_ms']:.1f}", tokens])
+    table = _table(["server", "total s", "mean TTFT s", "p99 TTFT s", "output tok/s", "mean TPOT ms",
+                    "prefill computed / cached tokens"], rows)
+    sources = "\n".join("- " + _source(p, r) + f"; server: `{r.get('server_command', '?')}`" for _, (p, r) in sides)
+    return Block(table + "\n\nSources:\n\n" + sources, tuple(f[0] for _, f in sides))
+
+
+PREFIX_SMOLLM2 = (
+    Side("accuracy-prefix-reuse-smollm2.json", "a2ats offload, radix cache, deterministic"),
+    Side("accuracy-prefix-noradix-smollm2.json", "a2ats offload, `--disable-radix-cache`, deterministic"),
+    Side("accuracy-prefix-stock-smollm2.json", "stock SGLang, its radix cache (FlashInfer)"),
+    Side("accuracy-prefix-reuse-nodet-smollm2.json", "a2ats offload, radix cache, not deterministic"),
+    Side("accuracy-prefix-noradix-nodet-smollm2.json", "a2ats offload, no radix cache, not deterministic"),
+)
+PREFIX_TASK = "niah_multiquery"
+
+
+def prefix_smollm2_block(results: Path) -> Block:
+    """The multi-question task one request at a time: the first question of a document is cold,
+    the others can hit the cache."""
+    sides = [(side, found) for side in PREFIX_SMOLLM2 if (found := _one(results, side.file))]
+    if not sides:
+        return _none("prefix reuse")
+    per_doc = SHARED_DOCUMENT[PREFIX_TASK]
+    rows = []
+    for side, (_, r) in sides:
+        for length, cell in r["results"].get(PREFIX_TASK, {}).items():
+            samples = r["samples"][PREFIX_TASK][length]
+            ttft = [s["ttft"] for s in samples]
+            cold = [s["ttft"] for s in samples if s["index"] % per_doc == 0]
+            hit = [s["ttft"] for s in samples if s["index"] % per_doc]
+            cached = cell.get("cached_tokens")
+            prompt = sum(s["tokens"] for s in samples)
+            rows.append([side.name, f"{int(length):,}", len(samples), f"{sum(s['seconds'] for s in samples):.2f}",
+                         f"{statistics.mean(ttft):.3f}",
+                         f"{statistics.median(ttft):.3f}", f"{statistics.mean(cold):.3f} / {statistics.mean(hit):.3f}",
+                         "–" if cached is None else f"{cached:,} of {prompt:,}", f"{cell['score']:.2f}"])
+    table = _table(["server", "prompt", "requests", "total s", "mean TTFT s", "median TTFT s",
+                    "TTFT s, cold / hit prompts", "cached prompt tokens", "score"], rows)
+    sources = "\n".join("- " + _source(p, r) + (f"; server: `{r['meta']['server']}`" if r["meta"].get("server") else "")
+                        for _, (p, r) in sides)
+    return Block(table + "\n\nSources:\n\n" + sources, tuple(f[0] for _, f in sides))
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration cost (benchmarks.calibration_cost)
+
+
+def calibration_cost_block(results: Path) -> Block:
+    found = _one(results, "calibration_cost.json")
+    if found is None:
+        return _none("calibration cost")
+    path, r = found
+    w, s = r["meta"]["workload"], r["seconds"]
+    table = _table(
+        ["model", "calibration tokens", "codewords × (layer, kv head) pairs", "capture", "k-means", "total",
+         "peak GPU", "codebook file"],
+        [[r["meta"]["model"], f"{w['calibration_tokens']:,}", f"{w['codebook_size']:,} × {w['pairs']}",
+          f"{s['capture']:.0f} s", f"{s['kmeans']:.0f} s", f"**{s['total']:.0f} s**",
+          f"{r['peak_gpu_memory_gib']:.1f} GiB", f"{r['codebook_bytes'] / 2**20:.0f} MiB"]],
+    )
+    return Block(table + "\n\nSource:\n\n" + _sources([found]), (path,))
+
+
+# ---------------------------------------------------------------------------------------------
+# documents
+
+
+BLOCKS: dict[str, Callable[[Path], Block]] = {
+    "fidelity": fidelity_block,
+    "fidelity_summary": fidelity_summary_block,
+    "fidelity_diagnostics": fidelity_diagnostics_block,
+    "fidelity_runs": fidelity_runs_block,
+    "accuracy_budgets": lambda r: accuracy_block(r, ("accuracy-stock-*.json", "accuracy-a2ats-*.json")),
+    "accuracy_deterministic": lambda r: accuracy_block(r, ("accuracy-det-*.json", "accuracy-offload-eq-*.json")),
+    "equality": equality_block,
+    "decode_step": decode_step_block,
+    "throughput": throughput_block,
+    "offload_throughput": offload_throughput_block,
+    "prefix_llama": prefix_llama_block,
+    "prefix_smollm2": prefix_smollm2_block,
+    "calibration_cost": calibration_cost_block,
+}
+
+
+def devices_line(sources: Iterable[Path], results: Path) -> str:
+    """Which GPUs the tables come from, read from each source file's meta."""
+    by_device: dict[str, list[str]] = {}
+    for path in sorted(set(sources)):
+        device = json.loads(path.read_text(encoding="utf-8")).get("meta", {}).get("device", "unrecorded device")
+        by_device.setdefault(device, []).append(path.name)
+    if not by_device:
+        return "_No result files behind this document yet._"
+    if len(by_device) == 1:
+        (device, names), = by_device.items()
+        return f"Every table below was measured on an **{device}** ({len(names)} result files in `{_rel(results)}/`)."
+    return "The tables below were measured on these GPUs (result files in `" + _rel(results) + "/`):\n\n" + "\n".join(
+        f"- **{device}**: " + ", ".join(f"`{n}`" for n in names) for device, names in sorted(by_device.items()))
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def render(template: str, results: Path, origin: str) -> Block:
+    """The document for ``template``: every marker replaced by its block, a generated-file note on top."""
+    used: list[Path] = []
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name == DEVICES:
+            return m.group(0)
+        if name not in BLOCKS:
+            raise ValueError(f"{origin}: no report block named {name!r} (blocks: {', '.join(BLOCKS)}, {DEVICES})")
+        block = BLOCKS[name](results)
+        used.extend(block.sources)
+        return block.text
+
+    text = MARKER.sub(fill, template)
+    text = text.replace(f"<!-- report:{DEVICES} -->", devices_line(used, results))
+    note = f"<!-- Generated by `python -m benchmarks.report` from {origin} and the result files: edit those, not this file. -->\n"
+    return Block(note + text, tuple(dict.fromkeys(used)))
+
+
+def write_documents(docs: Path, results: Path) -> tuple[list[Path], set[Path]]:
+    """Render every ``docs/*.in.md``; the documents written and the result files they read."""
+    written, used = [], set()
+    for template in sorted(docs.glob("*.in.md")):
+        out = template.with_name(template.name.removesuffix(".in.md") + ".md")
+        doc = render(template.read_text(encoding="utf-8"), results, _rel(template))
+        out.write_text(doc.text, encoding="utf-8")
+        written.append(out)
+        used |= set(doc.sources)
+    return written, used
 
 
 def plots(results: Path) -> list[Path]:
@@ -110,7 +521,7 @@ def plots(results: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
-    acc = _load("accuracy-*.json", results)
+    acc = _load(results, "accuracy-*.json")
     if acc:
         tasks = sorted({t for _, r in acc for t in r["results"]})
         cols = min(4, len(tasks))
@@ -128,7 +539,7 @@ def plots(results: Path) -> list[Path]:
         fig.tight_layout()
         made.append(results / "accuracy.png")
         fig.savefig(made[-1], dpi=110)
-    thr = _load("throughput-*.json", results)
+    thr = _load(results, "throughput-*.json")
     if thr:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for _, r in thr:
@@ -142,32 +553,18 @@ def plots(results: Path) -> list[Path]:
     return made
 
 
-BLOCKS = {"fidelity": fidelity_block, "accuracy": accuracy_block, "throughput": throughput_block}
-
-
-def update_readme(readme: Path, results: Path) -> list[str]:
-    text = readme.read_text()
-    changed = []
-    for name, block in BLOCKS.items():
-        start, end = f"<!-- report:{name} -->", f"<!-- /report:{name} -->"
-        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-        if pattern.search(text):
-            content = block(results)
-            text = pattern.sub(lambda m: f"{start}\n{content}\n{end}", text)
-            changed.append(name)
-    readme.write_text(text)
-    return changed
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--readme", default="README.md")
+    p.add_argument("--results", default=str(RESULTS), help="result files (default: benchmarks/results)")
+    p.add_argument("--docs", default=str(DOCS), help="folder of the *.in.md templates and their documents (default: docs)")
     args = p.parse_args(argv)
-    results = Path(args.results)
-    changed = update_readme(Path(args.readme), results)
+    results, docs = Path(args.results), Path(args.docs)
+    written, used = write_documents(docs, results)
     made = plots(results)
-    print(f"[report] README blocks: {', '.join(changed) or 'none'}; plots: {', '.join(map(str, made)) or 'none'}")
+    print(f"[report] documents: {', '.join(map(_rel, written)) or 'none'}; plots: {', '.join(map(_rel, made)) or 'none'}")
+    unused = sorted(p.name for p in results.glob("*.json") if p not in used)
+    if unused:
+        print(f"[report] result files no document reads: {', '.join(unused)}")
     return 0
 
 

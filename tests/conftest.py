@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the H100 node)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU node)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

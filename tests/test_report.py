@@ -1,9 +1,11 @@
-"""README tables and plots from result files."""
+"""docs/*.md generated from their templates and the result files, and the plots."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from benchmarks import report
 
@@ -14,16 +16,27 @@ def write(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_report_fills_readme_blocks_and_plots(tmp_path: Path) -> None:
+def samples(preds: list[str]) -> dict:
+    return {"passkey": {"4096": [{"index": i, "prediction": p} for i, p in enumerate(preds)]}}
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
     res = tmp_path / "results"
     res.mkdir()
-    write(res / "accuracy-stock.json", {
-        "meta": META, "label": "stock", "complete": True,
+    write(res / "accuracy-stock-x.json", {
+        "meta": META, "label": "stock", "complete": True, "samples": samples(["1", "2", "3"]),
         "results": {"passkey": {"2048": {"score": 1.0, "n": 25}, "4096": {"score": 0.8, "n": 25}},
                     "vt": {"2048": {"score": 0.5, "n": 25}, "4096": {"score": 0.25, "n": 25}}},
     })
-    write(res / "accuracy-broken.json", {"meta": META, "label": "broken", "complete": False, "error": "HTTP 500",
+    write(res / "accuracy-a2ats-broken.json", {"meta": META, "label": "broken", "complete": False, "error": "HTTP 500",
                                         "results": {"passkey": {"2048": {"score": 0.0, "n": 25}}}})
+    write(res / "accuracy-det-stock-smollm2.json", {"meta": META, "label": "det-stock", "complete": True,
+                                                   "samples": samples(["1", "2", "3"]),
+                                                   "results": {"passkey": {"4096": {"score": 1.0, "n": 3}}}})
+    write(res / "accuracy-det-a2ats-full-smollm2.json", {"meta": META, "label": "det-a2ats", "complete": True,
+                                                        "samples": samples(["1", "9", "3"]),
+                                                        "results": {"passkey": {"4096": {"score": 0.67, "n": 3}}}})
     write(res / "throughput-stock.json", {
         "meta": META, "label": "stock", "server_command": "-m sglang.launch_server", "kv_capacity_tokens": 423499,
         "peak_gpu_memory_mib": 78000,
@@ -34,26 +47,90 @@ def test_report_fills_readme_blocks_and_plots(tmp_path: Path) -> None:
         "meta": META, "label": "external", "server_command": "external",
         "runs": [{"input_len": 32768, "concurrency": 21, "output_throughput": 128.2, "mean_ttft_ms": 9000.0, "mean_tpot_ms": 40.0}],
     })
-    write(res / "fidelity.json", {"meta": META, "results": {
+    write(res / "fidelity.json", {"meta": {**META, "workload": {}}, "results": {
         "oracle": {"0.03": {"recall": 0.927, "output_rel_error": 0.07, "selected_fraction": 0.0416}},
         "a2ats": {"0.03": {"recall": 0.837, "output_rel_error": 0.193, "selected_fraction": 0.0416}}}})
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- report:accuracy -->\nold\n<!-- /report:accuracy -->\nmiddle\n"
-                      "<!-- report:throughput -->\n<!-- /report:throughput -->\n<!-- report:fidelity -->\n\n<!-- /report:fidelity -->\nend\n")
-    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert "old" not in text and text.startswith("# x\n") and "\nmiddle\n" in text and text.endswith("end\n")
-    # one table per length, a column per run; a run without a length is left out of its table
+    write(res / "fidelity-cb1024.json", {"meta": {**META, "device": "NVIDIA H200", "workload": {"codebook_size": 1024, "b": 2048}},
+                                        "results": {"a2ats": {"0.03": {"recall": 0.833, "output_rel_error": 0.198}}}})
+    write(res / "decode-step.json", {"meta": {**META, "workload": {"context": 32768, "graph_context": None}}, "results": [{
+        "batch": 8, "layers": 32, "kept_tokens_per_kv_head": 1056, "encode_group": 16, "stock_ms": 11.7457, "a2ats_ms": 6.0079,
+        "a2ats_step_ms": {"due": 7.5249, "idle": 5.9068},
+        "a2ats_stages_ms": {"encode_due": 1.819, "encode_idle": 0.2133, "lookup_table": 0.9536, "score": 1.4594,
+                            "topk": 2.2603, "attention": 0.5556}}]})
+    write(res / "calibration_cost.json", {"meta": META, "seconds": {}})  # no document reads it here
+    return res
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "results.in.md").write_text(
+        "# Measurements\n\n<!-- report:devices -->\n\nprose before\n\n<!-- report:accuracy_budgets -->\n\nmiddle\n\n"
+        "<!-- report:equality -->\n\n<!-- report:throughput -->\n\n<!-- report:decode_step -->\nend\n")
+    (d / "fidelity.in.md").write_text("# Fidelity\n\n<!-- report:devices -->\n\n<!-- report:fidelity -->\n\n"
+                                      "<!-- report:fidelity_runs -->\n")
+    (d / "design.md").write_text("# hand-written, no template\n")
+    return d
+
+
+def test_report_writes_documents_from_templates_and_plots(results: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main(["--results", str(results), "--docs", str(docs)]) == 0
+    text = (docs / "results.md").read_text()
+    assert text.startswith("<!-- Generated by `python -m benchmarks.report` from ")
+    assert "results.in.md" in text.splitlines()[0]
+    assert "<!-- report:" not in text and "\nprose before\n" in text and "\nmiddle\n" in text and text.endswith("end\n")
+    assert (docs / "design.md").read_text() == "# hand-written, no template\n"  # documents without a template stay
+    # every table here is from one GPU, and the document says which
+    assert "Every table below was measured on an **NVIDIA H100 80GB HBM3**" in text
+    # accuracy: one table per length, a column per run; a run without a length is left out of its table
     assert "**2,048 tokens**\n\n| task | broken | stock |" in text and "**4,096 tokens**\n\n| task | stock |" in text
     assert "| passkey | 0.00 | 1.00 |" in text and "| vt | – | 0.50 |" in text
     assert "| **mean** | **0.00** | **0.75** |" in text and "| passkey | 0.80 |" in text and "| **mean** | **0.53** |" in text
     assert "PARTIAL: HTTP 500" in text and "commit abcdef1" in text
-    assert "| stock | 32,768 | 12 | 123.5 | 20.5 | 61.2 | 423,499 | 76.2 |" in text
+    assert "det-stock" not in text.split("**4,096 tokens**")[1].split("Sources:")[0]  # another block's files
+    # equality: predictions compared one by one
+    assert ("| full budget vs stock FlashInfer, deterministic | `accuracy-det-stock-smollm2.json` | "
+            "`accuracy-det-a2ats-full-smollm2.json` | **2 / 3** |") in text
+    # throughput, with the commit of each file
+    assert "| stock | abcdef1 | 32,768 | 12 | 123.5 | 20.5 | 61.2 | 423,499 | 76.2 |" in text
     assert "one request needs 1000255 tokens" in text
-    assert "| external | 32,768 | 21 | 128.2 | 9.0 | 40.0 | – | – |" in text
-    assert "| `a2ats` | 0.837 / 0.193 | 4.2 % |" in text
-    assert (res / "accuracy.png").stat().st_size > 5000 and (res / "throughput.png").stat().st_size > 5000
+    assert "| external | abcdef1 | 32,768 | 21 | 128.2 | 9.0 | 40.0 | – | – |" in text
+    # decode step: mean (idle / due), the ratio to stock, the split
+    assert "| 8 | 11.75 ms | 6.01 ms (5.91 / 7.52) | 1.96× | 0.21 / 1.82 | 0.95 | 1.46 | 2.26 | 0.56 |" in text
+    # every table names its sources
+    assert "- `throughput-stock.json`: NVIDIA H100 80GB HBM3, commit abcdef1, `python -m x`; server: `-m sglang.launch_server`" in text
+
+    fid = (docs / "fidelity.md").read_text()
+    assert "| `a2ats` | 0.837 / 0.193 | 4.2 % |" in fid
+    assert "| `fidelity-cb1024.json` | NVIDIA H200 | 1,024 | 2,048 | 0.833 | – | – | – |" in fid
+    # two GPUs behind this document: each file listed under its own
+    assert "- **NVIDIA H100 80GB HBM3**: `fidelity.json`" in fid and "- **NVIDIA H200**: `fidelity-cb1024.json`" in fid
+
+    out = capsys.readouterr().out
+    assert "result files no document reads: calibration_cost.json" in out
+    assert (results / "accuracy.png").stat().st_size > 5000 and (results / "throughput.png").stat().st_size > 5000
     # idempotent
-    before = readme.read_text()
-    report.main(["--results", str(res), "--readme", str(readme)])
-    assert readme.read_text() == before
+    report.main(["--results", str(results), "--docs", str(docs)])
+    assert (docs / "results.md").read_text() == text and (docs / "fidelity.md").read_text() == fid
+
+
+def test_an_unknown_block_is_an_error(results: Path) -> None:
+    with pytest.raises(ValueError, match="no report block named 'acuracy'"):
+        report.render("<!-- report:acuracy -->\n", results, "docs/x.in.md")
+
+
+def test_missing_results_say_so(tmp_path: Path) -> None:
+    doc = report.render("<!-- report:devices -->\n<!-- report:fidelity -->\n<!-- report:offload_throughput -->\n", tmp_path, "x")
+    assert "_no fidelity results yet_" in doc.text and "_no offload throughput results yet_" in doc.text
+    assert "_No result files behind this document yet._" in doc.text and doc.sources == ()
+
+
+def test_committed_documents_are_current() -> None:
+    """docs/results.md and docs/fidelity.md are what the report makes of the committed results."""
+    templates = sorted(report.DOCS.glob("*.in.md"))
+    assert {t.name for t in templates} >= {"results.in.md", "fidelity.in.md"}
+    for template in templates:
+        doc = report.render(template.read_text(encoding="utf-8"), report.RESULTS, f"docs/{template.name}")
+        out = template.with_name(template.name.removesuffix(".in.md") + ".md")
+        assert out.read_text(encoding="utf-8") == doc.text, f"{out} is stale: run python -m benchmarks.report"

@@ -1,4 +1,4 @@
-# The H100-node run behind accuracy-{stock-same-run,a2ats-full,a2ats-r02,r03,r05}-smollm2.json: one stock and
+# The GPU-node run behind accuracy-{stock-same-run,a2ats-full,a2ats-r02,r03,r05}-smollm2.json: one stock and
 # four a2ats servers (full budget; 2, 3, 5 % with no minimum) share the GPU, each at a fixed KV pool.
 # Needs the wheelhouse (../shared/gpu/wheelhouse.sh) unpacked in /tmp/wh; run from the repository root:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/accuracy_budgets.sh

@@ -1,4 +1,4 @@
-# Shared settings for the H100-node scripts: paths of the node image, and start NAME PORT ARGS to
+# Shared settings for the GPU-node scripts: paths of the node image, and start NAME PORT ARGS to
 # run an a2ats server in the background (log /tmp/NAME.log, pid /tmp/NAME.pid).
 export PYTHONPATH=/tmp/site A2ATS_SGLANG_SMOLLM2=/tmp/models/SmolLM2-135M-Instruct A2ATS_SGLANG_CACHE=/tmp/a2c PYTHONUNBUFFERED=1
 # A2ATS_COMMIT: the sha of the checkout that sent the tree, written into the command literally

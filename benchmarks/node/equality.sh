@@ -3,7 +3,7 @@
 # token for token. a2ats's deterministic extends run SGLang's Triton unified kernel (its Triton
 # backend's deterministic prefill: a row's result does not depend on how its prompt was split);
 # STOCK_BACKEND=triton gives the stock side that prefill kernel too (default flashinfer). Run from
-# the repository root on the H100 node after the wheelhouse install:
+# the repository root on the GPU node after the wheelhouse install:
 #   A2ATS_COMMIT=<sha> [STOCK_BACKEND=triton] bash benchmarks/node/equality.sh [start|compare]
 # "start" launches both servers in the background and returns (other GPU work can run while
 # they warm up), "compare" waits for them, runs the tasks on both and compares; default: both.

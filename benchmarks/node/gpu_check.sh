@@ -1,4 +1,4 @@
-# First thing on a fresh H100 node: install, the GPU tests, the decode-step split and the
+# First thing on a fresh GPU node: install, the GPU tests, the decode-step split and the
 # offload fetch timing (the full-budget equality is benchmarks/node/equality.sh, ~6 min alone;
 # the offload server tests, tests/test_gpu_offload_{server,prefix}.py, start their own
 # servers, ~5 min each).

@@ -4,7 +4,7 @@
 # attended or in which order, so greedy outputs should match token for token. The offload server
 # runs 256 request rows, so its hot buffers (~2.9K tokens) are smaller than the prompts and
 # evict. Run from the
-# repository root on the H100 node after the wheelhouse install:
+# repository root on the GPU node after the wheelhouse install:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/offload_equality.sh
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }

@@ -3,7 +3,7 @@
 # tests/test_gpu_offload_server.py (host pool exhaustion, waiting, aborts; issue 6). The second
 # server starts once the first has sized its pools, as SGLang sizes from the free memory it sees.
 # Reports in $OUT/tests-offload-{prefix,server}.log, server logs in $OUT/server-offload-*.log.
-# ~5 min; run from the repository root on the H100 node after the wheelhouse install (MODULES=prefix
+# ~5 min; run from the repository root on the GPU node after the wheelhouse install (MODULES=prefix
 # runs one of them):
 #   A2ATS_COMMIT=<sha> [MODULES=prefix] bash benchmarks/node/offload_server_tests.sh
 source benchmarks/node/env.sh

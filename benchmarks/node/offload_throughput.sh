@@ -1,7 +1,7 @@
 # Serving throughput, Llama-3.1-8B shape (dummy weights), random 32K- and 64K-token prompts, 256 output
 # tokens: stock SGLang (FlashInfer, KV on the GPU) vs a2ats --a2ats-offload, each at the largest
 # concurrency its KV capacity holds, one after the other on this GPU. Run from the repository
-# root on the H100 node after the wheelhouse install:
+# root on the GPU node after the wheelhouse install:
 #   A2ATS_COMMIT=<sha> [LENS="32768 65536"] bash benchmarks/node/offload_throughput.sh [WAVES]
 # Needs a whole 10-minute call per side at both lengths; run one side per call if short.
 source benchmarks/node/env.sh
