@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -62,6 +63,73 @@ def _model_config(model_path: str) -> dict:
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     return cfg
+
+
+class TimeEstimate(NamedTuple):
+    """Seconds calibration takes on a device, measured on small runs (:func:`estimate_time`)."""
+
+    capture_s: float  # the model's forward passes over the calibration tokens
+    kmeans_s: float  # k-means++ and every Lloyd iteration up to --iters (an upper bound)
+
+    @property
+    def total_s(self) -> float:
+        return self.capture_s + self.kmeans_s
+
+
+def estimate_time(cfg: CalibrationConfig, model, tokenizer) -> TimeEstimate:  # noqa: ANN001
+    """How long calibration takes on ``cfg.device``, from small runs of its own steps (a few
+    seconds on 2 CPU cores): one forward pass over 512 tokens, scaled to the calibration tokens,
+    and k-means on one (layer, kv head) pair at 1 and 3 Lloyd iterations, whose difference
+    splits seeding from iterations; both scale with keys × codewords, then × pairs."""
+    from a2ats_sglang.capture import run_document
+    from a2ats_sglang.method.vq import kmeans
+
+    keys = cfg.tokens + cfg.uuid_tokens
+    ids = tokenizer(uuid_text(2048, cfg.seed), add_special_tokens=False).input_ids[:512]
+    started = time.perf_counter()
+    run_document(model, torch.tensor(ids), lambda *a: None, cfg.chunk_tokens)
+    capture_s = (time.perf_counter() - started) * keys / len(ids)
+
+    m = ModelIdentity.from_hf_config(model.config.to_dict())
+    pairs = m.num_layers * m.num_kv_heads
+    n, k, group = min(keys, 16384), min(cfg.codebook_size, 1024), min(pairs, 4)
+    x = torch.randn(group, n, m.head_dim, device=cfg.device)
+    # chunks of the length fit_codebook uses: its [pairs, chunk, k] temporaries outgrow the caches
+    memory = _memory_budget(cfg)
+    fit_group = max(1, min(pairs, memory // (16 * keys * m.head_dim)))
+    chunk = max(64, min(keys, memory // 2 // (8 * fit_group * cfg.codebook_size)))
+    budget = 8 * group * k * chunk
+
+    def timed(iters: int) -> float:
+        started = time.perf_counter()
+        kmeans(x, k, iters, tol=0.0, memory_budget=budget)
+        return time.perf_counter() - started
+
+    one, three = timed(1), timed(3)
+    per_iter = max(0.0, (three - one) / 2)
+    seeding = max(0.0, one - per_iter)
+    scale = pairs / group * (keys / n) * (cfg.codebook_size / k)
+    return TimeEstimate(capture_s, scale * (seeding + per_iter * cfg.iters))
+
+
+def _hours_or_minutes(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} hours"
+    return "under a minute" if seconds < 60 else f"{round(seconds / 60)} minute" + ("s" if seconds >= 90 else "")
+
+
+def warn_without_gpu(cfg: CalibrationConfig, model, tokenizer) -> None:  # noqa: ANN001
+    """Calibrating on a CPU works but is slow: say how slow, measured on this machine."""
+    if str(cfg.device).startswith("cuda"):
+        return
+    est = estimate_time(cfg, model, tokenizer)
+    print(
+        f"[calibrate] warning: no GPU, calibrating on the {cfg.device}: about {_hours_or_minutes(est.total_s)} here "
+        f"(capture {_hours_or_minutes(est.capture_s)}, k-means up to --iters {cfg.iters} "
+        f"{_hours_or_minutes(est.kmeans_s)}). A CUDA GPU takes a few minutes; lower --iters, --codebook-size "
+        "or --tokens for a quick trial.",
+        file=sys.stderr, flush=True,
+    )
 
 
 def _documents(cfg: CalibrationConfig) -> Iterable[Document]:
@@ -163,8 +231,16 @@ def fit(cfg: CalibrationConfig, data: CalibrationSet, summary: dict, kind: str |
 
 def calibrate(cfg: CalibrationConfig, out: str | Path) -> Codebook:
     """Capture, fit and save; returns the codebook."""
+    from transformers import AutoTokenizer
+
+    from a2ats_sglang.capture import load_model
+
     started = time.time()
-    data, summary = collect(cfg)
+    ModelIdentity.from_hf_config(_model_config(cfg.model_path))  # an unsupported model is refused before it loads
+    model = load_model(cfg.model_path, cfg.device)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    warn_without_gpu(cfg, model, tokenizer)
+    data, summary = collect(cfg, model, tokenizer)
     book = fit(cfg, data, {**summary, "seconds_capture": round(time.time() - started, 1)})
     book.meta.calibration["seconds_total"] = round(time.time() - started, 1)
     book.save(out)
@@ -178,33 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrate an A²ATS query-aware codebook (one per layer and kv head) for a "
         "Hugging Face Llama / Mistral / Qwen2 / Qwen3 checkpoint. Run once per model; pass the "
         "output directory to launch_server --a2ats-codebook.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model-path", default=None, help="HF checkpoint directory (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--out", required=True, help="output codebook directory")
-    p.add_argument("--data", nargs="*", default=[], help="text/.md, .jsonl or .parquet files or directories (default: the standard library's pydoc topics)")
-    p.add_argument("--text-field", default=d.text_field, help="JSON field / parquet column holding the text")
-    p.add_argument("--tokens", type=int, default=d.tokens, help="natural-text tokens to calibrate on")
-    p.add_argument("--uuid-tokens", type=int, default=d.uuid_tokens, help="tokens of random UUID strings added (the paper's retrieval segment); 0 disables")
-    p.add_argument("--max-doc-tokens", type=int, default=d.max_doc_tokens, help="truncate each document to this many tokens")
-    p.add_argument("--chunk-tokens", type=int, default=d.chunk_tokens, help="prefill chunk size during capture")
-    p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="codewords per (layer, kv head); at most 65536")
-    p.add_argument("--kind", choices=KINDS, default=d.kind, help="query_aware (A²ATS) or kmeans (plain VQ, the ablation)")
-    p.add_argument("--b", type=int, default=d.b, help="WRoPE distance b the query statistics are taken at")
+    add = p.add_argument
+    add("--model-path", metavar="DIR", default=None, help="HF checkpoint directory. Default: the embedded SmolLM2-135M-Instruct")
+    add("--out", metavar="DIR", required=True, help="output codebook directory")
+    add("--data", metavar="PATH", nargs="*", default=[],
+        help=".txt/.md, .jsonl or .parquet files or directories. Default: the standard library's pydoc topics")
+    add("--text-field", metavar="NAME", default=d.text_field, help="JSON field / parquet column holding the text. Default: %(default)s")
+    add("--tokens", metavar="N", type=int, default=d.tokens, help="natural-text tokens to calibrate on. Default: %(default)s")
+    add("--uuid-tokens", metavar="N", type=int, default=d.uuid_tokens,
+        help="tokens of random UUIDs added (the paper's retrieval segment); 0 disables. Default: %(default)s")
+    add("--max-doc-tokens", metavar="N", type=int, default=d.max_doc_tokens, help="truncate each document to N tokens. Default: %(default)s")
+    add("--chunk-tokens", metavar="N", type=int, default=d.chunk_tokens, help="prefill chunk size during capture. Default: %(default)s")
+    add("--codebook-size", metavar="K", type=int, default=d.codebook_size,
+        help="codewords per (layer, kv head), at most 65536. Default: %(default)s")
+    add("--kind", choices=KINDS, default=d.kind, help="query_aware (A²ATS) or kmeans (plain VQ, the ablation). Default: %(default)s")
+    add("--b", type=int, default=d.b, help="WRoPE distance the query statistics are taken at. Default: %(default)s")
     h = p.add_mutually_exclusive_group()
-    h.add_argument("--h-distances", type=int, nargs="+", default=None,
-                   help="pool the query statistics H over these WRoPE distances (default: --b only, as the paper)")
+    h.add_argument("--h-distances", metavar="D", type=int, nargs="+", default=None,
+                   help="pool the query statistics over these WRoPE distances. Default: --b only, as the paper")
     h.add_argument("--h-buckets", type=int, default=None, metavar="CONTEXT",
-                   help="pool H over the representatives of the log2 distance buckets from --window up to CONTEXT "
-                        "(for bucketed WRoPE scoring)")
-    p.add_argument("--window", type=int, default=d.window, help="local window recorded as the serving default")
-    p.add_argument("--sinks", type=int, default=d.sinks, help="attention sinks recorded as the serving default")
-    p.add_argument("--iters", type=int, default=d.iters, help="maximum Lloyd iterations")
-    p.add_argument("--tol", type=float, default=d.tol, help="stop when centroids move less than this")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="torch device for the model and k-means")
-    p.add_argument("--memory-gb", type=float, default=None, help="memory budget for k-means (default: half the free GPU memory, 2 GiB on CPU)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing codebook in --out")
+                   help="pool them over the log2 distance buckets' representatives up to CONTEXT (bucketed scoring)")
+    add("--window", metavar="W", type=int, default=d.window, help="local window recorded as the serving default. Default: %(default)s")
+    add("--sinks", metavar="S", type=int, default=d.sinks, help="attention sinks recorded as the serving default. Default: %(default)s")
+    add("--iters", metavar="N", type=int, default=d.iters, help="maximum Lloyd iterations. Default: %(default)s")
+    add("--tol", type=float, default=d.tol, help="stop when centroids move less than this. Default: %(default)s")
+    add("--seed", type=int, default=d.seed, help="seed of k-means++ and the UUID text. Default: %(default)s")
+    add("--device", default=None, help="torch device for the model and k-means. Default: cuda when a GPU is visible, else cpu")
+    add("--memory-gb", metavar="GB", type=float, default=None,
+        help="memory budget for k-means. Default: half the free GPU memory, 2 GiB on a CPU")
+    add("--force", action="store_true", help="overwrite an existing codebook in --out")
     return p
 
 
@@ -240,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_path=args.model_path, data=args.data, text_field=args.text_field, tokens=args.tokens,
             uuid_tokens=args.uuid_tokens, max_doc_tokens=args.max_doc_tokens, chunk_tokens=args.chunk_tokens,
             codebook_size=args.codebook_size, kind=args.kind, b=args.b, window=args.window, sinks=args.sinks,
-            h_distances=args.h_distances or (), iters=args.iters, tol=args.tol, seed=args.seed, device=args.device, memory_gb=args.memory_gb,
+            h_distances=args.h_distances or (), iters=args.iters, tol=args.tol, seed=args.seed,
+            device=args.device or CalibrationConfig.device, memory_gb=args.memory_gb,
         )
         book = calibrate(cfg, args.out)
     except (CodebookError, UnsupportedRopeError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:

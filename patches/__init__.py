@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
 from types import ModuleType
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def module_names() -> tuple[str, ...]:
@@ -56,10 +59,19 @@ def install_around(module: ModuleType, hook: Any) -> None:
     once per process (a module's ``_installed`` flag makes its ``install`` idempotent)."""
     if getattr(module, "_installed", False):
         return
+    from sglang.srt.plugins import hook_registry
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     HookRegistry.register(module.TARGET, hook, HookType.AROUND)
-    HookRegistry.apply_hooks()
+    # the registry logs "Applied 1 hook(s) ..." at INFO for every patch, in every process
+    registry_log = hook_registry.logger
+    level = registry_log.level
+    registry_log.setLevel(logging.WARNING)
+    try:
+        HookRegistry.apply_hooks()
+    finally:
+        registry_log.setLevel(level)
+    logger.debug("patched %s", module.TARGET)
     module._installed = True
 
 

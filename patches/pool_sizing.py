@@ -73,10 +73,11 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
     from a2ats_sglang.runtime.host_pool import plan_host_pool
     from a2ats_sglang.runtime.memory import decode_budget, hot_table_bytes, plan_offload
-    from a2ats_sglang.runtime.offload_plan import check_server_args, set_plan, staging_tokens
+    from a2ats_sglang.runtime.offload_plan import set_plan, staging_tokens
+    from a2ats_sglang.runtime.preflight import check_offload
 
     mc, sa = kvc.model_config, kvc.server_args
-    check_server_args(sa, cfg)
+    check_offload(sa)
     layers, heads = kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1)
     host_slots = plan_host_pool(cell, cfg.host_kv_gb).slots
     if getattr(sa, "max_total_tokens", None):  # --max-total-tokens caps the logical slots too

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from a2ats_sglang.runtime.host_pool import (
-    DEFAULT_RAM_FRACTION,
     GiB,
     HostKVPool,
-    HostPoolError,
     HostPoolPlan,
     kv_bytes_per_token,
     plan_host_pool,
 )
+from a2ats_sglang.runtime.preflight import DEFAULT_RAM_FRACTION, Unsupported
 
 
 def test_bytes_per_token_llama_8b() -> None:
@@ -34,7 +33,7 @@ def test_explicit_and_default_sizes() -> None:
     (1e-7, "holds no token"),
 ])
 def test_sizes_the_machine_cannot_give(requested: float, message: str) -> None:
-    with pytest.raises(HostPoolError, match=message):
+    with pytest.raises(Unsupported, match=message):
         plan_host_pool(kv_bytes_per_token(32, 8, 128, torch.bfloat16), requested, available_bytes=100 * GiB)
 
 

@@ -23,7 +23,9 @@ from a2ats_sglang.runtime.config import (
     A2ATSConfig,
     export_config,
 )
+from a2ats_sglang.runtime import preflight
 from a2ats_sglang.runtime.flags import split_argv
+from a2ats_sglang.runtime.preflight import Unsupported, check_settings, sglang_view
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).parent / "configs"
@@ -48,6 +50,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "a2ats_sglang.launch_server", *args],
         check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )
+
+
+AS_IF_ON_A_GPU = (
+    "import sys; from a2ats_sglang.runtime import preflight; preflight.cuda_device_count = lambda: 1; "
+    "from a2ats_sglang import launch_server; sys.exit(launch_server.main(sys.argv[1:]))"
+)
+
+
+def run_cli_as_if_on_a_gpu(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The launcher CLI with CUDA reporting one device, for what comes after the GPU check."""
+    return subprocess.run(
+        [sys.executable, "-c", AS_IF_ON_A_GPU, *args],
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **(env or {})},
     )
 
 
@@ -104,7 +120,7 @@ def test_config_reaches_a_spawned_process(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def backend_argv(argv: list[str]) -> list[str]:
-    return launch_server._backend_argv(argv, lambda: "/default/model")[0]
+    return launch_server._backend_argv(argv, sglang_view(argv), lambda: "/default/model")[0]
 
 
 def test_sglang_argv_defaults() -> None:
@@ -127,7 +143,7 @@ def test_sglang_argv_keeps_user_choices() -> None:
 )
 def test_sglang_argv_refuses_other_backends(argv: list[str]) -> None:
     with pytest.raises(launch_server.UsageError, match="a2ats"):
-        backend_argv(["--model-path", "/m", *argv])
+        launch_server._check_backend_flags(sglang_view(["--model-path", "/m", *argv]))
 
 
 def test_plugin_whitelist_gets_our_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,7 +215,7 @@ def test_failed_calibration_is_reported(tmp_path: Path, cache: Path, monkeypatch
 def test_codebook_for_another_model_stops_the_launch(tmp_path: Path) -> None:
     model = model_dir(tmp_path, "llama-3.1-8b")
     cb = make_codebook().save(tmp_path / "cb")  # built for SmolLM2
-    out = run_cli("--model-path", str(model), "--a2ats-codebook", str(cb), env={"A2ATS_SGLANG_CACHE": str(tmp_path / "c")})
+    out = run_cli_as_if_on_a_gpu("--model-path", str(model), "--a2ats-codebook", str(cb), env={"A2ATS_SGLANG_CACHE": str(tmp_path / "c")})
     assert out.returncode == 1, out.stderr
     assert "error: --a2ats-codebook" in out.stderr and "num_layers: codebook 30, model 32" in out.stderr
     assert "sglang" not in out.stderr.replace("a2ats_sglang", "")  # stopped before SGLang was imported
@@ -224,6 +240,9 @@ def test_launchers_hand_sglang_an_a2ats_configuration(tmp_path: Path) -> None:
         import sglang.srt.utils as utils
 
         from a2ats_sglang import bench_offline_throughput, bench_one_batch, launch_server
+        from a2ats_sglang.runtime import preflight
+
+        preflight.check_gpu = lambda device: None  # SGLang parses --device cpu on this CPU machine
 
         seen = {}
         def launch(server_args, run_scheduler_process_func):
@@ -261,9 +280,126 @@ def test_offload_serves_with_its_radix_cache_unless_told_otherwise(tmp_path: Pat
     from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
 
     monkeypatch.setattr(plugin, "install", lambda: None)  # SGLang itself is not needed here
+    monkeypatch.setattr(preflight, "cuda_device_count", lambda: 1)
     base = ["--model-path", str(model_dir(tmp_path, "smollm2-135m")), "--a2ats-codebook", str(make_codebook().save(tmp_path / "cb"))]
     argv = launch_server.prepare([*base, "--a2ats-offload"]).argv
     assert argv[argv.index("--radix-cache-backend") + 1] == RADIX_BACKEND and "--disable-radix-cache" not in argv
-    mine = launch_server.prepare([*base, "--a2ats-offload", "--radix-cache-backend=other"]).argv
-    assert "--radix-cache-backend=other" in mine and "--radix-cache-backend" not in mine
+    mine = launch_server.prepare([*base, "--a2ats-offload", f"--radix-cache-backend={RADIX_BACKEND}"]).argv
+    assert f"--radix-cache-backend={RADIX_BACKEND}" in mine and "--radix-cache-backend" not in mine
+    with pytest.raises(Unsupported, match=f"needs --radix-cache-backend {RADIX_BACKEND} .*, not other"):
+        launch_server.prepare([*base, "--a2ats-offload", "--radix-cache-backend=other"])
     assert "--radix-cache-backend" not in launch_server.prepare(base).argv, "GPU-resident mode keeps SGLang's default"
+
+
+# -- early refusals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "no CUDA GPU is visible: a2ats serves on an NVIDIA GPU"),
+        (["--tp-size", "2"], "--tp-size 2: a2ats serves on one GPU for now"),
+        (["--tensor-parallel-size=4"], "--tp-size 4: a2ats serves on one GPU for now"),
+        (["--dp-size", "2"], "--dp-size 2: a2ats serves on one GPU for now"),
+        (["--a2ats-offload", "--a2ats-host-kv-gb", "100000"], "--a2ats-host-kv-gb 100000 asks for more pinned memory"),
+        (["--speculative-algorithm", "EAGLE"], "--speculative-algorithm EAGLE: a2ats does not support speculative decoding"),
+        (["--kv-cache-dtype", "fp8_e4m3"], "--kv-cache-dtype fp8_e4m3: a2ats keeps the KV cache in 16 bits"),
+        (["--a2ats-offload", "--page-size", "16"], "--a2ats-offload needs --page-size 1"),
+    ],
+)
+def test_refused_in_seconds_with_nothing_written(tmp_path: Path, argv: list[str], message: str) -> None:
+    """No GPU is visible (as in CI); the default model is never materialized, no codebook is
+    resolved or calibrated, and the cache stays untouched."""
+    import time
+
+    cache = tmp_path / "cache"
+    started = time.monotonic()
+    out = run_cli(*argv, env={"A2ATS_SGLANG_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": ""})
+    seconds = time.monotonic() - started
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("python -m a2ats_sglang.launch_server: error: ") and message in lines[-1]
+    assert "Traceback" not in out.stderr and "calibrat" not in out.stderr.replace("calibrating or serving", "")
+    assert not cache.exists()
+    assert seconds < 10, f"took {seconds:.1f} s"
+
+
+def test_settings_read_back_from_sglang_are_checked_too() -> None:
+    """After SGLang parsed (an abbreviated ``--tp 2`` is seen only there) the same checks run on
+    its resolved fields."""
+    from types import SimpleNamespace
+
+    ok = SimpleNamespace(tp_size=1, pp_size=1, dp_size=1, dcp_size=1, nnodes=1, enable_dp_attention=False,
+                         speculative_algorithm=None, kv_cache_dtype="bfloat16", dtype="bfloat16")
+    check_settings(ok, A2ATSConfig())
+    for field, value, message in [
+        ("tp_size", 2, "--tp-size 2"), ("pp_size", 2, "--pp-size 2"), ("nnodes", 2, "--nnodes 2"),
+        ("enable_dp_attention", True, "--enable-dp-attention"), ("dtype", "float32", "--dtype float32"),
+        ("kv_cache_dtype", "fp8_e5m2", "--kv-cache-dtype fp8_e5m2"),
+    ]:
+        with pytest.raises(Unsupported, match=message):
+            check_settings(SimpleNamespace(**{**vars(ok), field: value}), A2ATSConfig())
+
+
+def test_sglang_view_reads_aliases_and_defaults() -> None:
+    ns = sglang_view(["--model", "/m", "--tensor-parallel-size", "2", "--data-parallel-size=3", "--port", "1"])
+    assert (ns.model_path, ns.tp_size, ns.dp_size, ns.pp_size, ns.kv_cache_dtype) == ("/m", 2, 3, 1, "auto")
+
+
+def test_device_other_than_cuda_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preflight, "cuda_device_count", lambda: 1)
+    preflight.check_gpu(None)
+    preflight.check_gpu("cuda")
+    with pytest.raises(Unsupported, match="--device cpu: a2ats serves on an NVIDIA GPU"):
+        preflight.check_gpu("cpu")
+
+
+# -- a stopped calibration -------------------------------------------------------------------
+
+
+STOPPABLE = """
+import sys, time
+from pathlib import Path
+from a2ats_sglang.runtime import codebook_cache
+
+def calibrate(model_path, out):
+    (out / "codebook.safetensors").write_bytes(b"half")
+    print("CALIBRATING", flush=True)
+    time.sleep(120)
+
+codebook_cache._calibrate = calibrate
+codebook_cache.resolve_codebook(sys.argv[1], None, None)
+"""
+
+
+def test_sigterm_during_calibration_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    import signal
+
+    model = model_dir(tmp_path, "smollm2-135m")
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE, str(model)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "A2ATS_SGLANG_CACHE": str(cache)},
+    )
+    try:
+        assert proc.stdout.readline().strip() == "CALIBRATING"
+        books = cache / "codebooks"
+        assert [p.name for p in books.glob(".*.tmp-*")], "the calibration writes into a temporary folder"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert sorted(p.name for p in books.iterdir()) == [p.name for p in books.glob("*.lock")]
+
+
+def test_a_killed_calibrations_folder_is_swept_by_the_next(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = str(model_dir(tmp_path, "smollm2-135m"))
+    target = codebook_cache.cached_codebook_dir(model, codebook_cache.model_identity(codebook_cache.model_config(model), model))
+    stale = target.with_name(f".{target.name}.tmp-abc123")
+    stale.mkdir(parents=True)
+    (stale / "codebook.safetensors").write_bytes(b"half")
+    other = target.with_name(f".{target.name}-random.tmp-xyz")  # another lock's writer: not ours to sweep
+    other.mkdir()
+    monkeypatch.setattr(codebook_cache, "_calibrate", lambda m, out: make_codebook().save(out))
+    assert resolve_codebook(model, None, None) == str(target)
+    assert not stale.exists() and other.exists()

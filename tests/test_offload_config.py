@@ -9,7 +9,8 @@ import pytest
 from a2ats_sglang.runtime.config import A2ATSConfig, ConfigError
 from a2ats_sglang.runtime.flags import split_argv
 from a2ats_sglang.runtime.memory import OffloadPlan
-from a2ats_sglang.runtime.offload_plan import OffloadUnsupported, check_server_args, set_plan, staging_tokens
+from a2ats_sglang.runtime.offload_plan import set_plan, staging_tokens
+from a2ats_sglang.runtime.preflight import Unsupported, check_settings
 
 
 def test_flags_parse_and_bad_sizes_are_refused() -> None:
@@ -30,15 +31,15 @@ def args(**kw) -> SimpleNamespace:
 
 def test_server_flags_offload_cannot_serve_with_are_named() -> None:
     on = A2ATSConfig(offload=True)
-    check_server_args(args(), on)  # the radix cache included: prefixes are staged from the host pool
-    check_server_args(args(disable_radix_cache=True), on)
-    check_server_args(args(radix_cache_backend="a2ats-offload"), on)
-    check_server_args(args(disable_radix_cache=True, radix_cache_backend="flexkv"), on)  # no tree: any name
-    with pytest.raises(OffloadUnsupported, match="--radix-cache-backend a2ats-offload .*, not flexkv"):
-        check_server_args(args(radix_cache_backend="flexkv"), on)
-    check_server_args(args(enable_mixed_chunk=True, page_size=16), A2ATSConfig())  # not offloading: anything goes
-    with pytest.raises(OffloadUnsupported, match=r"needs no --enable-mixed-chunk .*; --page-size 1; no --enable-hier"):
-        check_server_args(args(enable_mixed_chunk=True, page_size=16, enable_hierarchical_cache=True), on)
+    check_settings(args(), on)  # the radix cache included: prefixes are staged from the host pool
+    check_settings(args(disable_radix_cache=True), on)
+    check_settings(args(radix_cache_backend="a2ats-offload"), on)
+    check_settings(args(disable_radix_cache=True, radix_cache_backend="flexkv"), on)  # no tree: any name
+    with pytest.raises(Unsupported, match="--radix-cache-backend a2ats-offload .*, not flexkv"):
+        check_settings(args(radix_cache_backend="flexkv"), on)
+    check_settings(args(enable_mixed_chunk=True, page_size=16), A2ATSConfig())  # not offloading: anything goes
+    with pytest.raises(Unsupported, match=r"needs no --enable-mixed-chunk .*; --page-size 1; no --enable-hier"):
+        check_settings(args(enable_mixed_chunk=True, page_size=16, enable_hierarchical_cache=True), on)
 
 
 def test_staging_holds_one_whole_prompt_and_one_prefill_batch() -> None:

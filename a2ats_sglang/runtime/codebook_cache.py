@@ -10,7 +10,9 @@ traceback from a scheduler subprocess, so every check happens here, in the paren
   a random one in ``<...>-random``, never used for real weights.
 
 Writers serialise on a lock file and publish by renaming a finished temporary directory, so
-concurrent launchers neither calibrate twice nor read a half-written codebook.
+concurrent launchers neither calibrate twice nor read a half-written codebook. A writer stopped
+by Ctrl-C or SIGTERM removes its temporary directory; one killed outright leaves it, and the
+next writer (holding the lock, so no one else writes) sweeps it away.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import fcntl
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,18 +165,40 @@ def _calibrate(model_path: str, out: Path) -> None:
 def _publish(directory: Path, write: Any) -> None:
     """Run ``write(tmp_dir)`` and rename the result to ``directory`` (hold its lock)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a writer killed outright
+        logger.info("[a2ats] removing %s, left by a stopped calibration", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     old = None
     try:
-        write(tmp)
+        with _sigterm_exits():
+            write(tmp)
         if directory.exists():  # an invalid codebook from an earlier run
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}-old-", dir=directory.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-old-", dir=directory.parent))
             directory.rename(old / "codebook")
         tmp.rename(directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit`` here, so ``finally`` blocks run: the calibration child is
+    killed (``subprocess.run`` does so on any exception) and the temporary directory removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -35,66 +35,56 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
     d = A2ATSConfig()
     g = parser.add_argument_group(
         "A²ATS sparse decode attention",
-        "Decode attends to the attention sinks, a local window of recent tokens and the top-K "
-        "far tokens ranked by their vector-quantized keys; prefill stays exact.",
+        "Decode attends to the attention sinks, a local window and the top-K far tokens ranked by "
+        "their vector-quantized keys; prefill stays exact.",
     )
     g.add_argument(
         "--a2ats-codebook", metavar="DIR", default=None,
-        help="codebook directory from `python -m a2ats_sglang.calibrate` (checked against the "
-        "model at start-up). Default: the per-model cache under $A2ATS_SGLANG_CACHE "
-        "(~/.cache/a2ats_sglang), calibrated on first start; with --load-format dummy a random "
-        "codebook (throughput runs only).",
+        help="codebook from `python -m a2ats_sglang.calibrate`. Default: the model's cached one, "
+        "calibrated on first start (random with --load-format dummy)",
     )
     g.add_argument(
         "--a2ats-budget-ratio", metavar="R", type=float, default=d.budget_ratio,
-        help="top-K far tokens per (request, kv head) = clamp(ceil(R × context length), MIN, "
-        "MAX), attended on top of sinks and window; in (0, 1]. Default: %(default)s",
+        help="top-K far tokens per (request, kv head) = clamp(ceil(R × context), MIN, MAX), "
+        "in (0, 1]. Default: %(default)s",
     )
     g.add_argument(
         "--a2ats-budget-min", metavar="MIN", type=int, default=d.budget_min,
-        help="lower bound of top-K (short contexts). Default: %(default)s",
+        help="lower bound of top-K. Default: %(default)s",
     )
     g.add_argument(
         "--a2ats-budget-max", metavar="MAX", type=_int_or_none, default=d.budget_max,
-        help="upper bound of top-K, or 'none' for no cap. Default: %(default)s",
+        help="upper bound of top-K, or 'none'. Default: %(default)s",
     )
     g.add_argument(
         "--a2ats-window", metavar="W", type=int, default=d.window,
-        help="recent tokens always attended exactly. Default: the codebook's (64, the paper's)",
+        help="recent tokens always attended. Default: the codebook's (64)",
     )
     g.add_argument(
         "--a2ats-sinks", metavar="S", type=int, default=d.sinks,
-        help="first tokens always attended (attention sinks). Default: the codebook's (8)",
+        help="first tokens always attended. Default: the codebook's (8)",
     )
     g.add_argument(
         "--a2ats-b", metavar="B", type=int, default=d.b,
-        help="windowed-RoPE distance every far token is scored at (single mode). "
-        "Default: the codebook's (2048)",
+        help="windowed-RoPE distance of --a2ats-wrope single. Default: the codebook's (2048)",
     )
     g.add_argument(
         "--a2ats-wrope", choices=WROPE_MODES, default=d.wrope,
-        help="how far tokens are scored: 'single' = the paper's one distance b; 'bucketed' = "
-        "one query rotation per log2 distance bucket (closer to exact RoPE). Default: %(default)s",
+        help="score far tokens at one distance b (the paper) or per log2 distance bucket. "
+        "Default: %(default)s",
     )
     g.add_argument(
         "--a2ats-selector", choices=SELECTORS, default=d.selector,
-        help="rank a kv head's tokens by the max or the mean of its query heads' approximate "
-        "scores (one token set per kv head). Default: %(default)s",
+        help="rank a kv head's tokens by the max or mean over its query heads. Default: %(default)s",
     )
     g.add_argument(
         "--a2ats-offload", action="store_true",
-        help="keep the full KV cache in pinned CPU memory: the GPU holds every token's codes, "
-        "prefill staging and a hot buffer of selected tokens per running request, and misses are "
-        "read from host memory each decode step. Admission counts host capacity, so many more "
-        "long requests run at once. The GPU's KV budget left after codes and staging is split into "
-        "one hot buffer per request row: --max-running-requests rows if given, else twice as many "
-        "as the host pool holds full-context requests (16 to 256); fewer rows, larger buffers, "
-        "fewer PCIe reads. With the radix cache, a cached prefix's K/V come back from host memory.",
+        help="keep the KV cache in pinned CPU memory (codes and hot buffers on the GPU), so "
+        "admission counts host RAM instead of HBM",
     )
     g.add_argument(
         "--a2ats-host-kv-gb", metavar="GB", type=float, default=d.host_kv_gb,
-        help="size of the pinned host KV pool with --a2ats-offload, in GiB. Default: 60%% of the "
-        "RAM free at start-up",
+        help="host KV pool size with --a2ats-offload, in GiB. Default: 60%% of the free RAM",
     )
 
 

@@ -17,16 +17,13 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import psutil
 import torch
 
-GiB = 2**30
-DEFAULT_RAM_FRACTION = 0.6  # of the RAM free at start-up: the OS, page cache and SGLang need the rest
-MAX_RAM_FRACTION = 0.9  # an explicit size beyond this fraction of free RAM is refused
+from a2ats_sglang.runtime.preflight import GiB, Unsupported, free_ram, host_pool_bytes
 
 
-class HostPoolError(ValueError):
-    """A host pool size that cannot be honoured."""
+class HostPoolError(Unsupported):
+    """A host pool that cannot be made (a size too small to hold a token, pinning failed)."""
 
 
 @dataclass(frozen=True)
@@ -45,19 +42,8 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype:
 
 
 def plan_host_pool(bytes_per_token: int, requested_gib: float | None, available_bytes: int | None = None) -> HostPoolPlan:
-    """Slots for ``--a2ats-host-kv-gb`` (``None``: :data:`DEFAULT_RAM_FRACTION` of free RAM)."""
-    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
-    if requested_gib is None:
-        budget = int(available * DEFAULT_RAM_FRACTION)
-    else:
-        if requested_gib <= 0:
-            raise HostPoolError(f"--a2ats-host-kv-gb must be positive, got {requested_gib}")
-        budget = int(requested_gib * GiB)
-        if budget > available * MAX_RAM_FRACTION:
-            raise HostPoolError(
-                f"--a2ats-host-kv-gb {requested_gib:g} asks for more pinned memory than this machine can "
-                f"spare: {available / GiB:.1f} GiB free, at most {MAX_RAM_FRACTION:.0%} of it usable"
-            )
+    """Slots for ``--a2ats-host-kv-gb`` (``None``: a share of the free RAM)."""
+    budget = host_pool_bytes(requested_gib, free_ram() if available_bytes is None else available_bytes)
     slots = budget // bytes_per_token
     if slots < 2:
         raise HostPoolError(

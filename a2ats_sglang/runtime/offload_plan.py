@@ -9,11 +9,8 @@ pool's staging area is kept here too: the scheduler's prefill admission counts i
 
 from __future__ import annotations
 
-from typing import Any
 
-from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.memory import OffloadPlan
-from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
 from a2ats_sglang.runtime.staging import Staging
 
 _plan: OffloadPlan | None = None
@@ -37,28 +34,6 @@ def set_staging(staging: Staging | None) -> None:
 
 def current_staging() -> Staging | None:
     return _staging
-
-
-class OffloadUnsupported(ValueError):
-    """A server flag that offload mode cannot serve with."""
-
-
-def check_server_args(server_args: Any, cfg: A2ATSConfig) -> None:
-    """What offload mode needs from SGLang's settings (called before any pool exists)."""
-    if not cfg.offload:
-        return
-    problems = []
-    if server_args.enable_mixed_chunk:
-        problems.append("no --enable-mixed-chunk (a mixed batch's decode rows would need their KV on the GPU)")
-    if server_args.page_size not in (None, 1):
-        problems.append("--page-size 1")
-    backend = getattr(server_args, "radix_cache_backend", None)
-    if not server_args.disable_radix_cache and backend not in (None, RADIX_BACKEND):
-        problems.append(f"--radix-cache-backend {RADIX_BACKEND} (prefix staging relies on its tree), not {backend}")
-    if getattr(server_args, "enable_hierarchical_cache", False):
-        problems.append("no --enable-hierarchical-cache (offload keeps KV in host memory itself)")
-    if problems:
-        raise OffloadUnsupported("--a2ats-offload needs " + "; ".join(problems))
 
 
 def staging_tokens(context_len: int, chunked_prefill_size: int | None, max_prefill_tokens: int) -> int:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sglang.srt.mem_cache.base_prefix_cache import BasePrefixCache
     from sglang.srt.mem_cache.registry import TreeCacheBuildContext
 
-RADIX_BACKEND = "a2ats-offload"
+from a2ats_sglang.runtime.preflight import RADIX_BACKEND
 
 
 def create_offload_radix_cache(ctx: TreeCacheBuildContext) -> BasePrefixCache:
