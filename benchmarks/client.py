@@ -29,6 +29,15 @@ class Completion:
 
 
 @dataclass
+class TokenCompletion:
+    output_ids: list[int]
+    ttft: float  # seconds from sending to the first streamed chunk
+    e2e: float  # seconds from sending to the last chunk
+    prompt_tokens: int
+    cached_tokens: int  # of the prompt, read from the server's prefix cache
+
+
+@dataclass
 class Endpoint:
     base_url: str
     kind: Kind = "generate"
@@ -96,8 +105,31 @@ class Endpoint:
             except (KeyError, IndexError, TypeError):
                 raise EndpointError(f"completion reply has no choices[0].text: {str(reply)[:200]}") from None
         body = {"text": prompt, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens}, "stream": True}
+        ttft, reply = self._stream_generate(body)
+        if not isinstance(reply.get("text"), str):
+            raise EndpointError(f"/generate reply has no 'text': {str(reply)[:200]}")
+        cached = (reply.get("meta_info") or {}).get("cached_tokens")
+        return Completion(reply["text"], ttft, cached if isinstance(cached, int) else None)
+
+    def generate_ids(self, input_ids: list[int], max_new_tokens: int) -> TokenCompletion:
+        """``max_new_tokens`` tokens after ``input_ids`` (greedy, EOS ignored), streamed through
+        ``/generate``, with the timings and the prompt tokens the server found cached."""
+        body = {"input_ids": input_ids, "stream": True,
+                "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True}}
+        started = time.perf_counter()
+        ttft, reply = self._stream_generate(body, started)
+        e2e = time.perf_counter() - started
+        meta = reply.get("meta_info") or {}
+        ids = reply.get("output_ids")
+        if not isinstance(ids, list):
+            raise EndpointError(f"/generate reply has no 'output_ids': {str(reply)[:200]}")
+        return TokenCompletion(list(ids), ttft if ttft is not None else e2e, e2e,
+                               int(meta.get("prompt_tokens", len(input_ids))), int(meta.get("cached_tokens") or 0))
+
+    def _stream_generate(self, body: dict[str, Any], started: float | None = None) -> tuple[float | None, dict[str, Any]]:
+        """POST a streamed ``/generate``: (seconds to the first event, the last event's reply)."""
         url = self.base_url + "/generate"
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if started is None else started
         resp = self._send("POST", "/generate", json=body, stream=True)
         ttft, reply, other = None, None, []
         try:
@@ -117,10 +149,9 @@ class Endpoint:
             raise EndpointError(f"{url} stream broke off: {e}") from None
         if ttft is None:  # no event came: a plain reply (or an error page from a proxy)
             reply = _json("\n".join(other), url)
-        if not isinstance(reply, dict) or not isinstance(reply.get("text"), str):
-            raise EndpointError(f"/generate reply has no 'text': {str(reply)[:200]}")
-        cached = (reply.get("meta_info") or {}).get("cached_tokens")
-        return Completion(reply["text"], ttft, cached if isinstance(cached, int) else None)
+        if not isinstance(reply, dict):
+            raise EndpointError(f"/generate reply is not an object: {str(reply)[:200]}")
+        return ttft, reply
 
 
 def _json(text: str, url: str) -> Any:

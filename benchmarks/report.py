@@ -443,7 +443,65 @@ def calibration_cost_block(results: Path) -> Block:
 # documents
 
 
+# ---------------------------------------------------------------------------------------------
+# the workload suite (benchmarks.suite)
+
+SUITE_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload")
+
+
+def _num(x: float | int | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _vs(entry: dict[str, Any], sides: dict[str, Any], key: str, digits: int = 0) -> str:
+    """``entry[key]`` with its ratio to stock's and HiCache's (where they ran)."""
+    x = entry.get(key)
+    ratios = [f"{x / sides[b][key]:.2f}× {b}" for b in ("stock", "hicache")
+              if x is not None and sides.get(b, {}).get(key) and b not in (entry.get("_side"),)]
+    return _num(x, digits) + (f" ({', '.join(ratios)})" if ratios else "")
+
+
+def suite_table(report: dict[str, Any]) -> str:
+    sides = {name: {**e, "_side": name} for name, e in report["sides"].items()}
+    rows = []
+    for name in [s for s in SUITE_SIDES if s in sides] + [s for s in sides if s not in SUITE_SIDES]:
+        e = sides[name]
+        if "error" in e:
+            rows.append([f"`{name}`", f"failed: {e['error'][:160]}", "", "", "", "", "", ""])
+            continue
+        tiers = e.get("kv_capacity_tiers") or {}
+        kv = f"{_num(tiers.get('gpu'))} + {_num(tiers.get('host'))}" if tiers.get("host") else _num(e.get("kv_capacity_tokens"))
+        hit = f", hit {100 * e['hot_hit_rate']:.1f} %, {e['fetched_mib_per_decode_step']} MiB/step" if e.get("hot_hit_rate") is not None else ""
+        rows.append([
+            f"`{name}`", _vs(e, sides, "output_tokens_per_s", 1), _vs(e, sides, "steady_decode_tokens_per_s"),
+            f"{_num(e.get('ttft_p50_ms'))} / {_num(e.get('ttft_p99_ms'))}",
+            f"{_num(e.get('tpot_p50_ms'), 1)} / {_num(e.get('tpot_p99_ms'), 1)}",
+            f"{_num(e.get('max_concurrency'))} of {kv}",
+            f"{_num(e.get('prompt_tokens_computed'))} / {_num(e.get('prompt_tokens_cached'))}",
+            f"{_num(e.get('total_s'), 1)} s, {_num((e.get('peak_gpu_memory_mib') or 0) / 1024, 1)} GiB GPU{hit}",
+        ])
+    header = ["side", "output tok/s", "steady decode tok/s", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms",
+              "most running, of KV tokens (GPU + host)", "prompt tokens computed / cached", "total, peak GPU, a2ats fetch"]
+    return _table(header, rows)
+
+
+def suite_block(results: Path) -> Block:
+    files = _load(results, "suite-*.json")
+    if not files:
+        return _none("suite")
+    parts = []
+    for path, r in files:
+        w = r.get("meta", {}).get("workload", {})
+        what = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in w.items())
+        commits = sorted({str(e.get("commit", "?"))[:7] for e in r["sides"].values()})
+        parts.append(f"**{r['workload']}** ({r.get('meta', {}).get('model', '?')}; {what}; commit {', '.join(commits)})\n\n"
+                     + suite_table(r))
+    plot = "\n\n![suite](../benchmarks/results/suite.png)" if any("stock" in r["sides"] for _, r in files) else ""
+    return Block("\n\n".join(parts) + plot + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
 BLOCKS: dict[str, Callable[[Path], Block]] = {
+    "suite": suite_block,
     "fidelity": fidelity_block,
     "fidelity_summary": fidelity_summary_block,
     "fidelity_diagnostics": fidelity_diagnostics_block,
@@ -549,6 +607,24 @@ def plots(results: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         made.append(results / "throughput.png")
+        fig.savefig(made[-1], dpi=110)
+    suite = [(p, r) for p, r in _load(results, "suite-*.json") if "stock" in r["sides"]]
+    if suite:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        others = [s for s in SUITE_SIDES if s != "stock"]
+        width = 0.8 / len(others)
+        for i, side in enumerate(others):
+            ratios = []
+            for _, r in suite:
+                base, e = r["sides"]["stock"].get("output_tokens_per_s"), r["sides"].get(side, {}).get("output_tokens_per_s")
+                ratios.append(e / base if e and base else 0.0)
+            ax.bar([j + i * width for j in range(len(suite))], ratios, width, label=side)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(suite))], [r["workload"] for _, r in suite], rotation=20, fontsize=7)
+        ax.set(ylabel="output tok/s vs stock", title="Workload suite")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        made.append(results / "suite.png")
         fig.savefig(made[-1], dpi=110)
     return made
 

@@ -43,6 +43,10 @@ class MemoryWatch:
             except psutil.Error:
                 pass
 
+    def reset(self) -> None:
+        """Peaks from now on (one workload of a server that serves several)."""
+        self.gpu_mib, self.host_gib = 0, 0.0
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=15)

@@ -136,3 +136,18 @@ def test_query_aware_beats_plain_kmeans_on_real_scores(model_path: str, model) -
     run_document(model, ids, sink)
     aware, plain = (float(torch.stack(errors[k]).mean()) for k in ("query_aware", "kmeans"))
     assert aware < 0.9 * plain, (aware, plain)
+
+
+def test_on_a_cpu_it_warns_with_a_time_measured_here(tmp_path: Path, model_path: str, model, capsys) -> None:  # noqa: ANN001
+    """The estimate comes from small runs of calibration's own steps; it must be of the right
+    size for the run that follows it (within 3×: both are timed on this machine)."""
+    from transformers import AutoTokenizer
+
+    cfg = cli.CalibrationConfig(model_path=model_path, tokens=4000, uuid_tokens=0, codebook_size=128, iters=10,
+                                tol=0.0, device="cpu", progress=False)
+    estimate = cli.estimate_time(cfg, model, AutoTokenizer.from_pretrained(model_path))
+    book = cli.calibrate(cfg, tmp_path / "cb")
+    err = capsys.readouterr().err
+    assert "[calibrate] warning: no GPU, calibrating on the cpu: about " in err and "k-means up to --iters 10" in err
+    actual = book.meta.calibration["seconds_total"]
+    assert actual / 3 < estimate.total_s < actual * 3, (estimate, actual)

@@ -134,3 +134,27 @@ def test_committed_documents_are_current() -> None:
         doc = report.render(template.read_text(encoding="utf-8"), report.RESULTS, f"docs/{template.name}")
         out = template.with_name(template.name.removesuffix(".in.md") + ".md")
         assert out.read_text(encoding="utf-8") == doc.text, f"{out} is stale: run python -m benchmarks.report"
+
+
+def test_suite_tables_give_ratios_to_stock_and_hicache(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    res.mkdir()
+    side = {"output_tokens_per_s": 100.0, "steady_decode_tokens_per_s": 800.0, "ttft_p50_ms": 900.0, "ttft_p99_ms": 2000.0,
+            "tpot_p50_ms": 50.0, "tpot_p99_ms": 70.0, "max_concurrency": 27, "kv_capacity_tokens": 912909,
+            "kv_capacity_tiers": {"gpu": 912909, "host": 0}, "prompt_tokens_computed": 10, "prompt_tokens_cached": 5,
+            "total_s": 12.0, "peak_gpu_memory_mib": 2048, "commit": "abcdef1"}
+    write(res / "suite-h200-multi-turn.json", {"meta": {**META, "device": "NVIDIA H200", "model": "llama", "workload": {"turns": 4}},
+                                               "workload": "multi-turn", "sides": {
+        "stock": side, "hicache": {**side, "output_tokens_per_s": 50.0},
+        "a2ats-offload": {**side, "output_tokens_per_s": 150.0, "kv_capacity_tiers": {"gpu": 300000, "host": 700000},
+                          "hot_hit_rate": 0.9, "fetched_mib_per_decode_step": 7.4},
+        "a2ats": {"error": "the server did not start: boom", "commit": "abcdef1"}}})
+    text = report.suite_block(res).text
+    assert "**multi-turn** (llama; turns 4; commit abcdef1)" in text
+    offload = next(line for line in text.splitlines() if line.startswith("| `a2ats-offload`"))
+    assert "150.0 (1.50× stock, 3.00× hicache)" in offload and "27 of 300,000 + 700,000" in offload and "hit 90.0 %" in offload
+    hicache = next(line for line in text.splitlines() if line.startswith("| `hicache`"))
+    assert "50.0 (0.50× stock)" in hicache
+    assert "| `a2ats` | failed: the server did not start: boom |" in text
+    assert "suite.png" in text and "`suite-h200-multi-turn.json`: NVIDIA H200" in text
+    assert res / "suite.png" in report.plots(res)
