@@ -4,20 +4,20 @@
 # $OUT. Pass the suite's flags after `start`, e.g.
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/suite.sh start --workloads decode-heavy --sides stock a2ats
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/suite.sh poll
-# Results go to benchmarks/results (resume reads the committed files there), logs to /tmp/suite-logs.
+# Results go to /tmp/suite-results, seeded with the committed suite files (so it resumes), since
+# each call re-copies the checkout; server logs to /tmp/suite-logs.
 source benchmarks/node/env.sh
 case "${1:-poll}" in
   start)
     shift
-    mkdir -p /tmp/suite-logs
-    # the checkout is copied afresh into every call: run the suite from a copy that stays
-    rm -rf /tmp/suite-tree && mkdir -p /tmp/suite-tree && cp -r benchmarks a2ats_sglang kernels patches /tmp/suite-tree/
-    (cd /tmp/suite-tree && setsid nohup python3 -m benchmarks.suite --results /tmp/suite-tree/benchmarks/results "$@" \
-      > /tmp/suite-logs/suite.log 2>&1 & echo $! > /tmp/suite.pid)
+    mkdir -p /tmp/suite-logs /tmp/suite-results
+    cp -n benchmarks/results/suite-*.json /tmp/suite-results/ 2>/dev/null
+    setsid nohup python3 -m benchmarks.suite --results /tmp/suite-results "$@" > /tmp/suite-logs/suite.log 2>&1 &
+    echo $! > /tmp/suite.pid
     sleep 5; cat /tmp/suite-logs/suite.log ;;
   poll)
     for i in $(seq 1 $(( ${WAIT:-540} / 10 ))); do kill -0 $(cat /tmp/suite.pid) 2>/dev/null || break; sleep 10; done
     grep "^\[suite\]" /tmp/suite-logs/suite.log | tail -25
     kill -0 $(cat /tmp/suite.pid) 2>/dev/null && echo "suite still running" || echo "suite finished"
-    cp /tmp/suite-tree/benchmarks/results/suite-*.json $OUT/ 2>/dev/null; ls $OUT ;;
+    cp /tmp/suite-results/suite-*.json $OUT/ 2>/dev/null; ls $OUT ;;
 esac
