@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -85,7 +86,9 @@ def _parallel(n: int, fn: Callable[[int], list[Request]]) -> tuple[list[Request]
 
 def run_workload(w: Workload, endpoint: Callable[[], Endpoint], capacity: int, max_running: int, seed: int = 0) -> Run:
     """Send ``w``'s requests; ``endpoint()`` makes one client per thread (``requests`` sessions
-    are not shared between threads)."""
+    are not shared between threads). Each workload's prompts are its own (seeded by its name),
+    so one never finds another's in a server's prefix cache."""
+    seed = zlib.crc32(w.name.encode()) * 7919 + seed
     if w.kind == "random":
         concurrency = min(max_running, capacity // (w.input_len + w.output_len))
         if concurrency < 1:
