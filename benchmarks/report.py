@@ -492,7 +492,7 @@ def suite_block(results: Path) -> Block:
     parts = []
     for path, r in files:
         w = r.get("meta", {}).get("workload", {})
-        what = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in w.items())
+        what = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in w.items() if k != "model")
         commits = sorted({str(e.get("commit", "?"))[:7] for e in r["sides"].values()})
         parts.append(f"**{r['workload']}** ({r.get('meta', {}).get('model', '?')}; {what}; commit {', '.join(commits)})\n\n"
                      + suite_table(r))

@@ -143,12 +143,13 @@ def decode_metrics(log_text: str) -> dict[str, Any]:
 
 
 def kv_tiers(side: str, info: dict[str, Any], log_text: str, bytes_per_token: int) -> dict[str, int | None]:
-    """Tokens of KV each tier holds. Offload: the host pool is what SGLang admits against (its
-    ``max_total_num_tokens``); the GPU rows serve staging and hot buffers."""
+    """Tokens of KV each tier holds as a home. Offload: every token's home is the host pool, what
+    SGLang admits against (its ``max_total_num_tokens``); its GPU rows are prefill staging and
+    per-request hot buffers, copies rather than capacity, reported apart."""
     capacity = int(info["max_total_num_tokens"])
     if side == "a2ats-offload":
         rows = OFFLOAD_GPU_ROWS.search(log_text)
-        return {"gpu": int(rows[1]) if rows else None, "host": capacity}
+        return {"gpu": 0, "host": capacity, "gpu_staging_and_hot_rows": int(rows[1]) if rows else None}
     if side == "hicache":  # SGLang sizes its host pool from --hicache-size, in GB of KV
         return {"gpu": capacity, "host": int(HOST_GB * 1e9 // bytes_per_token) if bytes_per_token else None}
     return {"gpu": capacity, "host": 0}

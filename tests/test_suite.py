@@ -131,3 +131,11 @@ def test_decode_metrics_from_sglang_log_lines() -> None:
 def test_gpu_short_names() -> None:
     assert suite.gpu_short_name("NVIDIA H200") == "h200"
     assert suite.gpu_short_name("NVIDIA H100 80GB HBM3") == "h100"
+
+
+def test_offloads_gpu_rows_are_not_counted_as_capacity() -> None:
+    log = "[t] A²ATS offload: pinned host KV pool 85.0 GiB, GPU KV tensors 397698 slots\n"
+    info = {"max_total_num_tokens": 696319}
+    assert suite.kv_tiers("a2ats-offload", info, log, 131072) == {"gpu": 0, "host": 696319, "gpu_staging_and_hot_rows": 397698}
+    assert suite.kv_tiers("hicache", info, "", 131072) == {"gpu": 696319, "host": 96 * 10**9 // 131072}
+    assert suite.kv_tiers("stock", info, "", 131072) == {"gpu": 696319, "host": 0}
