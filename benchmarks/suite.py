@@ -24,6 +24,7 @@ import datetime
 import json
 import re
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -136,9 +137,7 @@ def decode_metrics(log_text: str) -> dict[str, Any]:
     if not lines:
         return {"max_concurrency": None, "steady_decode_tokens_per_s": None}
     most = max(r for r, _ in lines)
-    rates = sorted(rate for r, rate in lines if r >= 0.9 * most)
-    mid = len(rates) // 2
-    steady = rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+    steady = statistics.median(rate for r, rate in lines if r >= 0.9 * most)
     return {"max_concurrency": most, "steady_decode_tokens_per_s": round(steady, 1)}
 
 
@@ -195,6 +194,10 @@ def run_group(g: Group, args: argparse.Namespace, gpu: str, progress: Callable[[
     base = {"commit": git_commit(), "date": _now(), "server_command": None}
     meta = {"gpu": gpu, "device": args.device_name, "commit": base["commit"], "command": _command(), "date": base["date"]}
     server = watch = None
+
+    def save(w: Workload, entry: dict[str, Any]) -> None:
+        record(result_path(Path(args.results), gpu, w.name), w, g.side, entry, {**meta, **_workload_meta(w)})
+
     try:
         progress(f"starting {g.side} on {g.model}")
         server = servers.Server(kind, str(model_dir), args.port, server_flags, log)
@@ -204,8 +207,7 @@ def run_group(g: Group, args: argparse.Namespace, gpu: str, progress: Callable[[
         info = Endpoint(server.url).check()
     except (RuntimeError, EndpointError, OSError) as e:
         for w in g.workloads:
-            record(result_path(Path(args.results), gpu, w.name), w, g.side,
-                   {**base, "error": f"the server did not start: {e}"}, {**meta, **_workload_meta(w)})
+            save(w, {**base, "error": f"the server did not start: {e}"})
         progress(f"{g.side} on {g.model} did not start: {str(e).splitlines()[0]}")
         if server is not None:
             server.stop()
@@ -224,11 +226,10 @@ def run_group(g: Group, args: argparse.Namespace, gpu: str, progress: Callable[[
                 progress(f"{w.name} × {g.side} failed: {e}")
                 if server.proc.poll() is not None:
                     entry["error"] += f" (the server exited with code {server.proc.returncode}; log tail: {server.tail(5)})"
-            record(result_path(Path(args.results), gpu, w.name), w, g.side, entry, {**meta, **_workload_meta(w)})
+            save(w, entry)
             if server.proc.poll() is not None:
                 for rest in g.workloads[g.workloads.index(w) + 1:]:
-                    record(result_path(Path(args.results), gpu, rest.name), rest, g.side,
-                           {**base, "error": "not run: the server had exited"}, {**meta, **_workload_meta(rest)})
+                    save(rest, {**base, "error": "not run: the server had exited"})
                 return
     finally:
         server.stop()

@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import urllib.request
@@ -100,11 +101,8 @@ def steady_decode_rate(server_log: str, running: int) -> float | None:
     "Decode batch" log lines (one per 40 steps) at that batch size. This is decoding alone with
     every slot busy, what the paper's throughput measures (decode steps of a full batch); the
     first line after a prefill, which includes it, falls out of the median."""
-    rates = sorted(float(m[2]) for m in DECODE_LINE.finditer(server_log) if int(m[1]) == running)
-    if not rates:
-        return None
-    mid = len(rates) // 2
-    return round(rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2, 1)
+    rates = [float(m[2]) for m in DECODE_LINE.finditer(server_log) if int(m[1]) == running]
+    return round(statistics.median(rates), 1) if rates else None
 
 
 def prefill_tokens(server_log: str) -> dict[str, int]:
