@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.meta import write_results
+from benchmarks.meta import device_name, write_results
+from benchmarks.step_bytes import PEAK_BANDWIDTH, StepShape, gbps, minimum_bytes, stage_bytes, step_bytes, stock_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +115,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
 
     def score() -> None:
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
-                     dec.budget.window, buffers.scores, reduce=dec.reduce, pad=False)
+                     dec.budget.window, buffers.scores, pad=False)
 
     def topk() -> None:
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
@@ -160,7 +161,32 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
                m.num_kv_heads, m.head_dim, 1, data_type=torch.bfloat16, q_data_type=torch.bfloat16)
     result["stock_ms"] = round(time_graph(lambda: stock.forward(q, (k_pool, v_pool), sm_scale=scale), layers, args.iters), 4)
     result["speedup"] = round(result["stock_ms"] / result["a2ats_ms"], 3)
+    shape = StepShape(bs, n, m.num_kv_heads, m.group_size, m.head_dim, args.codebook_size, int(dec.reps.shape[0]),
+                      result["kept_tokens_per_kv_head"], e)
+    result.update(roofline(shape, layers, result, device_name("cuda")))
     return result
+
+
+def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
+    """Each stage's bytes (all layers) and the bandwidth its time reaches; the step's bytes and
+    its time at the GPU's peak bandwidth, for A²ATS and for stock."""
+    per_stage = {k: v * layers for k, v in stage_bytes(shape).items()}
+    times = result["a2ats_stages_ms"]
+    step, stock, least = (f(shape) * layers for f in (step_bytes, stock_bytes, minimum_bytes))
+    peak = PEAK_BANDWIDTH.get(device)
+    out = {
+        "a2ats_stages_bytes": per_stage,
+        "a2ats_stages_gbps": {k: gbps(v, times[k]) for k, v in per_stage.items() if v},
+        "a2ats_step_bytes": step, "a2ats_step_gbps": gbps(step, result["a2ats_ms"]),
+        "method_minimum_bytes": least,
+        "stock_bytes": stock, "stock_gbps": gbps(stock, result["stock_ms"]),
+        "peak_gbps": peak / 1e9 if peak else None,
+    }
+    if peak:
+        out["a2ats_roofline_ms"] = round(step / peak * 1e3, 4)
+        out["a2ats_vs_roofline"] = round(result["a2ats_ms"] / out["a2ats_roofline_ms"], 2)
+        out["stock_roofline_ms"] = round(stock / peak * 1e3, 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -283,8 +283,26 @@ def decode_step_block(results: Path) -> Block:
                    f"{first['encode_group']}")
         table = _table(["batch", "stock FlashInfer", "A²ATS (idle / due)", "stock / A²ATS", "encode idle / due",
                         "lookup table", "score", "top-K", "attention"], rows)
-        out.append(caption + "\n\n" + table)
+        out.append(caption + "\n\n" + table + _roofline_table(r["results"]))
     return Block("\n\n".join(out) + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
+def _roofline_table(results: list[dict[str, Any]]) -> str:
+    """Bytes moved and bandwidth reached, where the file has them (``benchmarks.step_bytes``)."""
+    rows = []
+    for row in results:
+        if "a2ats_stages_gbps" not in row:
+            continue
+        g = row["a2ats_stages_gbps"]
+        roof = f"{row['a2ats_roofline_ms']:.2f} ms ({row['a2ats_vs_roofline']:.1f}× it)" if row.get("a2ats_roofline_ms") else "—"
+        rows.append([row["batch"], f"{row['a2ats_step_bytes'] / 1e9:.2f} / {row['stock_bytes'] / 1e9:.1f}",
+                     f"{row['a2ats_step_gbps']:,.0f} / {row['stock_gbps']:,.0f}", roof,
+                     *(f"{g[k]:,.0f}" if g.get(k) else "—" for k in ("encode_due", "lookup_table", "score", "topk", "attention"))])
+    if not rows:
+        return ""
+    return "\n\nBytes per step (all layers) and the bandwidth each time reaches, in GB/s:\n\n" + _table(
+        ["batch", "GB, A²ATS / stock", "GB/s, A²ATS / stock", "A²ATS roofline", "encode due", "lookup table",
+         "score", "top-K", "attention"], rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
 - :mod:`.encode` — ``encode_projection`` (once per layer at load), ``encode_keys`` (new keys →
   int16 codes in the code pool), ``encode_workspace``;
 - :mod:`.score` — ``score_tokens`` (per-(request, kv head) token scores from the codes and
-  the bucketed lookup table);
+  the bucketed, group-reduced lookup table);
 - :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
   KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
-- :mod:`.lut` — ``lookup_table_gemm`` (the lookup-table GEMM with a fixed tiling, batch-invariant,
-  for SGLang's deterministic inference);
+- :mod:`.lut` — ``folded_lookup_table`` (the lookup-table GEMM reduced over each GQA group, with
+  a fixed tiling: batch-invariant, as SGLang's deterministic inference wants);
 - :mod:`.hot_buffer` — ``fetch_hot`` (offload mode: picked tokens' K/V from pinned host memory
   into each request's hot buffer, attention indices of the row), ``store_to_host`` / ``load_from_host``
   (K/V rows between the GPU and the pinned host pool).

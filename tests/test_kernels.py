@@ -161,26 +161,31 @@ def score_reference(
     return out
 
 
+def fold(lut: torch.Tensor, kv_heads: int, reduce: str) -> torch.Tensor:
+    """``[bs, nb, Hq, C]`` per-query-head tables → ``[bs, nb, Hkv, C]`` group-reduced ones, as
+    :func:`folded_lookup_table` writes them."""
+    bs, nb, q_heads, size = lut.shape
+    grouped = lut.view(bs, nb, kv_heads, q_heads // kv_heads, size)
+    return grouped.amax(3) if reduce == "max" else grouped.mean(3)
+
+
 def run_score(
     lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, window: int, L: int, reduce: str, rows_cap: int,
-    grouped: bool = False,
+    strided: bool = False,
 ) -> torch.Tensor:
     out = torch.full((rows_cap, L), 123.0, device=DEVICE)
-    table = lut.to(DEVICE)
-    if grouped:  # [bs, nb, Hkv, G, C] view of a [bs, nb, Hkv, C, G] buffer
-        bs, nb, _, size = lut.shape
-        kv_heads = batch.codes.shape[1]
-        table = table.view(bs, nb, kv_heads, -1, size).transpose(3, 4).contiguous().transpose(3, 4)
+    table = fold(lut, batch.codes.shape[1], reduce).to(DEVICE)
+    if strided:  # a [bs, nb, Hkv, C] view of a [bs, Hkv, nb, C] buffer
+        table = table.transpose(1, 2).contiguous().transpose(1, 2)
     score_tokens(
         table, batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-        batch.lens.to(DEVICE), torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, out,
-        reduce=reduce, block=64,
+        batch.lens.to(DEVICE), torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, out, block=64,
     )
     return out.cpu()
 
 
 @pytest.mark.parametrize(
-    "edges, group, reduce, grouped",
+    "edges, group, reduce, strided",
     [
         ([8], 1, "max", False),
         ([8], 3, "max", False),
@@ -188,16 +193,15 @@ def run_score(
         ([8, 16, 32, 64], 3, "mean", False),
         ([8, 20], 1, "mean", False),
         ([8, 16, 32, 64], 3, "max", True),
-        ([8, 16], 4, "mean", True),
     ],
 )
-def test_score_matches_reference(edges: list[int], group: int, reduce: str, grouped: bool) -> None:
+def test_score_matches_reference(edges: list[int], group: int, reduce: str, strided: bool) -> None:
     kv_heads, size, L, sinks, window = 2, 33000, 150, 4, edges[0]
     lens = [140, 1, 11, 13, 150, 70]  # len 1, len < sinks + window, len = sinks + window + 1, full
     batch = Batch(lens, kv_heads, size, max_ctx=160, seed=4)
     assert (batch.codes < 0).any()  # codes ≥ 32768 are read back with & 0xFFFF
     lut = torch.randn(len(lens), len(edges), group * kv_heads, size, generator=torch.Generator().manual_seed(5))
-    got = run_score(lut, batch, edges, sinks, window, L, reduce, rows_cap=len(lens) * kv_heads + 3, grouped=grouped)
+    got = run_score(lut, batch, edges, sinks, window, L, reduce, rows_cap=len(lens) * kv_heads + 3, strided=strided)
     expected = score_reference(lut, batch, edges, sinks, window, L, reduce)
     torch.testing.assert_close(got[: len(lens) * kv_heads], expected, rtol=1e-6, atol=1e-6)
     assert (got[len(lens) * kv_heads :] == 123.0).all()  # rows past bs·Hkv untouched
@@ -241,7 +245,7 @@ def test_score_agrees_with_wrope_code_logits() -> None:
     req_to_token = slots.int()[None].repeat(len(lens), 1)
     out = torch.empty(len(lens) * kv_heads, seq, device=DEVICE)
     score_tokens(
-        lut.to(DEVICE), pool_codes.to(DEVICE), req_to_token.to(DEVICE), torch.arange(len(lens), device=DEVICE),
+        fold(lut, kv_heads, "max").to(DEVICE), pool_codes.to(DEVICE), req_to_token.to(DEVICE), torch.arange(len(lens), device=DEVICE),
         lens.to(DEVICE), torch.tensor(buckets.edges, dtype=torch.int32, device=DEVICE), sinks, window, out, block=128,
     )
     out = out.cpu()
@@ -405,8 +409,8 @@ def test_score_unpadded_then_topk_over_each_length() -> None:
     counts = torch.tensor([48, 30, 48, 48, 1, 1, 40, 20], dtype=torch.int32)
     scores = torch.full((rows, L), INF, device=DEVICE)  # stale scores that would win any top-K
     lens_dev = batch.lens.to(DEVICE)
-    score_tokens(lut.to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
-                 lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
+    score_tokens(fold(lut, kv_heads, "max").to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+                 batch.pool.to(DEVICE), lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
                  block=32, pad=False)
     out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
     topk_rows(scores, counts.to(DEVICE), rows, out, workspace=topk_workspace(rows, L, DEVICE), block=32,
@@ -458,7 +462,7 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
     """A decode step's kernels, split paths included, replay from a CUDA graph."""
     kv_heads, L, kmax, size = 2, 16384, 256, 512
     batch = Batch([16384, 12000], kv_heads, size, max_ctx=L, seed=17)
-    lut = torch.randn(2, 2, 4, size, device="cuda")
+    lut = torch.randn(2, 2, kv_heads, size, device="cuda")
     codes, req_to_token, pool, lens = (t.cuda() for t in (batch.codes, batch.req_to_token, batch.pool, batch.lens))
     edges = torch.tensor([64, 1024], dtype=torch.int32, device="cuda")
     proj, half_norm = encode_projection(torch.eye(64, device="cuda")[None].repeat(kv_heads, 1, 1), torch.randn(kv_heads, size, 64, device="cuda"))
@@ -490,3 +494,60 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
     torch.cuda.synchronize()
     assert torch.equal(codes, expected_codes) and torch.equal(out, expected)
     assert math.isinf(float(scores[0, 0]))
+
+
+@pytest.mark.gpu
+def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
+    """Llama-3.1-8B shape, 32K contexts: the group-reduced table, the scores and the top-K of the
+    decode path against plain torch on inputs whose sums are exact (small integers), so every
+    entry is bit-comparable and the many ties test which columns win them (the lowest)."""
+    from a2ats_sglang.kernels.lut import folded_lookup_table
+
+    kv_heads, group, dim, size, sinks, window = 8, 4, 128, 4096, 4, 64
+    edges = [window, 128, 256, 512, 1024, 2048, 4096, 8192]
+    lens = [32768, 20000, 5000, 1]
+    bs, nb, L = len(lens), len(edges), max(lens)
+    g = torch.Generator(device="cuda").manual_seed(21)
+    decoded = torch.randint(-3, 4, (kv_heads, size, dim), device="cuda", generator=g).bfloat16()
+    q_w = torch.randint(-3, 4, (kv_heads, dim, bs * nb * group), device="cuda", generator=g).bfloat16()
+    full = torch.bmm(decoded.double(), q_w.double())  # [Hkv, C, bs·nb·G], exact
+    want_table = full.view(kv_heads, size, bs * nb, group).amax(3).permute(2, 0, 1).float()
+    table = folded_lookup_table(decoded, q_w, group, "max")
+    assert torch.equal(table, want_table)
+
+    slots = bs * L + 1
+    codes = torch.randint(-32768, 32768, (slots, kv_heads), device="cuda", generator=g, dtype=torch.int32).to(torch.int16)
+    req_to_token = torch.zeros(bs + 1, L, dtype=torch.int32, device="cuda")
+    req_to_token[1:] = (torch.randperm(slots - 1, device="cuda", generator=g)[: bs * L] + 1).view(bs, L).int()
+    pool = torch.arange(1, bs + 1, device="cuda")
+    seq_lens = torch.tensor(lens, device="cuda")
+    edges_t = torch.tensor(edges, dtype=torch.int32, device="cuda")
+    rows = bs * kv_heads
+    scores = torch.empty(rows, L, device="cuda")
+    score_tokens(table.view(bs, nb, kv_heads, size), codes, req_to_token, pool, seq_lens, edges_t, sinks, window, scores,
+                 pad=False)
+
+    counts = torch.tensor([min(n, 1056 + sinks + window) for n in lens], dtype=torch.int32, device="cuda")
+    counts = counts.repeat_interleave(kv_heads)
+    indptr = torch.zeros(rows + 1, dtype=torch.int32, device="cuda")
+    indptr[1:] = counts.cumsum(0)
+    picks = torch.full((rows, int(counts.max())), -1, dtype=torch.int32, device="cuda")
+    indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device="cuda")
+    select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, rows, picks, indices,
+                     workspace=topk_workspace(rows, L, "cuda"), seq_lens=seq_lens)
+
+    t = torch.arange(L, device="cuda")
+    for b, n in enumerate(lens):
+        dist = n - 1 - t[:n]
+        bucket = (dist[:, None] >= edges_t[None, 1:]).sum(1)
+        slot = req_to_token[b + 1, :n].long()
+        for h in range(kv_heads):
+            r = b * kv_heads + h
+            code = codes[slot, h].long() & 0xFFFF
+            want = want_table[b * nb + bucket, h, code]
+            want[(t[:n] < sinks) | (t[:n] >= n - window)] = INF
+            assert torch.equal(scores[r, :n], want), r
+            k = int(counts[r])
+            top = torch.sort(want, descending=True, stable=True).indices[:k].sort().values
+            assert torch.equal(picks[r, :k].long(), top), r  # ascending columns, ties to the lowest
+            assert torch.equal(indices[indptr[r] : indptr[r] + k].long(), slot[top] * kv_heads + h), r

@@ -24,7 +24,7 @@ from a2ats_sglang.kernels.encode import (
     encode_projection,
     encode_workspace,
 )
-from a2ats_sglang.kernels.lut import lookup_table_gemm
+from a2ats_sglang.kernels.lut import folded_lookup_table
 from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import select_and_write, topk_rows, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
@@ -157,7 +157,6 @@ class SparseDecoder:
         reduce: str, device: torch.device | str, batch_invariant: bool = False,
     ) -> None:
         model = book.meta.model
-        self.batch_invariant = batch_invariant
         # the encode kernel sizes its key tile by the number of keys; a key's code must not
         # depend on how many were encoded with it (a prefix hit's continuation, a decode batch)
         self.encode_tiling = {"block_n": 64, "num_warps": 4} if batch_invariant else {}
@@ -228,22 +227,17 @@ class SparseDecoder:
                           self.rotary.query_tables(positions, self.reps))
 
     def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables) -> torch.Tensor:
-        """Every query head's WRoPE logit for every codeword, per bucket. # [bs, nb, Hkv, G, C] f32
+        """Each kv head's WRoPE logit for every codeword, per bucket, reduced (``max`` or
+        ``mean``) over its query heads. # [bs, nb, Hkv, C] f32
 
-        ``q`` ``[bs, Hq, d]`` post-RoPE; one bf16 GEMM per kv head with fp32 output whose memory
-        keeps a group's heads adjacent (the score kernel reads them together).
+        ``q`` ``[bs, Hq, d]`` post-RoPE. One fixed-tiling kernel whatever the mode: its entries
+        do not depend on the batch (``--enable-deterministic-inference``), and the table it
+        writes is ``G`` times smaller than the per-query-head one.
         """
-        bs, nb, hkv, group = q.shape[0], self.reps.shape[0], self.num_kv_heads, self.group
-        q_w = self.rotary.wrope_queries(q, tables, hkv)  # [Hkv, d, bs·nb·G] bf16
-        if self.batch_invariant:  # a request's table the same bits whatever its batch
-            lut = lookup_table_gemm(self.decoded[layer], q_w)
-        elif q.is_cuda:
-            # aten's overload directly: SGLang's deterministic mode replaces ``torch.bmm`` with a
-            # kernel that has no fp32 output (that mode takes the branch above anyway)
-            lut = torch.ops.aten.bmm.dtype(self.decoded[layer], q_w, torch.float32)  # [Hkv, C, bs·nb·G]
-        else:  # the CPU tests: no bf16 → fp32 bmm there; the same products, summed in fp32
-            lut = torch.bmm(self.decoded[layer].float(), q_w.float())
-        return lut.view(hkv, -1, bs, nb, group).permute(2, 3, 0, 4, 1)
+        bs, nb = q.shape[0], self.reps.shape[0]
+        q_w = self.rotary.wrope_queries(q, tables, self.num_kv_heads)  # [Hkv, d, bs·nb·G] bf16
+        lut = folded_lookup_table(self.decoded[layer], q_w, self.group, self.reduce)  # [bs·nb, Hkv, C]
+        return lut.view(bs, nb, self.num_kv_heads, self.codebook_size)
 
     def select(
         self, layer: int, q: torch.Tensor, tables: Tables, req_to_token: torch.Tensor,
@@ -257,8 +251,7 @@ class SparseDecoder:
         rows = q.shape[0] * self.num_kv_heads
         score_tokens(
             self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
-            seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, reduce=self.reduce,
-            pad=False,
+            seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, pad=False,
         )
         if offload is None:
             select_and_write(
