@@ -101,14 +101,14 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     workspace = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
     scale = m.head_dim**-0.5
 
-    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dev)
+    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dec.num_buckets, dev)
     wrapper = dec.new_wrapper(workspace, buffers, bs)
     buffers.set_counts(seq_lens, dec.budget)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
     tables = dec.step_tables(positions, req_to_token, rpi)  # every request completes an encode group
     idle_keys = dec.due_keys(req_to_token, rpi, positions - 1)  # a step earlier none does
-    lut = dec.lookup_table(0, q, tables.queries)
+    lut = dec.lookup_table(0, q, tables.queries, buffers.lut)
 
     from a2ats_sglang.kernels.score import score_tokens
     from a2ats_sglang.kernels.select import select_and_write
@@ -130,7 +130,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     stages = {
         "encode_due": lambda: dec.encode_pool(0, k_pool, tables.due, buffers.encode_ws),
         "encode_idle": lambda: dec.encode_pool(0, k_pool, idle_keys, buffers.encode_ws),
-        "lookup_table": lambda: dec.lookup_table(0, q, tables.queries),
+        "lookup_table": lambda: dec.lookup_table(0, q, tables.queries, buffers.lut),
         "score": score,
         "topk": topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),

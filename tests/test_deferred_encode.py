@@ -39,7 +39,7 @@ class Pool:
         self.req_to_token = torch.zeros(3, context, dtype=torch.int32, device=DEVICE)
         self.free = torch.randperm(slots - 1, generator=torch.Generator().manual_seed(0)) + 1
         self.g = torch.Generator().manual_seed(1)
-        self.buffers = SparseDecodeBuffers(2, m.num_kv_heads, context, 8, 64, DEVICE)
+        self.buffers = SparseDecodeBuffers(2, m.num_kv_heads, context, 8, 64, self.dec.num_buckets, DEVICE)
 
     def write(self, req: int, positions: range) -> torch.Tensor:
         """New post-RoPE keys at ``positions`` of request row ``req``. → their slots"""

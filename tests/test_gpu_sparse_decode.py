@@ -68,7 +68,7 @@ class Setup:
         from a2ats_sglang.runtime.sparse_decode import SparseDecodeBuffers
 
         d, bs = self.decoder, len(self.lengths)
-        buffers = SparseDecodeBuffers(bs, d.num_kv_heads, self.context, d.width, d.codebook_size, "cuda")
+        buffers = SparseDecodeBuffers(bs, d.num_kv_heads, self.context, d.width, d.codebook_size, d.num_buckets, "cuda")
         workspace = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
         wrapper = d.new_wrapper(workspace, buffers if graph else None, bs)
         seq_lens = self.lengths.cuda()

@@ -27,7 +27,11 @@ def test_footprint_counts_codes_codebooks_and_scratch() -> None:
     assert fp.per_token == 32 * 8 * 2  # one int16 code per layer and kv head
     codebooks = 32 * 8 * 4096 * (128 * 4 + 4 + 128 * 2)  # encode projection fp32, half norms, decoded bf16
     width = Budget(8, 64, 0.03, 256, 4096).width(32832)  # no codebook: 8 sinks, a 64-token window
-    assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096)
+    buckets = 10  # log2 WRoPE buckets from the 64-token window: edges 64, 128, …, 32768
+    assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets)
+    lut = 16 * buckets * 8 * 4096 * 4  # the decode graph's group-reduced table, fp32
+    assert SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets) - SparseDecodeBuffers.nbytes(
+        16, 8, 32832, width, 4096, 0) == lut
     no_graph = footprint(cfg, m.num_layers, m.num_kv_heads, m.head_dim, 32832, graph_max_bs=0, size=4096)
     assert no_graph.fixed == codebooks
 

@@ -55,7 +55,7 @@ def test_offload_step_attends_to_the_resident_paths_picks() -> None:
         seq_lens = torch.tensor([n + step for n in lens], device=DEVICE)
         q = torch.randn(len(lens), m.num_attention_heads, dim, generator=g).bfloat16().to(DEVICE)
         tables = dec.step_tables(seq_lens - 1, req_to_token, rpi)
-        resident, offloaded = (SparseDecodeBuffers(2, hkv, context, width, 64, DEVICE) for _ in range(2))
+        resident, offloaded = (SparseDecodeBuffers(2, hkv, context, width, 64, dec.num_buckets, DEVICE) for _ in range(2))
         for buffers, mode in ((resident, None), (offloaded, offload)):
             buffers.set_counts(seq_lens, dec.budget)
             dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers, offload=mode)

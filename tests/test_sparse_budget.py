@@ -17,7 +17,7 @@ def test_host_plan_and_device_offsets_agree(budget: Budget) -> None:
     context = 32768
     lengths = torch.cat([torch.tensor([1, 2, 72, 73, 100, context]), torch.randint(1, context + 1, (58,), generator=g)])
     hkv = 3
-    buffers = SparseDecodeBuffers(len(lengths), hkv, context, budget.width(context), 64, "cpu")
+    buffers = SparseDecodeBuffers(len(lengths), hkv, context, budget.width(context), 64, 1, "cpu")
     buffers.set_counts(lengths.to(torch.int32), budget)  # the device path (here on CPU tensors)
     rows = len(lengths) * hkv
     assert torch.equal(buffers.indptr[: rows + 1], host_indptr(lengths, budget, hkv))
@@ -31,6 +31,6 @@ def test_host_plan_and_device_offsets_agree(budget: Budget) -> None:
 
 def test_nbytes_matches_what_is_allocated() -> None:
     b = Budget(8, 64, 0.03, 256, 4096)
-    buffers = SparseDecodeBuffers(4, 8, 9000, b.width(9000), 4096, "cpu")
+    buffers = SparseDecodeBuffers(4, 8, 9000, b.width(9000), 4096, 9, "cpu")
     allocated = sum(t.numel() * t.element_size() for t in vars(buffers).values() if isinstance(t, torch.Tensor))
-    assert SparseDecodeBuffers.nbytes(4, 8, 9000, b.width(9000), 4096) == allocated
+    assert SparseDecodeBuffers.nbytes(4, 8, 9000, b.width(9000), 4096, 9) == allocated

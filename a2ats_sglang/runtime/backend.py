@@ -23,9 +23,8 @@ from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from a2ats_sglang.method.codebook import Codebook, CodebookError
-from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.config import A2ATSConfig, current_config
-from a2ats_sglang.runtime.memory import resolve_budget
+from a2ats_sglang.runtime.memory import distance_buckets, resolve_budget
 from a2ats_sglang.runtime.offload import Offload
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 from a2ats_sglang.runtime.sparse_decode import (
@@ -51,8 +50,7 @@ def build_decoder(cfg: A2ATSConfig, book: Codebook, slots: int, context_len: int
     meta = book.meta
     budget = resolve_budget(cfg, meta.window, meta.sinks)
     b = cfg.b if cfg.b is not None else meta.b
-    window = budget.window
-    buckets = DistanceBuckets.single(window, b) if cfg.wrope == "single" else DistanceBuckets.log2(window, context_len)
+    buckets = distance_buckets(cfg, budget.window, b, context_len)
     return SparseDecoder(book, slots, context_len, budget, buckets, cfg.selector, device, batch_invariant)
 
 
@@ -122,8 +120,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def _buffers(self, bs: int) -> SparseDecodeBuffers:
         d = self.decoder
-        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, self.device,
-                                   offload=self.offload is not None)
+        return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, d.num_buckets,
+                                   self.device, offload=self.offload is not None)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():

@@ -2,7 +2,7 @@
 
 SGLang turns free memory into KV slots (``available_bytes // cell_size``); the backend adds a
 code per slot (int16 per layer and kv head), the codebook tensors (encode projection fp32,
-half norms fp32, decoded codewords bf16) and the decode graph's score/index buffers. The
+half norms fp32, decoded codewords bf16) and the decode graph's table/score/index buffers. The
 ``pool_sizing`` patch charges them there, so ``--mem-fraction-static`` keeps its meaning.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from a2ats_sglang.method.codebook import META_FILE
+from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.sparse_decode import Budget, SparseDecodeBuffers
 
@@ -46,15 +47,22 @@ def decode_budget(cfg: A2ATSConfig) -> Budget:
     return resolve_budget(cfg, int(meta.get("window", 64)), int(meta.get("sinks", 8)))
 
 
+def distance_buckets(cfg: A2ATSConfig, window: int, b: int, context_len: int) -> DistanceBuckets:
+    """The WRoPE distance buckets the decoder scores with (``--a2ats-wrope``)."""
+    return DistanceBuckets.single(window, b) if cfg.wrope == "single" else DistanceBuckets.log2(window, context_len)
+
+
 def footprint(
     cfg: A2ATSConfig, num_layers: int, num_kv_heads: int, head_dim: int, context_len: int,
     graph_max_bs: int, size: int | None = None,
 ) -> Footprint:
     size = codebook_size(cfg) if size is None else size
-    width = decode_budget(cfg).width(context_len)
+    budget = decode_budget(cfg)
+    width = budget.width(context_len)
+    buckets = len(distance_buckets(cfg, budget.window, 0, context_len).edges)
     per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
     scratch = SparseDecodeBuffers.nbytes(
-        graph_max_bs, num_kv_heads, context_len, width, size, offload=cfg.offload) if graph_max_bs else 0
+        graph_max_bs, num_kv_heads, context_len, width, size, buckets, offload=cfg.offload) if graph_max_bs else 0
     return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)
 
 

@@ -100,12 +100,14 @@ class SparseDecodeBuffers:
     """Every tensor the decode graph reads or writes, sized once for ``max_bs`` requests."""
 
     def __init__(
-        self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int,
+        self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
         device: torch.device | str, offload: bool = False,
     ) -> None:
         self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
         rows = max_bs * num_kv_heads
         self.rows_cap = rows
+        # each layer's group-reduced lookup table, rewritten by the next  # [max_bs·nb, Hkv, C]
+        self.lut = torch.empty(max_bs * buckets, num_kv_heads, codebook_size, dtype=torch.float32, device=device)
         self.scores = torch.empty(rows, context_len, dtype=torch.float32, device=device)  # [rows, L]
         self.picks = torch.zeros(rows, width, dtype=torch.int32, device=device)  # [rows, width]
         self.counts = torch.zeros(rows, dtype=torch.int32, device=device)  # [rows]
@@ -120,13 +122,14 @@ class SparseDecodeBuffers:
         self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if offload else None
 
     @staticmethod
-    def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int,
+    def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
                offload: bool = False) -> int:
         rows = max_bs * num_kv_heads
+        lut = 4 * max_bs * buckets * num_kv_heads * codebook_size
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows * ENCODE_KEYS_PER_REQUEST
         topk_ws = 4 * topk_workspace_numel(rows, context_len)
         fetch = 4 * rows * (2 * width + 2) if offload else 0
-        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + encode_ws + topk_ws + fetch
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
@@ -226,17 +229,24 @@ class SparseDecoder:
         return StepTables(self.due_keys(req_to_token, req_pool_indices, positions),
                           self.rotary.query_tables(positions, self.reps))
 
-    def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables) -> torch.Tensor:
+    @property
+    def num_buckets(self) -> int:
+        return len(self.buckets.edges)
+
+    def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables, out: torch.Tensor | None = None) -> torch.Tensor:
         """Each kv head's WRoPE logit for every codeword, per bucket, reduced (``max`` or
         ``mean``) over its query heads. # [bs, nb, Hkv, C] f32
 
-        ``q`` ``[bs, Hq, d]`` post-RoPE. One fixed-tiling kernel whatever the mode: its entries
-        do not depend on the batch (``--enable-deterministic-inference``), and the table it
-        writes is ``G`` times smaller than the per-query-head one.
+        ``q`` ``[bs, Hq, d]`` post-RoPE; written into ``out`` (``SparseDecodeBuffers.lut``) when
+        given. One fixed-tiling kernel whatever the mode: its entries do not depend on the batch
+        (``--enable-deterministic-inference``), and the table it writes is ``G`` times smaller
+        than the per-query-head one.
         """
-        bs, nb = q.shape[0], self.reps.shape[0]
+        bs, nb = q.shape[0], self.num_buckets
         q_w = self.rotary.wrope_queries(q, tables, self.num_kv_heads)  # [Hkv, d, bs·nb·G] bf16
-        lut = folded_lookup_table(self.decoded[layer], q_w, self.group, self.reduce)  # [bs·nb, Hkv, C]
+        if out is not None:
+            out = out[: bs * nb]
+        lut = folded_lookup_table(self.decoded[layer], q_w, self.group, self.reduce, out)  # [bs·nb, Hkv, C]
         return lut.view(bs, nb, self.num_kv_heads, self.codebook_size)
 
     def select(
@@ -250,7 +260,7 @@ class SparseDecoder:
         GPU slots of ``offload.dev_k``/``dev_v``."""
         rows = q.shape[0] * self.num_kv_heads
         score_tokens(
-            self.lookup_table(layer, q, tables), self.codes[layer], req_to_token, req_pool_indices,
+            self.lookup_table(layer, q, tables, buffers.lut), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, pad=False,
         )
         if offload is None:
