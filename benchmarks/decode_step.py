@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "context_len (default: --context + 64)")
     p.add_argument("--layers", type=int, default=None, help="layers per step (default: the model's)")
     p.add_argument("--iters", type=int, default=20, help="graph replays timed per variant")
+    p.add_argument("--profile", action="store_true",
+                   help="also record each kernel's time per step (CUPTI, inside the replayed graph)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
     return p
 
@@ -69,6 +71,30 @@ def time_graph(fn: Callable[[], object], layers: int, iters: int) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
+
+
+def kernel_times(fn: Callable[[], object], layers: int, iters: int = 5) -> dict[str, float]:
+    """Microseconds per replay of a ``layers``-call graph of ``fn``, by kernel name, with how many
+    launches of each: where inside a stage the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(layers):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            graph.replay()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.device_type.name == "CUDA" and e.count:
+            name = e.key if len(e.key) <= 60 else e.key[:57] + "..."
+            out[f"{name} ×{e.count // iters}"] = round(e.device_time_total / iters, 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
@@ -145,6 +171,9 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     due = time_graph(lambda: sparse_step(tables.due), layers, args.iters) + shared
     idle = time_graph(lambda: sparse_step(idle_keys), layers, args.iters) + shared
     result["a2ats_step_ms"] = {"due": round(due, 4), "idle": round(idle, 4)}
+    if args.profile:
+        result["a2ats_kernels_us"] = {"due": kernel_times(lambda: sparse_step(tables.due), layers),
+                                      "idle": kernel_times(lambda: sparse_step(idle_keys), layers)}
     # a request completes an encode group once every e steps
     result["a2ats_ms"] = round(((e - 1) * idle + due) / e, 4)
 

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -35,6 +36,12 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def gpu_short_name(device_name: str) -> str:
+    """``NVIDIA H200`` → ``h200`` (names the result files)."""
+    m = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", device_name)
+    return (m[1] if m else re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "gpu").lower()
+
+
 def run_meta(device: str, model: str, workload: dict[str, Any]) -> dict[str, Any]:
     import torch
     import transformers
@@ -56,7 +63,7 @@ def _module() -> str:
     return spec.name if spec is not None else sys.argv[0]
 
 
-def write_results(path: str, device: str, model: str, workload: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def write_results(path: str, device: str, model: str, workload: dict[str, Any], rows: list[dict[str, Any]] | dict[str, Any]) -> None:
     """``{"meta": …, "results": rows}`` to ``path`` (folders made), and say where."""
     out = {"meta": run_meta(device, model, workload), "results": rows}
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks import server as servers
 from benchmarks.client import Endpoint, EndpointError
-from benchmarks.meta import git_commit
+from benchmarks.meta import git_commit, gpu_short_name
 from benchmarks.throughput import DECODE_LINE, offload_counters, offload_summary
 from benchmarks.workloads import DoesNotFit, Workload, client_metrics, run_workload
 
@@ -246,12 +246,6 @@ def _now() -> str:
 
 def _command() -> str:
     return shlex.join(["python3", "-m", "benchmarks.suite", *sys.argv[1:]])
-
-
-def gpu_short_name(device_name: str) -> str:
-    """``NVIDIA H200`` → ``h200`` (names the result files)."""
-    m = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", device_name)
-    return (m[1] if m else re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "gpu").lower()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import server as servers
 from benchmarks import suite
+from benchmarks.meta import gpu_short_name
 from benchmarks.workloads import Workload, client_metrics, Request, Run
 
 METRIC_KEYS = ("output_tokens_per_s", "steady_decode_tokens_per_s", "kv_capacity_tokens", "max_concurrency",
@@ -129,8 +130,8 @@ def test_decode_metrics_from_sglang_log_lines() -> None:
 
 
 def test_gpu_short_names() -> None:
-    assert suite.gpu_short_name("NVIDIA H200") == "h200"
-    assert suite.gpu_short_name("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_short_name("NVIDIA H200") == "h200"
+    assert gpu_short_name("NVIDIA H100 80GB HBM3") == "h100"
 
 
 def test_offloads_gpu_rows_are_not_counted_as_capacity() -> None:
