@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def time_graph(fn: Callable[[], object], layers: int, iters: int) -> float:
-    """Mean milliseconds of one replay of a graph holding ``layers`` calls of ``fn``."""
+def layer_graph(fn: Callable[[], object], layers: int) -> torch.cuda.CUDAGraph:
+    """A graph of ``layers`` back-to-back calls of ``fn`` (compiled first, replayed once)."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -64,6 +64,12 @@ def time_graph(fn: Callable[[], object], layers: int, iters: int) -> float:
             fn()
     graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def time_graph(fn: Callable[[], object], layers: int, iters: int) -> float:
+    """Mean milliseconds of one replay of a graph holding ``layers`` calls of ``fn``."""
+    graph = layer_graph(fn, layers)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
@@ -78,13 +84,7 @@ def kernel_times(fn: Callable[[], object], layers: int, iters: int = 5) -> dict[
     launches of each: where inside a stage the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(layers):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
+    graph = layer_graph(fn, layers)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             graph.replay()

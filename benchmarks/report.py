@@ -255,7 +255,9 @@ def equality_block(results: Path) -> Block:
 def _step_ms(row: dict[str, Any]) -> dict[str, float]:
     """Mean, idle and due ms of the serving path (files that timed two variants name it)."""
     by_variant = row.get("a2ats_step_ms_by_variant", {})
-    if "separate_first_pass" in by_variant:
+    if row.get("serving_variant") in by_variant:
+        return by_variant[row["serving_variant"]]
+    if "separate_first_pass" in by_variant:  # files of 2026-11 timed two variants and served this one
         return by_variant["separate_first_pass"]
     return {**row["a2ats_step_ms"], "mean": row["a2ats_ms"]}
 

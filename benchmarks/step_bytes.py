@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 # HBM bandwidth from the data sheets (bytes/s), by the name torch reports
 PEAK_BANDWIDTH = {"NVIDIA H200": 4.8e12, "NVIDIA H100 80GB HBM3": 3.35e12}
-TOPK_PASSES = 5  # four 8-bit radix histograms and the compaction, each reading every score
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,7 @@ class StepShape:
     encode_group: int  # positions encoded together once per group of steps
     kv_bytes: int = 2  # bf16
     code_bytes: int = 2  # int16
+    first_pass_in_score: bool = True  # the score kernel counts the top-K's first radix pass
 
 
 def stage_bytes(s: StepShape) -> dict[str, int]:
@@ -40,6 +40,7 @@ def stage_bytes(s: StepShape) -> dict[str, int]:
     table = rows * s.buckets * s.codebook_size * 4  # fp32, reduced over the group
     scores = rows * s.context * 4
     picks = rows * s.kept
+    passes = 4 if s.first_pass_in_score else 5  # 8-bit radix histograms and the compaction, each reading every score
     return {
         "encode_due": rows * s.encode_group * (s.head_dim * s.kv_bytes + s.code_bytes)
                       + s.kv_heads * s.codebook_size * (s.head_dim + 1) * 4,  # keys, codes; projection, norms
@@ -47,7 +48,7 @@ def stage_bytes(s: StepShape) -> dict[str, int]:
         "lookup_table": s.kv_heads * s.codebook_size * s.head_dim * 2  # codewords, bf16
                         + queries * s.buckets * s.head_dim * 2 + table,
         "score": tokens * 4 + tokens * s.kv_heads * s.code_bytes + table + scores,  # slots, codes, table; scores
-        "topk": TOPK_PASSES * scores + picks * (4 + 4 + 4),  # scores; pick, its slot, its index
+        "topk": passes * scores + picks * (4 + 4 + 4),  # scores; pick, its slot, its index
         "attention": picks * (2 * s.head_dim * s.kv_bytes + 4) + 2 * queries * s.head_dim * 2,
     }
 

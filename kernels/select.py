@@ -135,14 +135,21 @@ def _topk_kernel(
 
 HIST_INTS = 4 * 256  # per split: one 256-bin histogram per radix pass
 STATE_INTS = 4  # per split: the choices so far (prefix, still to take, above in earlier splits)
-_SPLIT_INTS: tl.constexpr = tl.constexpr(HIST_INTS + STATE_INTS)
+MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
+ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS)
 _STATE_INTS: tl.constexpr = tl.constexpr(STATE_INTS)
+_MAX_SPLITS: tl.constexpr = tl.constexpr(MAX_SPLITS)
+_ROW_INTS: tl.constexpr = tl.constexpr(ROW_INTS)
 
 
 @triton.jit
-def _workspace_row(ws_ptr, row, SPLITS: tl.constexpr):
-    """A row's workspace: ``[4 passes][SPLITS][256]`` histograms, then ``[SPLITS][STATE_INTS]``."""
-    return ws_ptr + row.to(tl.int64) * (SPLITS * _SPLIT_INTS)
+def _workspace_row(ws_ptr, row):
+    """A row's workspace, laid out for :data:`MAX_SPLITS` whatever a launch's split count:
+    ``[4 passes][MAX_SPLITS][256]`` histograms, then ``[MAX_SPLITS][STATE_INTS]``. Pass 0's
+    histograms are zero between steps (the compaction clears them), so the score kernel can
+    count into them, and graphs of different batch sizes sharing the workspace agree on where
+    they are."""
+    return ws_ptr + row.to(tl.int64) * _ROW_INTS
 
 
 @triton.jit
@@ -155,7 +162,7 @@ def _decide(ws_row, P: tl.constexpr, SPLITS: tl.constexpr, split, prefix, remain
     """
     s_idx = tl.arange(0, SPLITS)
     bins = tl.arange(0, 256)
-    per_split = tl.load(ws_row + P * SPLITS * 256 + s_idx[:, None] * 256 + bins[None, :])  # [SPLITS, 256]
+    per_split = tl.load(ws_row + P * _MAX_SPLITS * 256 + s_idx[:, None] * 256 + bins[None, :])  # [SPLITS, 256]
     digit, above, ties = _pick_digit(tl.sum(per_split, axis=0), remaining)
     # a key is above the threshold iff at its first differing digit it is larger
     earlier = s_idx[:, None] < split
@@ -173,14 +180,15 @@ def _state_after(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
         remaining = k
         above_before = tl.zeros([], tl.int32)
     else:
-        slot = ws_row + 4 * SPLITS * 256 + split * _STATE_INTS
+        slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
         prefix = tl.load(slot)
         remaining = tl.load(slot + 1)
         above_before = tl.load(slot + 2)
     return _decide(ws_row, P, SPLITS, split, prefix, remaining, above_before)
 
 
-SPLIT_ALIGN: tl.constexpr = tl.constexpr(128)
+SPLIT_ALIGN = 512  # the score kernel's block: each of its programs counts into one split
+_SPLIT_ALIGN: tl.constexpr = tl.constexpr(SPLIT_ALIGN)
 
 
 @triton.jit
@@ -188,7 +196,7 @@ def _split_bounds(row_len, split, SPLITS: tl.constexpr):
     """Columns ``[lo, hi)`` of split ``split`` of a row of ``row_len`` columns: the row's own
     length is shared out, so a short request in a graph sized for a long context keeps every
     program busy."""
-    split_len = tl.cdiv(tl.cdiv(row_len, SPLITS), SPLIT_ALIGN) * SPLIT_ALIGN
+    split_len = tl.cdiv(tl.cdiv(row_len, SPLITS), _SPLIT_ALIGN) * _SPLIT_ALIGN
     lo = split * split_len
     return lo, tl.minimum(lo + split_len, row_len)
 
@@ -199,7 +207,7 @@ def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, 
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
     k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
     lo, hi = _split_bounds(L, split, SPLITS)
-    return lo, hi, k, _workspace_row(ws_ptr, row, SPLITS)
+    return lo, hi, k, _workspace_row(ws_ptr, row)
 
 
 @triton.jit
@@ -216,12 +224,12 @@ def _split_hist_kernel(
         prefix = tl.zeros([], tl.int32)
         if P > 0:
             prefix, remaining, above_before, _, _ = _state_after(ws_row, k, P - 1, SPLITS, split)
-            slot = ws_row + 4 * SPLITS * 256 + split * _STATE_INTS
+            slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
             tl.store(slot, prefix)
             tl.store(slot + 1, remaining)
             tl.store(slot + 2, above_before)
         hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix, P, BLOCK)
-        tl.store(ws_row + P * SPLITS * 256 + split * 256 + tl.arange(0, 256), hist)
+        tl.store(ws_row + P * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), hist)
 
 
 @triton.jit
@@ -247,6 +255,8 @@ def _split_compact_kernel(
             out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
             out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
         )
+    # pass 0's counts are read: clear them for the next layer's (which may come from the score kernel)
+    tl.store(ws_row + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
 
 
 # (num_warps, block): one program per row, and one per split
@@ -254,7 +264,6 @@ SINGLE_CONFIG = (8, 4096)
 SPLIT_CONFIG = (4, 2048)
 MIN_SPLIT_COLUMNS = 2048  # below this a split's histogram passes cost more than they save
 MAX_PROGRAMS = 1024  # rows × splits: enough to fill an H100 several times over
-MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
 
 
 def topk_splits(rows: int, L: int) -> int:
@@ -265,19 +274,20 @@ def topk_splits(rows: int, L: int) -> int:
     return splits
 
 
-def topk_workspace(rows_cap: int, L: int, device: torch.device | str) -> torch.Tensor:
-    """Scratch for :func:`topk_rows` on up to ``rows_cap`` rows of ``L`` columns (allocate once). # int32"""
-    return torch.empty(topk_workspace_numel(rows_cap, L), dtype=torch.int32, device=device)
+def topk_workspace(rows_cap: int, device: torch.device | str) -> torch.Tensor:
+    """Scratch for :func:`topk_rows` on up to ``rows_cap`` rows (allocate once; zeroed, as pass
+    0's histograms must be between steps). # int32"""
+    return torch.zeros(topk_workspace_numel(rows_cap), dtype=torch.int32, device=device)
 
 
-def topk_workspace_numel(rows_cap: int, L: int) -> int:
-    return (HIST_INTS + STATE_INTS) * max(r * topk_splits(r, L) for r in range(1, rows_cap + 1))
+def topk_workspace_numel(rows_cap: int) -> int:
+    return ROW_INTS * rows_cap
 
 
 def topk_rows(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     workspace: torch.Tensor | None = None, block: int | None = None,
-    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1,
+    seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1, first_pass_done: bool = False,
 ) -> None:
     """Columns of the ``counts[r]`` largest scores of each row ``r < rows`` into ``out_idx[r, :counts[r]]``.
 
@@ -293,28 +303,30 @@ def topk_rows(
     With a :func:`topk_workspace` buffer each row's own length is split over up to :data:`MAX_SPLITS` programs
     (up to :data:`MAX_PROGRAMS` in all; four histogram launches and a compaction, each reading
     the histograms of one pass and the choices so far), which is what few long rows need.
+    ``first_pass_done``: :func:`~a2ats_sglang.kernels.score.score_tokens` counted pass 0 into
+    ``workspace`` while writing the scores, so that pass is skipped (needs ``seq_lens``).
     H100, CUDA graph, 32 layers, k = 1056 of 32768: 8 rows 0.76 ms, 64 rows 2.3 ms, 128 rows
     3.6 ms per step.
     """
-    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads)
+    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads, first_pass_done)
 
 
 def select_and_write(
     scores: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor, num_kv_heads: int, rows: int, scratch_idx: torch.Tensor,
     out_indices: torch.Tensor, workspace: torch.Tensor | None = None, block: int | None = None,
-    seq_lens: torch.Tensor | None = None,
+    seq_lens: torch.Tensor | None = None, first_pass_done: bool = False,
 ) -> None:
     """:func:`topk_rows` into ``scratch_idx`` fused with :func:`write_selected` into ``out_indices``."""
     write = (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices)
-    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads)
+    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads, first_pass_done)
 
 
 def _launch_topk(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None,
     workspace: torch.Tensor | None, block: int | None,
-    seq_lens: torch.Tensor | None, num_kv_heads: int,
+    seq_lens: torch.Tensor | None, num_kv_heads: int, first_pass_done: bool = False,
 ) -> None:
     L = scores.shape[1]
     kmax = out_idx.shape[1]
@@ -334,7 +346,8 @@ def _launch_topk(
     splits = topk_splits(rows, L) if workspace is not None else 1
     num_warps, default_block = SINGLE_CONFIG if splits == 1 else SPLIT_CONFIG
     block = min(block or default_block, triton.next_power_of_2(triton.cdiv(L, splits)))
-    if splits == 1:
+    assert not first_pass_done or (workspace is not None and seq_lens is not None), "pass 0 is counted per length"
+    if splits == 1 and not first_pass_done:
         _topk_kernel[(rows,)](
             scores, counts, out_idx,
             indptr, req_to_token, req_pool, out_indices, lens,
@@ -344,8 +357,8 @@ def _launch_topk(
         )
         return
     assert workspace is not None and workspace.dtype == torch.int32
-    assert workspace.numel() >= (HIST_INTS + STATE_INTS) * rows * splits
-    for p in range(4):
+    assert workspace.numel() >= ROW_INTS * rows
+    for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
             scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),
             P=p, SPLITS=splits, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,

@@ -320,7 +320,7 @@ def test_topk_rows_selects_the_largest(split: bool, monkeypatch: pytest.MonkeyPa
     if split:  # several programs per row even at this size
         monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
         assert select.topk_splits(8, L) == 8
-        workspace = topk_workspace(9, L, DEVICE)
+        workspace = topk_workspace(9, DEVICE)
     topk_rows(scores.to(DEVICE), counts.to(DEVICE), 8, out, workspace=workspace, block=64)
     out = out.cpu()
     for r in range(8):
@@ -353,7 +353,7 @@ def run_select(batch: Batch, scores: torch.Tensor, counts: torch.Tensor, kv_head
     if split:  # several programs per row even at this size
         monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
         assert select.topk_splits(rows, L) > 1
-        workspace = topk_workspace(rows, L, DEVICE)
+        workspace = topk_workspace(rows, DEVICE)
     select_and_write(
         scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
         kv_heads, rows, scratch, out, workspace=workspace, block=32,
@@ -413,7 +413,7 @@ def test_score_unpadded_then_topk_over_each_length() -> None:
                  batch.pool.to(DEVICE), lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
                  block=32, pad=False)
     out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
-    topk_rows(scores, counts.to(DEVICE), rows, out, workspace=topk_workspace(rows, L, DEVICE), block=32,
+    topk_rows(scores, counts.to(DEVICE), rows, out, workspace=topk_workspace(rows, DEVICE), block=32,
               seq_lens=lens_dev, num_kv_heads=kv_heads)
     scores, out = scores.cpu(), out.cpu()
     for r in range(rows):
@@ -421,6 +421,56 @@ def test_score_unpadded_then_topk_over_each_length() -> None:
         torch.testing.assert_close(scores[r, :n], expected[r, :n])
         assert (scores[r, n:] == INF).all()
         assert sorted(out[r, :k].tolist()) == topk_reference(expected[r, :n], k), r
+
+
+@pytest.mark.parametrize("L, min_split", [(300, None), (1536, 64)])  # one split; four 512-column splits
+def test_score_counts_the_topk_first_pass(L: int, min_split: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score kernel counting pass 0 (``topk_workspace``) and the top-K skipping it pick what
+    the top-K picks alone, layer after layer: the compaction clears the counts it read, so the
+    workspace's pass-0 histograms are zero again after each layer."""
+    if min_split is not None:
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", min_split)
+    kv_heads, size, sinks, window, kmax = 2, 64, 4, 8, 96
+    lens = [L, 77, 1, L - 200]
+    rows = len(lens) * kv_heads
+    splits = select.topk_splits(rows, L)
+    assert splits == (1 if min_split is None else 16)
+    edges = [window, 64, 512]
+    counts = torch.tensor([96, 30, 96, 96, 1, 1, 40, 20], dtype=torch.int32, device=DEVICE)
+    lens_dev = torch.tensor(lens, device=DEVICE)
+    workspace = topk_workspace(rows, DEVICE)
+    for layer in range(3):
+        batch = Batch(lens, kv_heads, size, max_ctx=L, seed=30 + layer)
+        lut = torch.randint(0, 5, (len(lens), len(edges), 2 * kv_heads, size), generator=torch.Generator().manual_seed(40 + layer)).float()
+        args = (fold(lut, kv_heads, "max").to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+                batch.pool.to(DEVICE), lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window)
+        picks = []
+        for fused in (True, False):
+            scores = torch.full((rows, L), INF, device=DEVICE)
+            score_tokens(*args, scores, block=128, pad=False, topk_workspace=workspace if fused else None)
+            out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+            topk_rows(scores, counts, rows, out, workspace=workspace, seq_lens=lens_dev, num_kv_heads=kv_heads,
+                      first_pass_done=fused)
+            picks.append(out.cpu())
+            assert not workspace.view(rows, -1)[:, : select.MAX_SPLITS * 256].any(), "pass-0 counts cleared"
+        assert torch.equal(picks[0], picks[1]), layer
+        expected = score_reference(lut, batch, edges, sinks, window, L, "max")
+        for r in range(rows):
+            n = lens[r // kv_heads]
+            k = min(int(counts[r]), n)  # a row shorter than its count keeps all of it
+            assert sorted(picks[0][r, :k].tolist()) == topk_reference(expected[r, :n], k), (layer, r)
+
+
+def test_first_pass_counting_needs_blocks_inside_a_split_and_the_lengths() -> None:
+    batch = Batch([40], 1, 16, max_ctx=64, seed=1)
+    args = (torch.zeros(1, 1, 1, 16, device=DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+            batch.pool.to(DEVICE), batch.lens.to(DEVICE), torch.tensor([8], dtype=torch.int32, device=DEVICE), 0, 8)
+    with pytest.raises(AssertionError):
+        score_tokens(*args, torch.empty(1, 64, device=DEVICE), block=384, topk_workspace=topk_workspace(1, DEVICE))
+    with pytest.raises(AssertionError, match="per length"):
+        topk_rows(torch.zeros(1, 64, device=DEVICE), torch.ones(1, dtype=torch.int32, device=DEVICE), 1,
+                  torch.empty(1, 4, dtype=torch.int32, device=DEVICE), workspace=topk_workspace(1, DEVICE),
+                  first_pass_done=True)
 
 
 # -- serving-sized shapes on the GPU ---------------------------------------------------------
@@ -437,7 +487,7 @@ def test_topk_rows_large_matches_torch_topk() -> None:
     counts = torch.randint(0, kmax + 1, (rows,), device="cuda", generator=g, dtype=torch.int32)
     counts[0], counts[1] = kmax, 0
     expected = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]
-    for workspace in (None, topk_workspace(rows, L, "cuda")):
+    for workspace in (None, topk_workspace(rows, "cuda")):
         out = torch.full((rows, kmax), -1, dtype=torch.int32, device="cuda")
         topk_rows(scores, counts, rows, out, workspace=workspace)
         for r in range(rows):
@@ -474,7 +524,7 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
     indptr = torch.arange(5, dtype=torch.int32, device="cuda") * kmax
     scratch = torch.empty(4, kmax, dtype=torch.int32, device="cuda")
     out = torch.empty(4 * kmax, dtype=torch.int32, device="cuda")
-    topk_ws = topk_workspace(4, L, "cuda")
+    topk_ws = topk_workspace(4, "cuda")
     assert select.topk_splits(4, L) > 1
 
     def step() -> None:
@@ -534,7 +584,7 @@ def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
     picks = torch.full((rows, int(counts.max())), -1, dtype=torch.int32, device="cuda")
     indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device="cuda")
     select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, rows, picks, indices,
-                     workspace=topk_workspace(rows, L, "cuda"), seq_lens=seq_lens)
+                     workspace=topk_workspace(rows, "cuda"), seq_lens=seq_lens)
 
     t = torch.arange(L, device="cuda")
     for b, n in enumerate(lens):

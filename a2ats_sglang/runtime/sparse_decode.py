@@ -116,7 +116,7 @@ class SparseDecodeBuffers:
         self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
         # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
         self.encode_ws = encode_workspace(max_bs * ENCODE_KEYS_PER_REQUEST, num_kv_heads, codebook_size, device)
-        self.topk_ws = topk_workspace(rows, context_len, device)
+        self.topk_ws = topk_workspace(rows, device)
         # offload mode's fetch: victim slots, then (GPU slot, logical slot) of each miss; (hits, misses)
         self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if offload else None
         self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if offload else None
@@ -127,7 +127,7 @@ class SparseDecodeBuffers:
         rows = max_bs * num_kv_heads
         lut = 4 * max_bs * buckets * num_kv_heads * codebook_size
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows * ENCODE_KEYS_PER_REQUEST
-        topk_ws = 4 * topk_workspace_numel(rows, context_len)
+        topk_ws = 4 * topk_workspace_numel(rows)
         fetch = 4 * rows * (2 * width + 2) if offload else 0
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch
 
@@ -167,6 +167,8 @@ class SparseDecoder:
         self.group = model.group_size
         self.codebook_size = book.meta.codebook_size
         self.context_len, self.budget, self.reduce = context_len, budget, reduce
+        # the top-K's first radix pass counted by the score kernel (benchmarks.decode_step compares)
+        self.fuse_first_pass = True
         self.width = budget.width(context_len)
         self.encode_group = encode_group(budget.window)
         self.buckets = buckets
@@ -259,18 +261,21 @@ class SparseDecoder:
         live in host memory: the picks are fetched into the hot buffers and the indices name
         GPU slots of ``offload.dev_k``/``dev_v``."""
         rows = q.shape[0] * self.num_kv_heads
+        fused = buffers.topk_ws if self.fuse_first_pass else None  # the score kernel counts pass 0
         score_tokens(
             self.lookup_table(layer, q, tables, buffers.lut), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, pad=False,
+            topk_workspace=fused,
         )
         if offload is None:
             select_and_write(
                 buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
                 self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
+                first_pass_done=fused is not None,
             )
             return
         topk_rows(buffers.scores, buffers.counts, rows, buffers.picks, buffers.topk_ws, seq_lens=seq_lens,
-                  num_kv_heads=self.num_kv_heads)
+                  num_kv_heads=self.num_kv_heads, first_pass_done=fused is not None)
         offload.hot.fetch(
             layer, buffers.picks, buffers.counts, buffers.scores, req_to_token, req_pool_indices, seq_lens,
             offload.host_k, offload.host_v, offload.dev_k, offload.dev_v, buffers.indptr, buffers.indices,
