@@ -4,17 +4,18 @@
 
 Times the attention part of one decode step (every layer) at a model's shape on random KV,
 without loading a model: stock = SGLang's FlashInfer paged decode over each request's whole
-context; A²ATS = encode the keys due → lookup table → score every token → top-K and index
-write → FlashInfer decode over the picked tokens. Each variant
-(and each A²ATS stage alone) is captured in a CUDA graph of ``layers`` back-to-back calls, as in
-SGLang's decode graph, and timed over replays. Keys are encoded in groups of ``encode_group``
-positions, so a request's step is "due" once per group and "idle" otherwise; ``a2ats_ms`` is
-their average over a group. The rest of a decode step (weights, MLP) is the same for both.
+context; A²ATS = per layer lookup table → score every token → top-K and index write →
+FlashInfer decode over the picked tokens, then one launch encoding the keys due in every
+layer. Each variant (and each A²ATS stage alone) is captured in a CUDA graph of a whole step
+(``layers`` back-to-back calls), as in SGLang's decode graph, and timed over replays. Keys
+are encoded in groups of ``encode_group`` positions, so a request's step is "due" once per
+group and "idle" otherwise; ``a2ats_ms`` is their average over a group. The rest of a decode step (weights, MLP) is the same for both.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -127,7 +128,8 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     workspace = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
     scale = m.head_dim**-0.5
 
-    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dec.num_buckets, dev)
+    buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dec.num_buckets, dev,
+                                  layers=layers)
     wrapper = dec.new_wrapper(workspace, buffers, bs)
     buffers.set_counts(seq_lens, dec.budget)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
@@ -135,47 +137,65 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     tables = dec.step_tables(positions, req_to_token, rpi)  # every request completes an encode group
     idle_keys = dec.due_keys(req_to_token, rpi, positions - 1)  # a step earlier none does
     lut = dec.lookup_table(0, q, tables.queries, buffers.lut)
+    key_pointers = torch.full((layers,), k_pool.data_ptr(), dtype=torch.int64, device=dev)  # every layer's pool
 
     from a2ats_sglang.kernels.score import score_tokens
     from a2ats_sglang.kernels.select import select_and_write
 
-    def score() -> None:
+    def score(fused: bool = False) -> None:  # fused: counts the top-K's first radix pass too
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
-                     dec.budget.window, buffers.scores, pad=False)
+                     dec.budget.window, buffers.scores, pad=False, topk_workspace=buffers.topk_ws if fused else None)
 
-    def topk() -> None:
+    def topk(fused: bool = False) -> None:  # fused: skips that pass (the counts must be there)
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
                          m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
-                         seq_lens=seq_lens)
+                         seq_lens=seq_lens, first_pass_done=fused)
 
-    def sparse_step(due) -> None:
-        dec.encode_pool(0, k_pool, due, buffers.encode_ws)
-        dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers)
-        dec.attend(wrapper, q, k_pool, v_pool, scale)
+    def score_topk() -> None:  # the serving pair: apart, the counts would pile up or be missing
+        score(fused=True)
+        topk(fused=True)
 
-    stages = {
-        "encode_due": lambda: dec.encode_pool(0, k_pool, tables.due, buffers.encode_ws),
-        "encode_idle": lambda: dec.encode_pool(0, k_pool, idle_keys, buffers.encode_ws),
+    def encode(due) -> None:  # the step's due keys of every layer, in one launch after the last layer
+        dec.encode_pool_layers(key_pointers, k_pool, due, buffers.encode_ws)
+
+    def sparse_step(due) -> None:  # as the backend runs it: every layer's selection and attention
+        for _ in range(layers):
+            dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers)
+            dec.attend(wrapper, q, k_pool, v_pool, scale)
+        encode(due)
+
+    per_layer = {
         "lookup_table": lambda: dec.lookup_table(0, q, tables.queries, buffers.lut),
-        "score": score,
+        "score": score,  # these two without the counting, each alone
         "topk": topk,
+        "score_topk": score_topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
     e = dec.encode_group
     result = {"batch": bs, "layers": layers, "kept_tokens_per_kv_head": int(buffers.counts[0]), "encode_group": e}
-    result["a2ats_stages_ms"] = {name: round(time_graph(fn, layers, args.iters), 4) for name, fn in stages.items()}
+    # each stage over the whole step (the encode is one launch for all layers)
+    stages = {"encode_due": time_graph(lambda: encode(tables.due), 1, args.iters),
+              "encode_idle": time_graph(lambda: encode(idle_keys), 1, args.iters)}
+    stages.update({name: time_graph(fn, layers, args.iters) for name, fn in per_layer.items()})
     # the due keys and rotation tables are computed once per step, shared by every layer
-    shared = time_graph(lambda: dec.step_tables(positions, req_to_token, rpi), 1, args.iters)
-    result["a2ats_stages_ms"]["step_tables"] = round(shared, 4)
+    stages["step_tables"] = time_graph(lambda: dec.step_tables(positions, req_to_token, rpi), 1, args.iters)
+    result["a2ats_stages_ms"] = {k: round(v, 4) for k, v in stages.items()}
 
-    due = time_graph(lambda: sparse_step(tables.due), layers, args.iters) + shared
-    idle = time_graph(lambda: sparse_step(idle_keys), layers, args.iters) + shared
-    result["a2ats_step_ms"] = {"due": round(due, 4), "idle": round(idle, 4)}
+    by_variant = {}
+    for name, fused in (("separate_first_pass", False), ("fused_first_pass", True)):  # the serving path last
+        dec.fuse_first_pass = fused
+        due = time_graph(lambda: sparse_step(tables.due), 1, args.iters) + stages["step_tables"]
+        idle = time_graph(lambda: sparse_step(idle_keys), 1, args.iters) + stages["step_tables"]
+        # a request completes an encode group once every e steps
+        by_variant[name] = {"due": round(due, 4), "idle": round(idle, 4), "mean": round(((e - 1) * idle + due) / e, 4)}
+    result["a2ats_step_ms_by_variant"] = by_variant
+    result["serving_variant"] = "fused_first_pass"
+    serving = by_variant["fused_first_pass"]
+    result["a2ats_step_ms"] = {"due": serving["due"], "idle": serving["idle"]}
+    result["a2ats_ms"] = serving["mean"]
     if args.profile:
-        result["a2ats_kernels_us"] = {"due": kernel_times(lambda: sparse_step(tables.due), layers),
-                                      "idle": kernel_times(lambda: sparse_step(idle_keys), layers)}
-    # a request completes an encode group once every e steps
-    result["a2ats_ms"] = round(((e - 1) * idle + due) / e, 4)
+        result["a2ats_kernels_us"] = {"due": kernel_times(lambda: sparse_step(tables.due), 1),
+                                      "idle": kernel_times(lambda: sparse_step(idle_keys), 1)}
 
     # stock: SGLang's FlashInfer decode (GQA heads, page size 1, each request's whole context)
     indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * n
@@ -198,14 +218,19 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
 
 def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
     """Each stage's bytes (all layers) and the bandwidth its time reaches; the step's bytes and
-    its time at the GPU's peak bandwidth, for A²ATS and for stock."""
-    per_stage = {k: v * layers for k, v in stage_bytes(shape).items()}
+    its time at the GPU's peak bandwidth, for A²ATS and for stock. ``score`` and ``topk`` are
+    timed apart, without the first-pass counting; ``score_topk`` is the serving pair."""
+    apart = stage_bytes(dataclasses.replace(shape, first_pass_in_score=False))
+    fused = stage_bytes(dataclasses.replace(shape, first_pass_in_score=True))
+    per_stage = {k: v * layers for k, v in apart.items()}
+    per_stage["score_topk"] = (fused["score"] + fused["topk"]) * layers
     times = result["a2ats_stages_ms"]
+    shape = dataclasses.replace(shape, first_pass_in_score=result.get("serving_variant") != "separate_first_pass")
     step, stock, least = (f(shape) * layers for f in (step_bytes, stock_bytes, minimum_bytes))
     peak = PEAK_BANDWIDTH.get(device)
     out = {
         "a2ats_stages_bytes": per_stage,
-        "a2ats_stages_gbps": {k: gbps(v, times[k]) for k, v in per_stage.items() if v},
+        "a2ats_stages_gbps": {k: gbps(v, times[k]) for k, v in per_stage.items() if v and k in times},
         "a2ats_step_bytes": step, "a2ats_step_gbps": gbps(step, result["a2ats_ms"]),
         "method_minimum_bytes": least,
         "stock_bytes": stock, "stock_gbps": gbps(stock, result["stock_ms"]),

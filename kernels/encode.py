@@ -37,22 +37,33 @@ def encode_projection(chol: torch.Tensor, centroids_z: torch.Tensor) -> EncodePr
 
 
 SPLIT_CODES = 128  # codewords per program when a few keys are spread over many programs
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
 @triton.jit
 def _encode_kernel(
     k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
-    n, num_codes, dim, split_codes, rot_half, scale,
+    n, num_codes, dim, split_codes, rot_half, scale, kv_heads,
     stride_kn, stride_kh, stride_kd,
-    stride_pg, stride_pd,
-    stride_hg,
-    stride_cs, stride_ch, stride_rn,
+    stride_pl, stride_pg, stride_pd,
+    stride_hl, stride_hg,
+    stride_cl, stride_cs, stride_ch, stride_rn,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr, GATHER: tl.constexpr,
+    LAYERED: tl.constexpr, K_DTYPE: tl.constexpr,
 ):
+    """Grid ``(key blocks, layers·Hkv, codebook splits)``; with ``LAYERED`` ``k_ptr`` holds each
+    layer's key-pool address and every per-layer tensor has a layer stride."""
     pid_n = tl.program_id(0)
-    g = tl.program_id(1)
+    col = tl.program_id(1)  # layer·Hkv + kv head
+    g = col % kv_heads
     split = tl.program_id(2)
+    if LAYERED:
+        layer = (col // kv_heads).to(tl.int64)
+        k_ptr = tl.load(k_ptr + layer).to(tl.pointer_type(K_DTYPE))
+        proj_ptr += layer * stride_pl
+        half_norm_ptr += layer * stride_hl
+        codes_ptr += layer * stride_cl
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n
     if GATHER:  # keys already in the pool, at their slots; slot −1 = nothing to encode
@@ -63,7 +74,7 @@ def _encode_kernel(
     if tl.max(row_ok.to(tl.int32), axis=0) > 0:  # a whole block of idle rows skips the codebook
         _encode_rows(
             k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
-            rows, key_row, row_ok, g, split, n, num_codes, dim, split_codes, rot_half, scale,
+            rows, key_row, row_ok, g, col, split, n, num_codes, dim, split_codes, rot_half, scale,
             stride_kn, stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
             BLOCK_N, BLOCK_C, BLOCK_D, PRECISION, SPLIT, ROTATE, NEOX,
         )
@@ -72,7 +83,7 @@ def _encode_kernel(
 @triton.jit
 def _encode_rows(
     k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
-    rows, key_row, row_ok, g, split, n, num_codes, dim, split_codes, rot_half, scale,
+    rows, key_row, row_ok, g, col, split, n, num_codes, dim, split_codes, rot_half, scale,
     stride_kn, stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr,
@@ -115,7 +126,7 @@ def _encode_rows(
         bits = best.to(tl.int32, bitcast=True)
         key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         packed = (key.to(tl.int64) << 32) | (65535 - best_idx).to(tl.int64)
-        tl.store(ws_ptr + (split.to(tl.int64) * n + rows) * tl.num_programs(1) + g, packed, mask=row_ok)
+        tl.store(ws_ptr + (split.to(tl.int64) * n + rows) * tl.num_programs(1) + col, packed, mask=row_ok)
     else:
         slot = tl.load(loc_ptr + rows, mask=row_ok, other=0).to(tl.int64)
         # int32 → int16 keeps the low 16 bits: codes ≥ 32768 read back negative, & 0xFFFF undoes it
@@ -123,17 +134,26 @@ def _encode_rows(
 
 
 @triton.jit
-def _encode_reduce_kernel(ws_ptr, loc_ptr, codes_ptr, total, kv_heads, splits, stride_cs, stride_ch, BLOCK: tl.constexpr):
-    """Best of the splits' packed (score, index) for each (key, kv head)."""
+def _encode_reduce_kernel(ws_ptr, loc_ptr, codes_ptr, total, cols, kv_heads, splits, stride_cl, stride_cs, stride_ch,
+                          BLOCK: tl.constexpr):
+    """Best of the splits' packed (score, index) for each (key, layer·Hkv + kv head)."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = e < total
     acc = tl.load(ws_ptr + e, mask=ok, other=0)
     for s in range(1, splits):
         acc = tl.maximum(acc, tl.load(ws_ptr + s * total + e, mask=ok, other=0))
     code = 65535 - (acc & 0xFFFF).to(tl.int32)
-    slot = tl.load(loc_ptr + e // kv_heads, mask=ok, other=-1).to(tl.int64)
+    slot = tl.load(loc_ptr + e // cols, mask=ok, other=-1).to(tl.int64)
+    col = e % cols
     # slot −1: an idle row whose workspace entries were never written
-    tl.store(codes_ptr + slot * stride_cs + (e % kv_heads) * stride_ch, code.to(tl.int16), mask=ok & (slot >= 0))
+    tl.store(codes_ptr + (col // kv_heads).to(tl.int64) * stride_cl + slot * stride_cs + (col % kv_heads) * stride_ch,
+             code.to(tl.int16), mask=ok & (slot >= 0))
+
+
+def split_key_limit(cols: int) -> int:
+    """The most keys :func:`encode_keys` spreads over the codebook for ``cols`` = layers·Hkv
+    (beyond, the plain grid has programs enough)."""
+    return 128 * (511 // cols)
 
 
 def encode_workspace(max_tokens: int, kv_heads: int, num_codes: int, device: torch.device | str) -> torch.Tensor:
@@ -155,7 +175,7 @@ def encode_keys(
     k_pre: torch.Tensor, proj: torch.Tensor, half_norm: torch.Tensor, loc: torch.Tensor, codes: torch.Tensor,
     workspace: torch.Tensor | None = None, precision: str = "tf32x3",
     block_n: int | None = None, block_c: int = 64, num_warps: int | None = None, num_stages: int = 2,
-    unrotate: Unrotate | None = None, gather: bool = False,
+    unrotate: Unrotate | None = None, gather: bool = False, layer_pointers: torch.Tensor | None = None,
 ) -> None:
     """``codes[loc[i], g] = argmax_c k_pre[i, g]·proj[g, :, c] − half_norm[g, c]`` (lowest index on ties).
 
@@ -169,6 +189,10 @@ def encode_keys(
     buffer ``[slots, Hkv, d]`` and key ``i`` is the one already stored at slot ``loc[i]``
     (``n = len(loc)``); ``loc[i] = −1`` skips it, and a block of skipped keys never reads the
     codebook (the decode step's deferred encoding, most of whose rows are idle).
+    With ``layer_pointers`` (int64 ``[layers]``, each layer's key-pool address; needs
+    ``gather``) one launch encodes the keys at ``loc`` in every layer: ``k_pre`` is one layer's
+    pool (its shape, strides and dtype are every layer's), ``proj`` ``[layers, Hkv, d, C]``,
+    ``half_norm`` ``[layers, Hkv, C]``, ``codes`` ``[layers, slots, Hkv]``.
 
     ``precision`` is Triton's ``input_precision`` of the GEMM: "tf32x3" (default) is fp32-accurate
     on tensor cores; "ieee" is plain fp32 FMA, which Triton runs ~40x slower on Hopper (H200,
@@ -177,26 +201,30 @@ def encode_keys(
     """
     _, kv_heads, dim = k_pre.shape
     n = loc.shape[0] if gather else k_pre.shape[0]
-    num_codes = proj.shape[2]
+    layered = layer_pointers is not None
+    if not layered:  # one layer: the same kernel with a layer axis of 1
+        proj, half_norm, codes = proj[None], half_norm[None], codes[None]
+    layers = proj.shape[0]
+    num_codes = proj.shape[3]
     if n == 0:
         return
-    assert proj.shape[:2] == (kv_heads, dim) and proj.stride(2) == 1, "proj must be [Hkv, d, C], last dim contiguous"
-    assert half_norm.shape == (kv_heads, num_codes) and half_norm.stride(1) == 1
-    assert codes.dtype == torch.int16 and codes.shape[1] == kv_heads
+    assert not layered or (gather and layer_pointers.dtype == torch.int64 and layer_pointers.shape == (layers,)
+                           and k_pre.dtype in _TL_DTYPES)
+    assert proj.shape[1:3] == (kv_heads, dim) and proj.stride(3) == 1, "proj must be [Hkv, d, C], last dim contiguous"
+    assert half_norm.shape == (layers, kv_heads, num_codes) and half_norm.stride(2) == 1
+    assert codes.dtype == torch.int16 and codes.shape[0] == layers and codes.shape[2] == kv_heads
     assert num_codes <= 65536, "codes are stored in 16 bits"
     assert precision in ("ieee", "tf32x3", "tf32"), precision
     splits = triton.cdiv(num_codes, SPLIT_CODES)
     # splitting the codebook pays while the plain grid leaves the GPU short of programs (H200,
     # Hkv=8, d=128, C=4096: n=1 14 µs vs 154 µs, n=1024 232 vs 381 µs; n=16384 3.6 vs 3.1 ms)
-    split = (
-        workspace is not None and splits > 1 and splits * n * kv_heads <= workspace.numel()
-        and triton.cdiv(n, 128) * kv_heads < 512
-    )
+    cols = layers * kv_heads
+    split = workspace is not None and splits > 1 and splits * n * cols <= workspace.numel() and n <= split_key_limit(cols)
     if block_n is None:
         block_n = 128 if n >= 1024 else max(16, min(64, triton.next_power_of_2(n)))
     if num_warps is None:
         num_warps = 8 if block_n >= 128 else 4
-    grid = (triton.cdiv(n, block_n), kv_heads, splits if split else 1)
+    grid = (triton.cdiv(n, block_n), cols, splits if split else 1)
     if unrotate is not None:
         assert unrotate.cos.shape[0] >= n and unrotate.cos.stride(-1) == 1 and unrotate.cos.stride() == unrotate.sin.stride()
         cos, sin, rot_half, scale = unrotate.cos, unrotate.sin, unrotate.cos.shape[-1], unrotate.scale
@@ -204,20 +232,22 @@ def encode_keys(
         cos = sin = proj  # unused
         rot_half, scale = 0, 1.0
     _encode_kernel[grid](
-        k_pre, proj, half_norm, loc, codes, workspace if split else codes, cos, sin,
-        n, num_codes, dim, SPLIT_CODES if split else num_codes, rot_half, scale,
+        layer_pointers if layered else k_pre, proj, half_norm, loc, codes, workspace if split else codes, cos, sin,
+        n, num_codes, dim, SPLIT_CODES if split else num_codes, rot_half, scale, kv_heads,
         k_pre.stride(0), k_pre.stride(1), k_pre.stride(2),
-        proj.stride(0), proj.stride(1),
-        half_norm.stride(0),
-        codes.stride(0), codes.stride(1), cos.stride(0),
+        proj.stride(0), proj.stride(1), proj.stride(2),
+        half_norm.stride(0), half_norm.stride(1),
+        codes.stride(0), codes.stride(1), codes.stride(2), cos.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=max(16, triton.next_power_of_2(dim)),
         PRECISION=precision, SPLIT=split, ROTATE=unrotate is not None,
         NEOX=bool(unrotate.neox) if unrotate is not None else True, GATHER=gather,
+        LAYERED=layered, K_DTYPE=_TL_DTYPES[k_pre.dtype] if layered else tl.float32,
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:
         assert workspace.dtype == torch.int64
-        total = n * kv_heads
+        total = n * cols
         _encode_reduce_kernel[(triton.cdiv(total, 256),)](
-            workspace, loc, codes, total, kv_heads, splits, codes.stride(0), codes.stride(1), BLOCK=256,
+            workspace, loc, codes, total, cols, kv_heads, splits, codes.stride(0), codes.stride(1), codes.stride(2),
+            BLOCK=256,
         )

@@ -63,14 +63,15 @@ def _pick_digit(hist, remaining):
 
 @triton.jit
 def _compact(
-    base, lo, hi, threshold, remaining, all_ties, taken_ties, written,
+    base, lo, hi, threshold, remaining, all_ties, taken_ties, written, k,
     out_idx_row, req_to_token_row, out_indices_row, num_kv_heads, g,
     WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Write the columns in ``[lo, hi)`` with key > threshold, and those == threshold while
     fewer than ``remaining`` ties are taken overall, in ascending order from ``written``.
     ``all_ties``: the row's ties at the threshold are exactly ``remaining`` (the usual case), so
-    every tie is taken and the tie ranks need no scan."""
+    every tie is taken and the tie ranks need no scan. Nothing lands at or past the row's ``k``
+    (only wrong counts could put it there: then the row is wrong, the memory around it intact)."""
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         ok = offs < hi
@@ -83,10 +84,11 @@ def _compact(
             take = (ok & (key > threshold)) | (tie & (tie_rank < remaining))
             taken_ties += tl.sum(tie.to(tl.int32), axis=0)
         pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
-        tl.store(out_idx_row + pos, offs, mask=take)
+        inside = take & (pos >= 0) & (pos < k)
+        tl.store(out_idx_row + pos, offs, mask=inside)
         if WRITE_INDICES:
-            slot = tl.load(req_to_token_row + offs, mask=take, other=0)
-            tl.store(out_indices_row + pos, slot * num_kv_heads + g, mask=take)
+            slot = tl.load(req_to_token_row + offs, mask=inside, other=0)
+            tl.store(out_indices_row + pos, slot * num_kv_heads + g, mask=inside)
         written += tl.sum(take.to(tl.int32), axis=0)
 
 
@@ -127,7 +129,7 @@ def _topk_kernel(
         pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
         dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
         _compact(
-            base, 0, L, prefix ^ _SIGN, remaining, ties == remaining, tl.zeros([], tl.int32), tl.zeros([], tl.int32),
+            base, 0, L, prefix ^ _SIGN, remaining, ties == remaining, tl.zeros([], tl.int32), tl.zeros([], tl.int32), k,
             out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
             out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
         )
@@ -251,7 +253,7 @@ def _split_compact_kernel(
         dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
         _compact(
             scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix ^ _SIGN, remaining,
-            ties == remaining, ties_before, above_before + tl.minimum(ties_before, remaining),
+            ties == remaining, ties_before, above_before + tl.minimum(ties_before, remaining), k,
             out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
             out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
         )

@@ -79,6 +79,30 @@ def test_encode_matches_vq_encode(dtype: torch.dtype, split: bool) -> None:
 
 
 @pytest.mark.parametrize("split", [False, True])
+def test_encode_every_layer_in_one_launch(split: bool) -> None:
+    """``layer_pointers``: the keys at the given slots of three separately allocated layer pools,
+    encoded against each layer's codebook in one launch, get the codes one launch per layer gives;
+    slot −1 is skipped in every layer."""
+    layers, kv_heads, dim, size, slots = 3, 2, 32, 300, 50
+    pools = [torch.randn(slots, kv_heads, dim, generator=torch.Generator().manual_seed(60 + i)).bfloat16().to(DEVICE)
+             for i in range(layers)]
+    books = [codebook(kv_heads, dim, size, seed=70 + i) for i in range(layers)]
+    pairs = [encode_projection(chol.to(DEVICE), cz.to(DEVICE)) for chol, cz in books]
+    proj = torch.stack([p for p, _ in pairs])
+    half_norm = torch.stack([h for _, h in pairs])
+    loc = torch.tensor([3, -1, 17, 40, -1, 8], device=DEVICE)
+    ws = encode_workspace(len(loc) * layers, kv_heads, size, DEVICE) if split else None
+    want = torch.full((layers, slots, kv_heads), -7, dtype=torch.int16, device=DEVICE)
+    for i in range(layers):
+        encode_keys(pools[i], proj[i], half_norm[i], loc, want[i], workspace=ws, gather=True)
+    got = torch.full_like(want, -7)
+    pointers = torch.tensor([p.data_ptr() for p in pools], dtype=torch.int64, device=DEVICE)
+    encode_keys(pools[0], proj, half_norm, loc, got, workspace=ws, gather=True, layer_pointers=pointers)
+    assert torch.equal(got, want)
+    assert (got[:, [3, 17, 40, 8]] != -7).all() and not torch.equal(got[0], got[1])  # each layer its own codebook
+
+
+@pytest.mark.parametrize("split", [False, True])
 def test_encode_codes_past_int16_round_trip(split: bool) -> None:
     """A 40000-word codebook: keys sitting on codewords ≥ 32768 get exactly those codes."""
     dim, size = 4, 40000

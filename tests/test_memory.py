@@ -28,7 +28,7 @@ def test_footprint_counts_codes_codebooks_and_scratch() -> None:
     codebooks = 32 * 8 * 4096 * (128 * 4 + 4 + 128 * 2)  # encode projection fp32, half norms, decoded bf16
     width = Budget(8, 64, 0.03, 256, 4096).width(32832)  # no codebook: 8 sinks, a 64-token window
     buckets = 10  # log2 WRoPE buckets from the 64-token window: edges 64, 128, …, 32768
-    assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets)
+    assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets, layers=32)
     lut = 16 * buckets * 8 * 4096 * 4  # the decode graph's group-reduced table, fp32
     assert SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets) - SparseDecodeBuffers.nbytes(
         16, 8, 32832, width, 4096, 0) == lut

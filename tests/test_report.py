@@ -57,7 +57,8 @@ def results(tmp_path: Path) -> Path:
         "a2ats_step_ms": {"due": 7.5249, "idle": 5.9068},
         "a2ats_stages_ms": {"encode_due": 1.819, "encode_idle": 0.2133, "lookup_table": 0.9536, "score": 1.4594,
                             "topk": 2.2603, "attention": 0.5556},
-        "a2ats_stages_gbps": {"encode_due": 300.0, "lookup_table": 900.0, "score": 1200.0, "topk": 1500.0, "attention": 2000.0},
+        "a2ats_stages_gbps": {"encode_due": 300.0, "lookup_table": 900.0, "score": 1200.0, "topk": 1500.0,
+                              "score_topk": 1400.0, "attention": 2000.0},
         "a2ats_step_bytes": 3.5e9, "stock_bytes": 34.4e9, "a2ats_step_gbps": 583.0, "stock_gbps": 2928.0,
         "a2ats_roofline_ms": 1.05, "a2ats_vs_roofline": 5.7}]})
     write(res / "calibration_cost.json", {"meta": META, "seconds": {}})  # no document reads it here
@@ -102,7 +103,7 @@ def test_report_writes_documents_from_templates_and_plots(results: Path, docs: P
     # decode step: mean (idle / due), the ratio to stock, the split
     assert "| 8 | 11.75 ms | 6.01 ms (5.91 / 7.52) | 1.96× | 0.21 / 1.82 | 0.95 | 1.46 | 2.26 | 0.56 |" in text
     # and its bytes against the roofline
-    assert "| 8 | 3.50 / 34.4 | 583 / 2,928 | 1.05 ms (5.7× it) | 300 | 900 | 1,200 | 1,500 | 2,000 |" in text
+    assert "| 8 | 3.50 / 34.4 | 583 / 2,928 | 1.05 ms (5.7× it) | 300 | 900 | 1,200 | 1,500 | 1,400 | 2,000 |" in text
     # every table names its sources
     assert "- `throughput-stock.json`: NVIDIA H100 80GB HBM3, commit abcdef1, `python -m x`; server: `-m sglang.launch_server`" in text
 

@@ -29,8 +29,9 @@ def test_host_plan_and_device_offsets_agree(budget: Budget) -> None:
         assert torch.equal(counts[:, 0].long(), lengths), "a budget of the whole context keeps every token"
 
 
-def test_nbytes_matches_what_is_allocated() -> None:
+@pytest.mark.parametrize("layers", [1, 32])
+def test_nbytes_matches_what_is_allocated(layers: int) -> None:
     b = Budget(8, 64, 0.03, 256, 4096)
-    buffers = SparseDecodeBuffers(4, 8, 9000, b.width(9000), 4096, 9, "cpu")
+    buffers = SparseDecodeBuffers(4, 8, 9000, b.width(9000), 4096, 9, "cpu", layers=layers)
     allocated = sum(t.numel() * t.element_size() for t in vars(buffers).values() if isinstance(t, torch.Tensor))
-    assert SparseDecodeBuffers.nbytes(4, 8, 9000, b.width(9000), 4096, 9) == allocated
+    assert SparseDecodeBuffers.nbytes(4, 8, 9000, b.width(9000), 4096, 9, layers=layers) == allocated

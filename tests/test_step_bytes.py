@@ -3,6 +3,8 @@ shape: 32 layers, 8 kv heads of 128, GQA group 4)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks.step_bytes import StepShape, gbps, minimum_bytes, stage_bytes, step_bytes, stock_bytes
 
 LAYERS = 32
@@ -50,10 +52,15 @@ def test_roofline_of_a_measured_step() -> None:
     from benchmarks.decode_step import roofline
 
     s = shape(8)
-    stages = {"encode_due": 1.0, "encode_idle": 0.2, "lookup_table": 0.5, "score": 1.0, "topk": 2.0, "attention": 0.5}
+    stages = {"encode_due": 1.0, "encode_idle": 0.2, "lookup_table": 0.5, "score": 1.0, "topk": 2.0,
+              "score_topk": 2.5, "attention": 0.5}
     out = roofline(s, LAYERS, {"a2ats_stages_ms": stages, "a2ats_ms": 4.0, "stock_ms": 8.0}, "NVIDIA H200")
-    assert out["a2ats_stages_bytes"]["topk"] == stage_bytes(s)["topk"] * LAYERS
-    assert out["a2ats_stages_gbps"]["topk"] == round(stage_bytes(s)["topk"] * LAYERS / 2.0 / 1e6, 1)
+    apart = stage_bytes(dataclasses.replace(s, first_pass_in_score=False))  # timed alone: five passes
+    assert out["a2ats_stages_bytes"]["topk"] == apart["topk"] * LAYERS
+    assert out["a2ats_stages_gbps"]["topk"] == round(apart["topk"] * LAYERS / 2.0 / 1e6, 1)
+    fused = stage_bytes(s)  # the serving pair reads the scores once less
+    assert fused["topk"] == apart["topk"] - 8 * 32768 * 8 * 4
+    assert out["a2ats_stages_bytes"]["score_topk"] == (fused["score"] + fused["topk"]) * LAYERS
     assert "encode_idle" not in out["a2ats_stages_gbps"]  # moves nothing
     assert out["a2ats_roofline_ms"] == round(step_bytes(s) * LAYERS / 4.8e12 * 1e3, 4)
     assert out["a2ats_vs_roofline"] == round(4.0 / out["a2ats_roofline_ms"], 2)

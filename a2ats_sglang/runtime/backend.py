@@ -87,13 +87,17 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         self.offload: Offload | None = None
         if offload:
             self.offload = Offload(
-                pool, self.decoder.codes.shape[0], self.decoder.width, self.device,
+                pool, self.decoder.num_layers, self.decoder.width, self.device,
                 host_used=lambda: pool.plan.logical_slots - model_runner.token_to_kv_pool_allocator.available_size(),
                 prometheus=model_runner.server_args.enable_metrics,
             )
             # the prefill's paged attention reads GPU slots: staging's table, not req_to_token
             assert pool.staging.table.shape[0] >= self.req_to_token_pool.req_to_token.shape[0]
             self.indices_updater_prefill.req_to_token = pool.staging.table
+        # each layer's key pool address (the host pool's in offload mode): one launch encodes a
+        # decode step's due keys in every layer
+        keys = [pool.host_kv(i)[0] if offload else pool.get_key_buffer(i) for i in range(self.decoder.num_layers)]
+        self.key_pointers = torch.tensor([k.data_ptr() for k in keys], dtype=torch.int64, device=self.device)
         self.graph_buffers: SparseDecodeBuffers | None = None
         self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}
         self.eager_buffers: SparseDecodeBuffers | None = None
@@ -121,7 +125,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def _buffers(self, bs: int) -> SparseDecodeBuffers:
         d = self.decoder
         return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, d.num_buckets,
-                                   self.device, offload=self.offload is not None)
+                                   self.device, offload=self.offload is not None, layers=d.num_layers)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
@@ -225,9 +229,11 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         buffers, wrapper = self.step
         k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         offload = None if self.offload is None else self.offload.layer(layer.layer_id, buffers)
-        if k is not None:  # the new key waits in the window; whole groups are encoded from the pool
+        if k is not None and layer.layer_id == self.decoder.num_layers - 1:
+            # every layer's K of the step is in the pool now: one launch encodes the due groups of
+            # all layers (the new keys wait in the window, which scoring never reads)
             keys = k_pool if offload is None else offload.host_k
-            self.decoder.encode_pool(layer.layer_id, keys, self.tables.due, buffers.encode_ws)
+            self.decoder.encode_pool_layers(self.key_pointers, keys, self.tables.due, buffers.encode_ws)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(

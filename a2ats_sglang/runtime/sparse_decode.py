@@ -23,6 +23,7 @@ from a2ats_sglang.kernels.encode import (
     encode_keys,
     encode_projection,
     encode_workspace,
+    split_key_limit,
 )
 from a2ats_sglang.kernels.lut import folded_lookup_table
 from a2ats_sglang.kernels.score import score_tokens
@@ -96,12 +97,17 @@ class Budget:
 ENCODE_KEYS_PER_REQUEST = 16  # the largest encode_group
 
 
+def _split_keys(max_bs: int, cols: int) -> int:
+    """Keys the encode workspace holds: a step's due keys, as many as the kernel would split."""
+    return min(max_bs * ENCODE_KEYS_PER_REQUEST, split_key_limit(cols))
+
+
 class SparseDecodeBuffers:
     """Every tensor the decode graph reads or writes, sized once for ``max_bs`` requests."""
 
     def __init__(
         self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
-        device: torch.device | str, offload: bool = False,
+        device: torch.device | str, offload: bool = False, layers: int = 1,
     ) -> None:
         self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
         rows = max_bs * num_kv_heads
@@ -115,7 +121,9 @@ class SparseDecodeBuffers:
         self.indices = torch.zeros(rows * width, dtype=torch.int32, device=device)  # [rows·width]
         self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
         # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
-        self.encode_ws = encode_workspace(max_bs * ENCODE_KEYS_PER_REQUEST, num_kv_heads, codebook_size, device)
+        # (``layers``: the step's due keys of every layer encoded in one launch)
+        self.encode_ws = encode_workspace(_split_keys(max_bs, layers * num_kv_heads), layers * num_kv_heads,
+                                          codebook_size, device)
         self.topk_ws = topk_workspace(rows, device)
         # offload mode's fetch: victim slots, then (GPU slot, logical slot) of each miss; (hits, misses)
         self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if offload else None
@@ -123,10 +131,11 @@ class SparseDecodeBuffers:
 
     @staticmethod
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
-               offload: bool = False) -> int:
+               offload: bool = False, layers: int = 1) -> int:
         rows = max_bs * num_kv_heads
         lut = 4 * max_bs * buckets * num_kv_heads * codebook_size
-        encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * rows * ENCODE_KEYS_PER_REQUEST
+        cols = layers * num_kv_heads
+        encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * _split_keys(max_bs, cols) * cols
         topk_ws = 4 * topk_workspace_numel(rows)
         fetch = 4 * rows * (2 * width + 2) if offload else 0
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch
@@ -193,6 +202,14 @@ class SparseDecoder:
         encode_keys(k, self.proj[layer], self.half_norm[layer], loc, self.codes[layer], workspace,
                     unrotate=self.rotary.unrotate(tables), **self.encode_tiling)
 
+    def encode_pool_layers(self, key_pointers: torch.Tensor, k_pool: torch.Tensor, keys: PoolKeys,
+                           workspace: torch.Tensor | None = None) -> None:
+        """:meth:`encode_pool` for every layer in one launch: ``key_pointers`` int64 ``[layers]``
+        holds each layer's key-pool address, ``k_pool`` is one of them (shape, strides, dtype)."""
+        encode_keys(k_pool, self.proj, self.half_norm, keys.slots, self.codes, workspace,
+                    unrotate=self.rotary.unrotate(keys.tables), gather=True, layer_pointers=key_pointers,
+                    **self.encode_tiling)
+
     def encode_pool(self, layer: int, k_pool: torch.Tensor, keys: PoolKeys, workspace: torch.Tensor | None = None) -> None:
         """Codes of keys already stored in ``k_pool`` ``[slots, Hkv, d]`` (post-RoPE)."""
         encode_keys(k_pool, self.proj[layer], self.half_norm[layer], keys.slots, self.codes[layer], workspace,
@@ -230,6 +247,10 @@ class SparseDecoder:
         query rotations at ``positions``."""
         return StepTables(self.due_keys(req_to_token, req_pool_indices, positions),
                           self.rotary.query_tables(positions, self.reps))
+
+    @property
+    def num_layers(self) -> int:
+        return self.codes.shape[0]
 
     @property
     def num_buckets(self) -> int:
