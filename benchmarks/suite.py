@@ -90,12 +90,13 @@ def load_result(path: Path) -> dict[str, Any] | None:
         raise SystemExit(f"benchmarks.suite: error: {path} is not valid JSON; move it away to start that workload afresh") from None
 
 
-def pending(w: Workload, side: str, results: Path, gpu: str, retry_failed: bool) -> bool:
+def pending(w: Workload, side: str, results: Path, gpu: str, retry_failed: bool, rerun: bool = False) -> bool:
     done = (load_result(result_path(results, gpu, w.name)) or {}).get("sides", {}).get(side)
-    return done is None or (retry_failed and "error" in done)
+    return rerun or done is None or (retry_failed and "error" in done)
 
 
-def plan(workloads: Sequence[Workload], sides: Sequence[str], results: Path, gpu: str, retry_failed: bool) -> list[Group]:
+def plan(workloads: Sequence[Workload], sides: Sequence[str], results: Path, gpu: str, retry_failed: bool,
+         rerun: bool = False) -> list[Group]:
     """Pending (workload, side) pairs grouped by server, in model order, then side order (stock
     first, so a2ats is compared with a stock measured alongside)."""
     groups = []
@@ -104,7 +105,7 @@ def plan(workloads: Sequence[Workload], sides: Sequence[str], results: Path, gpu
             if side not in sides:
                 continue
             todo = tuple(w for w in workloads if w.model == model and side in w.sides
-                         and pending(w, side, results, gpu, retry_failed))
+                         and pending(w, side, results, gpu, retry_failed, rerun))
             if todo:
                 groups.append(Group(model, side, todo))
     return groups
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-args", default="", help="extra flags for every server, one string")
     p.add_argument("--startup-timeout", type=float, default=1200.0, help="seconds for a server to get healthy")
     p.add_argument("--retry-failed", action="store_true", help="run again the sides recorded with an error")
+    p.add_argument("--rerun", action="store_true",
+                   help="run the selected workloads and sides again even where recorded (a new commit's numbers)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return p
 
@@ -276,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args.device_name = args.gpu
     workloads = [w for w in WORKLOADS if w.name in args.workloads]
-    groups = plan(workloads, args.sides, Path(args.results), args.gpu, args.retry_failed)
+    groups = plan(workloads, args.sides, Path(args.results), args.gpu, args.retry_failed, args.rerun)
     total = sum(len(g.workloads) for g in groups)
     print(f"[suite] {args.gpu}: {total} (workload, side) runs pending on {len(groups)} servers", flush=True)
     for g in groups:

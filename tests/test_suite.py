@@ -62,6 +62,8 @@ def test_plan_groups_by_server_and_skips_what_is_done(tmp_path: Path) -> None:
         ("stock", ["chat", "doc"]), ("a2ats", ["chat", "doc"]), ("stock", ["huge"])]
     retry = suite.plan(SMALL, ["a2ats"], tmp_path, "g", True)
     assert [w.name for w in retry[0].workloads] == ["rand", "chat", "doc"]
+    rerun = suite.plan(SMALL, ["stock"], tmp_path, "g", False, rerun=True)  # recorded and fine, yet again
+    assert [(g.side, [w.name for w in g.workloads]) for g in rerun] == [("stock", ["rand", "chat", "doc"]), ("stock", ["huge"])]
 
 
 def test_runs_every_workload_on_every_side_and_resumes(fake: Path, capsys: pytest.CaptureFixture) -> None:
@@ -93,6 +95,9 @@ def test_runs_every_workload_on_every_side_and_resumes(fake: Path, capsys: pytes
     assert "0 (workload, side) runs pending" in capsys.readouterr().out
     assert suite.main(argv(fake, "--dry-run", "--retry-failed")) == 0
     assert "1 (workload, side) runs pending on 1 servers" in capsys.readouterr().out
+    # --rerun: every selected pair again, recorded or not
+    assert suite.main(argv(fake, "--dry-run", "--rerun")) == 0
+    assert "[suite] test: 8 (workload, side) runs pending on 4 servers" in capsys.readouterr().out
 
 
 def test_a_side_that_cannot_start_or_fails_is_recorded(fake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
