@@ -129,7 +129,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     scale = m.head_dim**-0.5
 
     buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dec.num_buckets, dev,
-                                  layers=layers)
+                                  layers=dec.num_layers)
     wrapper = dec.new_wrapper(workspace, buffers, bs)
     buffers.set_counts(seq_lens, dec.budget)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
@@ -137,7 +137,8 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     tables = dec.step_tables(positions, req_to_token, rpi)  # every request completes an encode group
     idle_keys = dec.due_keys(req_to_token, rpi, positions - 1)  # a step earlier none does
     lut = dec.lookup_table(0, q, tables.queries, buffers.lut)
-    key_pointers = torch.full((layers,), k_pool.data_ptr(), dtype=torch.int64, device=dev)  # every layer's pool
+    # the encode launch covers the model's layers (the codebook's), each reading this one pool
+    key_pointers = torch.full((dec.num_layers,), k_pool.data_ptr(), dtype=torch.int64, device=dev)
 
     from a2ats_sglang.kernels.score import score_tokens
     from a2ats_sglang.kernels.select import select_and_write
