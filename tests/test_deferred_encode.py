@@ -66,24 +66,31 @@ class Pool:
         assert torch.equal(self.dec.codes[0][slots], self.reference_codes(slots, torch.arange(n))), seq_len
         return n
 
-    def decode(self, req: int, start: int, steps: int, workspace: bool) -> None:
-        """``steps`` decode steps of request row ``req`` from position ``start``, checking after each."""
+    def decode(self, req: int, start: int, steps: int, workspace: bool, layered: bool = False) -> None:
+        """``steps`` decode steps of request row ``req`` from position ``start``, checking after each.
+        ``layered``: as the backend does, through the one launch for every layer's pool."""
         rpi = torch.tensor([req], device=DEVICE)
+        ws = self.buffers.encode_ws if workspace else None
+        pointers = torch.tensor([self.k_pool.data_ptr()], dtype=torch.int64, device=DEVICE)
         for pos in range(start, start + steps):
             self.write(req, range(pos, pos + 1))
             due = self.dec.due_keys(self.req_to_token, rpi, torch.tensor([pos], device=DEVICE))
-            self.dec.encode_pool(0, self.k_pool, due, self.buffers.encode_ws if workspace else None)
+            if layered:
+                self.dec.encode_pool_layers(pointers, self.k_pool, due, ws)
+            else:
+                self.dec.encode_pool(0, self.k_pool, due, ws)
             self.check(req, pos + 1)
 
 
-@pytest.mark.parametrize("window, workspace", [(8, True), (8, False), (5, True), (1, True)])
-def test_every_token_outside_the_window_has_its_code(window: int, workspace: bool) -> None:
+@pytest.mark.parametrize("window, workspace, layered", [(8, True, False), (8, False, False), (5, True, False),
+                                                        (1, True, False), (8, True, True), (8, False, True)])
+def test_every_token_outside_the_window_has_its_code(window: int, workspace: bool, layered: bool) -> None:
     p = Pool(window)
     assert p.dec.encode_group == encode_group(window)
     # request 1: prefill 37 tokens (the extend path encodes them), decode 21 steps
     loc = p.write(1, range(37))
     p.dec.encode(0, p.k_pool[loc], loc, p.dec.rotary.key_tables(torch.arange(37, device=DEVICE)))
-    p.decode(1, 37, 21, workspace)
+    p.decode(1, 37, 21, workspace, layered)
     assert p.check(1, 58) > 0
     # request 2 reuses request 1's 58 tokens (its last group unfinished: 58 % group ≠ 0 for
     # groups > 2), as SGLang's radix cache shares them: the extend encodes the tail it may lack
@@ -96,7 +103,7 @@ def test_every_token_outside_the_window_has_its_code(window: int, workspace: boo
         p.dec.encode_pool(0, p.k_pool, tails)
     loc = p.write(2, range(58, 70))
     p.dec.encode(0, p.k_pool[loc], loc, p.dec.rotary.key_tables(torch.arange(58, 70, device=DEVICE)))
-    p.decode(2, 70, 9, workspace)
+    p.decode(2, 70, 9, workspace, layered)
     assert p.check(2, 79) == 79 - window
 
 
