@@ -9,8 +9,10 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
   the bucketed, group-reduced lookup table);
 - :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
   KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
-- :mod:`.lut` — ``folded_lookup_table`` (the lookup-table GEMM reduced over each GQA group, with
-  a fixed tiling: batch-invariant, as SGLang's deterministic inference wants);
+- :mod:`.lut` — ``folded_lookup_table`` (WRoPE queries rotated in registers, times the codebook,
+  reduced over each GQA group; a fixed tiling: batch-invariant, as SGLang's deterministic
+  inference wants);
+- :mod:`.rotary` — ``rope_pairs`` (the RoPE pairing the encode and lookup-table kernels rotate with);
 - :mod:`.hot_buffer` — ``fetch_hot`` (offload mode: picked tokens' K/V from pinned host memory
   into each request's hot buffer, attention indices of the row), ``store_to_host`` / ``load_from_host``
   (K/V rows between the GPU and the pinned host pool).

@@ -1,5 +1,6 @@
-"""The group-reduced lookup table: the products of the bf16 inputs summed in fp32, reduced over
-each GQA group, and a request's entries the same bits whatever its batch."""
+"""The group-reduced lookup table: queries rotated per bucket and rounded to bf16, multiplied by
+the bf16 codewords with the products summed in fp32, reduced over each GQA group, and a
+request's entries the same bits whatever its batch."""
 
 from __future__ import annotations
 
@@ -11,55 +12,84 @@ from a2ats_sglang.kernels.lut import folded_lookup_table
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def reference(a: torch.Tensor, b: torch.Tensor, group: int, reduce: str) -> torch.Tensor:
-    """fp32 matmul of the bf16 inputs, then the reduction over each group's columns. # [J, H, C]"""
-    full = torch.bmm(a.float(), b.float())  # [H, C, J·G]
-    heads, codewords, cols = full.shape
-    grouped = full.view(heads, codewords, cols // group, group)
-    folded = grouped.amax(3) if reduce == "max" else grouped.mean(3)
-    return folded.permute(2, 0, 1)
+def rotated(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
+    """Neox rotation of ``q`` ``[bs, Hq, d]`` by each bucket's angles ``[bs, nb, d/2]``, rounded to
+    bf16 as the kernel does. # [bs, nb, Hq, d]"""
+    half = q.shape[-1] // 2
+    x = q.float()[:, None]  # [bs, 1, Hq, d]
+    c, s = cos[:, :, None], sin[:, :, None]  # [bs, nb, 1, d/2]
+    lo, hi = x[..., :half], x[..., half:]
+    return (torch.cat([lo * c - hi * s, hi * c + lo * s], -1) * scale).bfloat16()
+
+
+def reference(decoded: torch.Tensor, q_w: torch.Tensor, group: int, reduce: str) -> torch.Tensor:
+    """fp32 products of the bf16 inputs, reduced over each group. ``q_w`` ``[bs, nb, Hq, d]`` → ``[bs·nb, Hkv, C]``"""
+    bs, nb, q_heads, dim = q_w.shape
+    heads = decoded.shape[0]
+    logits = torch.einsum("hcd,jhgd->jhgc", decoded.float(), q_w.float().view(bs * nb, heads, group, dim))
+    return logits.amax(2) if reduce == "max" else logits.mean(2)
+
+
+def inputs(bs: int, nb: int, heads: int, group: int, dim: int, codewords: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    decoded = torch.randn(heads, codewords, dim, generator=g).bfloat16()
+    q = torch.randn(bs, heads * group, dim, generator=g).bfloat16()
+    angles = torch.rand(bs, nb, dim // 2, generator=g) * 6.3
+    return decoded, q, angles.cos(), angles.sin()
 
 
 @pytest.mark.parametrize("dim, group, reduce", [(64, 4, "max"), (48, 3, "max"), (64, 7, "mean"), (64, 1, "max"),
                                                 (64, 4, "mean")])
-def test_matches_a_reduced_fp32_matmul_of_the_bf16_inputs(dim: int, group: int, reduce: str) -> None:
-    g = torch.Generator().manual_seed(0)
-    jobs = 37  # not a multiple of a program's groups: the last tile is partial
-    a = torch.randn(2, 100, dim, generator=g).bfloat16()
-    b = torch.randn(2, dim, jobs * group, generator=g).bfloat16()
-    got = folded_lookup_table(a.to(DEVICE), b.to(DEVICE), group, reduce).cpu()
-    assert got.shape == (jobs, 2, 100) and got.dtype == torch.float32
-    torch.testing.assert_close(got, reference(a, b, group, reduce), rtol=1e-5, atol=1e-4)
+def test_matches_a_reduced_fp32_matmul_of_the_rotated_bf16_inputs(dim: int, group: int, reduce: str) -> None:
+    bs, nb = 5, 7  # 35 (request, bucket) columns: not a multiple of a program's groups
+    decoded, q, cos, sin = inputs(bs, nb, 2, group, dim, 100, seed=0)
+    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), group, True, 0.9,
+                              reduce).cpu()
+    assert got.shape == (bs * nb, 2, 100) and got.dtype == torch.float32
+    want = reference(decoded, rotated(q, cos, sin, 0.9), group, reduce)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_max_of_exact_products_is_exact() -> None:
-    """Small integers make every sum exact: the folded table equals the reference bit for bit,
-    so whatever picks follow from it are those of the per-head table."""
+    """No rotation and small integers make every sum exact: the folded table equals the reference
+    bit for bit, so whatever picks follow from it are those of the per-head table."""
     g = torch.Generator().manual_seed(1)
-    a = torch.randint(-4, 5, (3, 130, 32), generator=g).bfloat16()
-    b = torch.randint(-4, 5, (3, 32, 9 * 7), generator=g).bfloat16()
-    got = folded_lookup_table(a.to(DEVICE), b.to(DEVICE), 7, "max").cpu()
-    assert torch.equal(got, reference(a, b, 7, "max"))
+    decoded = torch.randint(-4, 5, (3, 130, 32), generator=g).bfloat16()
+    q = torch.randint(-4, 5, (3, 3 * 7, 32), generator=g).bfloat16()
+    cos, sin = torch.ones(3, 2, 16), torch.zeros(3, 2, 16)  # two buckets, both the identity
+    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), 7, True).cpu()
+    assert torch.equal(got, reference(decoded, q[:, None].expand(3, 2, 21, 32), 7, "max"))
+
+
+def test_partial_and_interleaved_rotation() -> None:
+    """GPT-J pairs (2i, 2i+1) over the first 16 of 32 dimensions; the rest only scaled."""
+    decoded, q, _, _ = inputs(2, 3, 1, 2, 32, 40, seed=2)
+    angles = torch.rand(2, 3, 8, generator=torch.Generator().manual_seed(3)) * 6.3
+    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), angles.cos().to(DEVICE), angles.sin().to(DEVICE), 2,
+                              False, 1.5).cpu()
+    x = q.float()[:, None].expand(2, 3, 2, 32).clone()
+    ev, od = x[..., 0:16:2].clone(), x[..., 1:16:2].clone()
+    c, s = angles.cos()[:, :, None], angles.sin()[:, :, None]
+    x[..., 0:16:2], x[..., 1:16:2] = ev * c - od * s, od * c + ev * s
+    torch.testing.assert_close(got, reference(decoded, (x * 1.5).bfloat16(), 2, "max"), rtol=1e-5, atol=1e-4)
 
 
 def test_writes_into_a_given_buffer_and_rejects_a_bad_one() -> None:
-    a = torch.randn(1, 16, 16).bfloat16().to(DEVICE)
-    b = torch.randn(1, 16, 8).bfloat16().to(DEVICE)
+    decoded, q, cos, sin = (t.to(DEVICE) for t in inputs(1, 2, 1, 4, 16, 16, seed=4))
     out = torch.full((2, 1, 16), 7.0, device=DEVICE)
-    assert folded_lookup_table(a, b, 4, "max", out=out) is out
-    torch.testing.assert_close(out.cpu(), reference(a.cpu(), b.cpu(), 4, "max"), rtol=1e-5, atol=1e-4)
+    assert folded_lookup_table(decoded, q, cos, sin, 4, True, out=out) is out
+    want = reference(decoded.cpu(), rotated(q.cpu(), cos.cpu(), sin.cpu(), 1.0), 4, "max")
+    torch.testing.assert_close(out.cpu(), want, rtol=1e-5, atol=1e-4)
     with pytest.raises(AssertionError):
-        folded_lookup_table(a, b, 3, "max")  # 8 columns are not whole groups of 3
+        folded_lookup_table(decoded, q, cos, sin, 3, True)  # 4 query heads are not groups of 3 per kv head
     with pytest.raises(AssertionError):
-        folded_lookup_table(a, b, 4, "max", out=torch.empty(2, 1, 15, device=DEVICE))
+        folded_lookup_table(decoded, q, cos, sin, 4, True, out=torch.empty(2, 1, 15, device=DEVICE))
 
 
 def batch_invariance(group: int) -> bool:
-    g = torch.Generator().manual_seed(1)
-    a = torch.randn(8, 4096, 128, generator=g).bfloat16().to(DEVICE)
-    b = torch.randn(8, 128, 16 * 9 * group, generator=g).bfloat16().to(DEVICE)
-    alone = folded_lookup_table(a, b[:, :, : 9 * group].contiguous(), group)  # one request: 9 buckets
-    batched = folded_lookup_table(a, b, group)  # the same request first in a batch of 16
+    decoded, q, cos, sin = (t.to(DEVICE) for t in inputs(16, 9, 8, group, 128, 4096, seed=5))
+    alone = folded_lookup_table(decoded, q[:1].contiguous(), cos[:1].contiguous(), sin[:1].contiguous(), group, True)
+    batched = folded_lookup_table(decoded, q, cos, sin, group, True)  # the same request first in a batch of 16
     return torch.equal(alone, batched[:9])
 
 

@@ -1,4 +1,5 @@
-"""The fused rotation kernel (queries per bucket, keys) against RopeSpec, on every RoPE layout."""
+"""The rotations inside the kernels (keys in the encode kernel, queries per bucket in the
+lookup-table kernel) against RopeSpec, on every RoPE layout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from a2ats_sglang.kernels.encode import encode_keys, encode_projection
+from a2ats_sglang.kernels.lut import folded_lookup_table
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.rotary import DeviceRotary
@@ -45,12 +47,13 @@ def test_keys_and_queries_match_ropespec(spec: RopeSpec) -> None:
     encode_keys(spec.unrotate(k_many, many.to(DEVICE)).contiguous(), proj, half, loc, plain)
     assert (fused == plain).float().mean() > 0.99  # a wrong rotation changes most codes
 
+    # queries: the lookup-table kernel rotates them per bucket; against unit codewords (group 1)
+    # its table is each rotated query's components
     buckets = DistanceBuckets.log2(64, 8192)
-    q = torch.randn(n, hkv * group, spec.head_dim, generator=g)
+    q = torch.randn(n, hkv * group, spec.head_dim, generator=g).bfloat16()
     reps = torch.tensor(buckets.representatives)
-    out = rot.wrope_queries(q.to(DEVICE), rot.query_tables(pos.to(DEVICE), reps.to(DEVICE)), hkv).cpu()
-    nb = len(reps)
-    # [Hkv, d, bs·nb·G] → [bs, nb, Hq, d]
-    got_q = out.float().view(hkv, spec.head_dim, n, nb, group).permute(2, 3, 0, 4, 1).reshape(n, nb, hkv * group, -1)
-    ref = buckets.queries(q.to(DEVICE), pos.to(DEVICE), spec).cpu()
-    torch.testing.assert_close(got_q, ref, atol=0.01 * float(ref.abs().max()), rtol=0.01)  # bf16 output
+    tables = rot.query_tables(pos.to(DEVICE), reps.to(DEVICE))
+    unit = torch.eye(spec.head_dim).bfloat16().expand(hkv * group, -1, -1).contiguous().to(DEVICE)
+    got_q = folded_lookup_table(unit, q.to(DEVICE), *tables, 1, spec.neox, rot.factor).cpu()  # [bs·nb, Hq, d]
+    ref = buckets.queries(q.float().to(DEVICE), pos.to(DEVICE), spec).cpu().flatten(0, 1)
+    torch.testing.assert_close(got_q, ref, atol=0.01 * float(ref.abs().max()), rtol=0.01)  # bf16 queries

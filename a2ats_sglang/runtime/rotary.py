@@ -2,8 +2,8 @@
 
 The same math as :class:`a2ats_sglang.method.rope.RopeSpec` (a test checks they agree). The
 angle tables depend only on positions, so a decode step computes them once
-(:meth:`DeviceRotary.tables`); every layer rotates its queries in one launch and its new keys
-inside the encode kernel.
+(:meth:`DeviceRotary.tables`); every layer rotates its queries inside the lookup-table kernel
+and its new keys inside the encode kernel.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import NamedTuple
 import torch
 
 from a2ats_sglang.kernels.encode import Unrotate
-from a2ats_sglang.kernels.rotary import rotate
 from a2ats_sglang.method.rope import RopeSpec
 
 
@@ -42,15 +41,3 @@ class DeviceRotary:
     def unrotate(self, tables: Tables) -> Unrotate:
         """What :func:`encode_keys` needs to un-rotate post-RoPE keys itself (``key_tables``)."""
         return Unrotate(tables.cos, tables.sin, self.spec.neox, 1.0 / self.factor)
-
-    def wrope_queries(self, q_post: torch.Tensor, tables: Tables, num_kv_heads: int) -> torch.Tensor:
-        """``s·R(rep − pos)·q`` per bucket, in the lookup-table GEMM layout.
-
-        ``q_post`` ``[bs, Hq, d]`` → ``[Hkv, d, bs·nb·G]`` bfloat16.
-        """
-        bs, heads, dim = q_post.shape
-        nb, group = tables.cos.shape[1], heads // num_kv_heads
-        out = torch.empty(num_kv_heads, dim, bs * nb * group, dtype=torch.bfloat16, device=q_post.device)
-        cols = bs * nb * group
-        rotate(q_post, *tables, out, (nb * group, group, dim * cols, 1, cols), group, self.spec.neox, self.factor)
-        return out

@@ -260,16 +260,17 @@ class SparseDecoder:
         """Each kv head's WRoPE logit for every codeword, per bucket, reduced (``max`` or
         ``mean``) over its query heads. # [bs, nb, Hkv, C] f32
 
-        ``q`` ``[bs, Hq, d]`` post-RoPE; written into ``out`` (``SparseDecodeBuffers.lut``) when
+        ``q`` ``[bs, Hq, d]`` post-RoPE, rotated per bucket by ``tables``
+        (:meth:`DeviceRotary.query_tables`) inside the kernel; written into ``out`` (``SparseDecodeBuffers.lut``) when
         given. One fixed-tiling kernel whatever the mode: its entries do not depend on the batch
         (``--enable-deterministic-inference``), and the table it writes is ``G`` times smaller
         than the per-query-head one.
         """
         bs, nb = q.shape[0], self.num_buckets
-        q_w = self.rotary.wrope_queries(q, tables, self.num_kv_heads)  # [Hkv, d, bs·nb·G] bf16
         if out is not None:
             out = out[: bs * nb]
-        lut = folded_lookup_table(self.decoded[layer], q_w, self.group, self.reduce, out)  # [bs·nb, Hkv, C]
+        lut = folded_lookup_table(self.decoded[layer], q, tables.cos, tables.sin, self.group, self.rotary.spec.neox,
+                                  self.rotary.factor, self.reduce, out)  # [bs·nb, Hkv, C]
         return lut.view(bs, nb, self.num_kv_heads, self.codebook_size)
 
     def select(
