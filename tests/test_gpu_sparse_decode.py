@@ -68,7 +68,9 @@ class Setup:
         from a2ats_sglang.runtime.sparse_decode import SparseDecodeBuffers
 
         d, bs = self.decoder, len(self.lengths)
-        buffers = SparseDecodeBuffers(bs, d.num_kv_heads, self.context, d.width, d.codebook_size, d.num_buckets, "cuda")
+        buffers = SparseDecodeBuffers(bs, d.num_kv_heads, self.context, d.width, d.codebook_size, d.num_buckets, "cuda",
+                                      layers=d.num_layers)
+        pointers = torch.full((d.num_layers,), self.k_pool.data_ptr(), dtype=torch.int64, device="cuda")
         workspace = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
         wrapper = d.new_wrapper(workspace, buffers if graph else None, bs)
         seq_lens = self.lengths.cuda()
@@ -81,9 +83,11 @@ class Setup:
         def step() -> torch.Tensor:
             buffers.set_counts(seq_lens, d.budget)
             tables = d.step_tables(positions, self.req_to_token, rpi)
-            d.encode_pool(0, self.k_pool, tables.due, buffers.encode_ws)  # re-encodes due groups: same codes
             d.select(0, q, tables.queries, self.req_to_token, rpi, seq_lens, buffers)
-            return d.attend(wrapper, q, self.k_pool, self.v_pool, self.book.meta.model.head_dim**-0.5)
+            out = d.attend(wrapper, q, self.k_pool, self.v_pool, self.book.meta.model.head_dim**-0.5)
+            # as the backend after its last layer: every layer's due groups (re-encoded: same codes)
+            d.encode_pool_layers(pointers, self.k_pool, tables.due, buffers.encode_ws)
+            return out
 
         if graph:
             step()
