@@ -2,7 +2,13 @@
 
 Mode (``--fake-mode`` or FAKE_SERVER_MODE): ``ok`` (healthy, reports a KV capacity and serves
 ``/generate``), ``crash`` (exits with code 3), ``sick`` (answers /health with 503 forever),
-``fail_generate`` (healthy, but every ``/generate`` answers HTTP 500).
+``fail_generate`` (healthy, but every ``/generate`` answers HTTP 500), ``accept_all`` (answers
+every request 200, bad ones too), ``die_on_bad`` (exits at the first bad request).
+
+In ``ok`` mode bad requests get SGLang's kind of answer, a 400 with a message (malformed JSON,
+an empty prompt, ids outside the vocabulary of ``--model-path``'s config, a prompt or
+``max_new_tokens`` past its context, invalid sampling parameters), for the bad-input battery's
+tests (``benchmarks/bad_inputs.py``); ``/v1/chat/completions`` answers likewise.
 
 ``/generate`` takes ``input_ids`` and streams ``max_new_tokens`` ids (all 7) as SGLang does
 (``data: {...}`` events with the ids so far, then ``data: [DONE]``); its ``meta_info`` counts as
@@ -20,8 +26,10 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 MODE = os.environ.get("FAKE_SERVER_MODE", "ok")
+MODEL_PATH = ""
 CAPACITY = int(os.environ.get("FAKE_SERVER_CAPACITY", "100000"))
 MAX_RUNNING = int(os.environ.get("FAKE_SERVER_MAX_RUNNING", "2"))
 SEEN: list[list[int]] = []
@@ -41,6 +49,45 @@ def cached_prefix(ids: list[int]) -> int:
     return best
 
 
+def invalid(path: str, raw: bytes) -> str | None:
+    """What SGLang would refuse in this request, roughly, or None."""
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        return f"JSON decode error: {e}"
+    if not isinstance(body, dict):
+        return "the request must be a JSON object"
+    config_file = Path(MODEL_PATH) / "config.json"
+    config = json.loads(config_file.read_text()) if MODEL_PATH and config_file.is_file() else {}
+    vocab, context = config.get("vocab_size", 2**31), config.get("max_position_embeddings", 2**31)
+    if path == "/v1/chat/completions":
+        params, prompt = body, [0] * 8 * len(body.get("messages", []))
+        n = body.get("max_tokens", 16)
+    else:
+        params = body.get("sampling_params", {})
+        prompt = body["input_ids"] if "input_ids" in body else str(body.get("text", "")).split()
+        n = params.get("max_new_tokens", 16)
+    if not prompt:
+        return "the input is empty"
+    if any(isinstance(t, int) and not 0 <= t < vocab for t in prompt):
+        return f"The input_ids contains values outside the vocabulary ({vocab})"
+    if len(prompt) > context:
+        return f"The input ({len(prompt)} tokens) is longer than the model's context length ({context} tokens)."
+    if n < 0:
+        return f"max_new_tokens must be at least 0, got {n}."
+    if n + len(prompt) > context:
+        return "Requested token count exceeds the model's maximum context length"
+    if params.get("temperature", 1.0) < 0:
+        return "temperature must be a non-negative finite number"
+    if not 0 < params.get("top_p", 1.0) <= 1:
+        return "top_p must be in (0, 1]"
+    if params.get("top_k", -1) != -1 and params.get("top_k", -1) < 1:
+        return "top_k must be -1 (disable) or at least 1"
+    if not -2 <= params.get("frequency_penalty", 0.0) <= 2:
+        return "frequency_penalty must be in [-2, 2]"
+    return None
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a: object) -> None:
         pass
@@ -55,16 +102,28 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/health":
             self._reply(*((200, "") if MODE != "sick" else (503, "starting")))
+        elif self.path == "/model_info":
+            self._reply(200, json.dumps({"model_path": MODEL_PATH}))
         elif self.path == "/server_info":
             self._reply(200, json.dumps({"model_path": "fake", "max_total_num_tokens": CAPACITY, "max_running_requests": MAX_RUNNING}))
         else:
             self._reply(404, "")
 
     def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != "/generate" or MODE == "fail_generate":
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        if MODE == "fail_generate" or self.path not in ("/generate", "/v1/chat/completions"):
             self._reply(500, "Internal Server Error: fake failure")
             return
+        error = None if MODE == "accept_all" else invalid(self.path, raw)
+        if error is not None:
+            if MODE == "die_on_bad":
+                os._exit(9)
+            self._reply(400, json.dumps({"error": {"message": error}}))
+            return
+        if MODE == "accept_all" or self.path == "/v1/chat/completions" or "input_ids" not in json.loads(raw):
+            self._reply(200, json.dumps({"text": "fake", "choices": [{"message": {"content": "fake"}}]}))
+            return
+        body = json.loads(raw)
         ids, n = body["input_ids"], body["sampling_params"]["max_new_tokens"]
         with LOCK:
             cached = cached_prefix(ids)
@@ -89,7 +148,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    global MODE
+    global MODE, MODEL_PATH
     p = argparse.ArgumentParser()
     p.add_argument("--model-path")
     p.add_argument("--host")
@@ -97,6 +156,7 @@ def main() -> None:
     p.add_argument("--fake-mode", default=None)
     args, _ = p.parse_known_args()
     MODE = args.fake_mode or MODE
+    MODEL_PATH = args.model_path
     if MODE == "crash":
         print("boom: CUDA out of memory", flush=True)
         sys.exit(3)
