@@ -60,7 +60,9 @@ def results(tmp_path: Path) -> Path:
         "a2ats_stages_gbps": {"encode_due": 300.0, "lookup_table": 900.0, "score": 1200.0, "topk": 1500.0,
                               "score_topk": 1400.0, "attention": 2000.0},
         "a2ats_step_bytes": 3.5e9, "stock_bytes": 34.4e9, "a2ats_step_gbps": 583.0, "stock_gbps": 2928.0,
-        "a2ats_roofline_ms": 1.05, "a2ats_vs_roofline": 5.7}]})
+        "a2ats_roofline_ms": 1.05, "a2ats_vs_roofline": 5.7, "serving_variant": "fused_first_pass",
+        "a2ats_step_ms_by_variant": {"fused_first_pass": {"mean": 6.0079, "idle": 5.9068, "due": 7.5249},
+                                     "separate_first_pass": {"mean": 6.31, "idle": 6.2, "due": 7.9}}}]})
     write(res / "calibration_cost.json", {"meta": META, "seconds": {}})  # no document reads it here
     return res
 
@@ -103,7 +105,7 @@ def test_report_writes_documents_from_templates_and_plots(results: Path, docs: P
     # decode step: mean (idle / due), the ratio to stock, the split
     assert "| 8 | 11.75 ms | 6.01 ms (5.91 / 7.52) | 1.96× | 0.21 / 1.82 | 0.95 | 1.46 | 2.26 | 0.56 |" in text
     # and its bytes against the roofline
-    assert "| 8 | 3.50 / 34.4 | 583 / 2,928 | 1.05 ms (5.7× it) | 300 | 900 | 1,200 | 1,500 | 1,400 | 2,000 |" in text
+    assert "| 8 | 3.50 / 34.4 | 583 / 2,928 | 1.05 ms (5.7× it) | 6.31 ms | 300 | 900 | 1,200 | 1,500 | 1,400 | 2,000 |" in text
     # every table names its sources
     assert "- `throughput-stock.json`: NVIDIA H100 80GB HBM3, commit abcdef1, `python -m x`; server: `-m sglang.launch_server`" in text
 
