@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +41,44 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield server
     finally:
         server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def start(tmp_path: Path):
+    """``start(mode)`` starts the fake server (``tests/fake_server.py``) in that mode, on a model
+    whose config has SmolLM2's vocabulary and an 8K context. → its URL"""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks import bad_inputs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"vocab_size": 49152, "max_position_embeddings": 8192}))
+    procs = []
+
+    def launch(mode: str) -> str:
+        port = free_port()
+        fake = Path(__file__).parent / "fake_server.py"
+        proc = subprocess.Popen([sys.executable, str(fake), "--model-path", str(model), "--host", "127.0.0.1",
+                                 "--port", str(port), "--fake-mode", mode])
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            if bad_inputs.alive(url, timeout=1):
+                return url
+            time.sleep(0.1)
+        raise RuntimeError("the fake server did not start")
+
+    yield launch
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -3,7 +3,9 @@
 Mode (``--fake-mode`` or FAKE_SERVER_MODE): ``ok`` (healthy, reports a KV capacity and serves
 ``/generate``), ``crash`` (exits with code 3), ``sick`` (answers /health with 503 forever),
 ``fail_generate`` (healthy, but every ``/generate`` answers HTTP 500), ``accept_all`` (answers
-every request 200, bad ones too), ``die_on_bad`` (exits at the first bad request).
+every request 200, bad ones too), ``die_on_bad`` (exits at the first bad request), ``leak``
+(its ``sglang:token_usage`` gauge stays above zero once it has served a few requests),
+``wrong_answers`` (each reply's tokens differ from the last one's).
 
 In ``ok`` mode bad requests get SGLang's kind of answer, a 400 with a message (malformed JSON,
 an empty prompt, ids outside the vocabulary of ``--model-path``'s config, a prompt or
@@ -35,6 +37,7 @@ MAX_RUNNING = int(os.environ.get("FAKE_SERVER_MAX_RUNNING", "2"))
 SEEN: list[list[int]] = []
 LOCK = threading.Lock()
 IN_FLIGHT = [0]
+SERVED = [0]
 
 
 def cached_prefix(ids: list[int]) -> int:
@@ -102,6 +105,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/health":
             self._reply(*((200, "") if MODE != "sick" else (503, "starting")))
+        elif self.path == "/metrics":
+            usage = 0.05 if MODE == "leak" and SERVED[0] > 20 else 0.0  # a pool that never empties again
+            self._reply(200, f"sglang:num_running_reqs {IN_FLIGHT[0]}.0\nsglang:num_queue_reqs 0.0\n"
+                             f"sglang:token_usage {usage}\n")
         elif self.path == "/model_info":
             self._reply(200, json.dumps({"model_path": MODEL_PATH}))
         elif self.path == "/server_info":
@@ -111,40 +118,75 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         raw = self.rfile.read(int(self.headers["Content-Length"]))
-        if MODE == "fail_generate" or self.path not in ("/generate", "/v1/chat/completions"):
+        if MODE == "fail_generate" or self.path not in ("/generate", "/v1/chat/completions", "/flush_cache"):
             self._reply(500, "Internal Server Error: fake failure")
             return
-        error = None if MODE == "accept_all" else invalid(self.path, raw)
+        error = None if MODE == "accept_all" or self.path == "/flush_cache" else invalid(self.path, raw)
         if error is not None:
             if MODE == "die_on_bad":
                 os._exit(9)
             self._reply(400, json.dumps({"error": {"message": error}}))
             return
-        if MODE == "accept_all" or self.path == "/v1/chat/completions" or "input_ids" not in json.loads(raw):
-            self._reply(200, json.dumps({"text": "fake", "choices": [{"message": {"content": "fake"}}]}))
+        if self.path == "/flush_cache":
+            self._reply(200, "Cache flushed.")
+            return
+        SERVED[0] += 1
+        if MODE == "accept_all":  # whatever came, unread
+            self._chat({})
             return
         body = json.loads(raw)
-        ids, n = body["input_ids"], body["sampling_params"]["max_new_tokens"]
+        if self.path == "/v1/chat/completions":
+            self._chat(body)
+            return
+        if "input_ids" not in body:
+            self._reply(200, json.dumps({"text": "fake"}))
+            return
+        ids, params = body["input_ids"], body["sampling_params"]
+        n, choices = params["max_new_tokens"], params.get("n", 1)
+        token = 7 + (SERVED[0] if MODE == "wrong_answers" else 0)
         with LOCK:
             cached = cached_prefix(ids)
             SEEN.append(list(ids))
             IN_FLIGHT[0] += 1
             print(f"Decode batch, #running-req: {IN_FLIGHT[0]}, #token: 1, gen throughput (token/s): {100.0 * IN_FLIGHT[0]:.2f}", flush=True)
         try:
+            if not body.get("stream"):
+                meta = {"prompt_tokens": len(ids), "completion_tokens": n, "cached_tokens": cached}
+                replies = [{"output_ids": [token] * n, "meta_info": meta, "index": i} for i in range(choices)]
+                self._reply(200, json.dumps(replies if choices > 1 else replies[0]))
+                return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             out: list[int] = []
             for _ in range(n):
                 time.sleep(0.002)
-                out.append(7)
+                out.append(token)
                 meta = {"prompt_tokens": len(ids), "completion_tokens": len(out), "cached_tokens": cached}
-                self.wfile.write(f"data: {json.dumps({'output_ids': out, 'meta_info': meta})}\n\n".encode())
+                for i in range(choices):
+                    self.wfile.write(f"data: {json.dumps({'output_ids': out, 'meta_info': meta, 'index': i})}\n\n".encode())
                 self.wfile.flush()
             self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (an abort)
         finally:
             with LOCK:
                 IN_FLIGHT[0] -= 1
+
+    def _chat(self, body: dict) -> None:
+        reply = {"choices": [{"message": {"role": "assistant", "content": "fake"}, "finish_reason": "length"}], "text": "fake"}
+        if not body.get("stream"):
+            self._reply(200, json.dumps(reply))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        try:
+            for _ in range(min(int(body.get("max_tokens", 4)), 16)):
+                self.wfile.write(f"data: {json.dumps({'choices': [{'delta': {'content': 'x'}}]})}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 def main() -> None:
@@ -160,6 +202,7 @@ def main() -> None:
     if MODE == "crash":
         print("boom: CUDA out of memory", flush=True)
         sys.exit(3)
+    ThreadingHTTPServer.request_queue_size = 1024  # bursts of hundreds of connections (the soak's)
     ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
 
 

@@ -4,49 +4,11 @@ the server accepts or answers with a 5xx is reported, and so is a server that di
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from benchmarks import bad_inputs
-
-FAKE = Path(__file__).parent / "fake_server.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def start(tmp_path: Path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"vocab_size": 49152, "max_position_embeddings": 8192}))
-    procs = []
-
-    def launch(mode: str) -> str:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, str(FAKE), "--model-path", str(model), "--host", "127.0.0.1",
-                                 "--port", str(port), "--fake-mode", mode])
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            if bad_inputs.alive(url, timeout=1):
-                return url
-            time.sleep(0.1)
-        raise RuntimeError("the fake server did not start")
-
-    yield launch
-    for proc in procs:
-        proc.kill()
-        proc.wait()
 
 
 def test_every_case_is_a_clear_error_on_a_server_that_refuses_them(start) -> None:
