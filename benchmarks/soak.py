@@ -219,6 +219,8 @@ def run(url: str, duration: float, workers: int, seed: int, max_input: int, burs
     progress(f"[soak] {url}: capacity {capacity} tokens, context {context}; cold answers of {len(fixed)} requests")
     cold = answers(url, fixed)
     start_gauges = gauges(url)
+    if "sglang:token_usage" not in start_gauges:  # the leak check would pass on nothing
+        raise SystemExit("benchmarks.soak: error: the server exports no pool gauges: start it with --enable-metrics")
     bad_before = bad_inputs.run_all(url)
     tally = Tally()
     over = [bad_inputs.BadInput(name, "/generate", json.dumps({"input_ids": [100] * n,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import soak
 
 
@@ -44,3 +46,9 @@ def test_a_server_that_dies_fails_the_soak(start, tmp_path: Path) -> None:
     out = tmp_path / "reliability.json"
     assert soak.main(soak_argv(start("die_on_bad"), out)) == 1
     assert json.loads(out.read_text())["results"]["crashes"] == 1
+
+
+def test_a_server_without_metrics_is_refused(start, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(soak, "GAUGES", ("sglang:not_exported",))
+    with pytest.raises(SystemExit, match="--enable-metrics"):
+        soak.main(soak_argv(start("ok"), tmp_path / "r.json"))
