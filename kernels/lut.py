@@ -3,16 +3,17 @@
 ``out[j, g, c] = reduce_{h < G} Σ_d decoded[g, c, d] · q_w[j, g·G + h, d]`` (fp32 out, reduce =
 max or mean), one ``j = b·nb + k`` per (request, distance bucket), where ``q_w`` is request
 ``b``'s post-RoPE query rotated by bucket ``k``'s angles and scaled, rounded to bf16: the WRoPE
-query. The rotation happens in the kernel, on the tile the GEMM reads, so a layer's table is one
-launch. Scoring a token is then one
-gather per (token, kv head) instead of ``G``, and the table is ``G`` times smaller, so at serving
-batch sizes it stays in L2 while the score kernel gathers from it (Llama-3.1-8B shape, batch 32,
-8 buckets, 4,096 codewords: 33.5 MB per layer instead of 134 MB).
+query. The rotation happens in the kernel, on the tile the GEMM reads, so a layer's table is
+one launch. Scoring a token is then one gather per (token, kv head) instead of ``G``, and the
+table is ``G`` times smaller, so at serving batch sizes it stays in L2 while the score kernel
+gathers from it (Llama-3.1-8B shape, batch 32, 8 buckets, 4,096 codewords: 33.5 MB per layer
+instead of 134 MB).
 
 Every program computes a fixed ``BLOCK_C × (BLOCK_J·G)`` tile over the whole of ``d`` in one
-``tl.dot`` (its queries rotated in registers first), whatever the number of columns: a request's table is the same bits whoever shares
-its batch, which SGLang's ``--enable-deterministic-inference`` promises (cuBLAS picks its
-algorithm from the shapes). The reduction over the group is exact for ``max``.
+``tl.dot`` (its queries rotated in registers first), whatever the number of columns: a
+request's table is the same bits whoever shares its batch, which SGLang's
+``--enable-deterministic-inference`` promises (cuBLAS picks its algorithm from the shapes).
+The reduction over the group is exact for ``max``.
 """
 
 from __future__ import annotations
