@@ -1,17 +1,19 @@
 # Issue "decode kernels near their byte roofline", on the GPU node after install (suite.sh or
-# gpu_check.sh installed the wheelhouse and the package):
-#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step       # kernel tests + decode_step, ~5 min
+# gpu_check.sh installed the wheelhouse and the package); one call each:
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step       # kernel GPU tests + decode_step at 32K
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step128k   # decode_step with graphs sized for 128K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
 # Writes $OUT/decode-step-h200{,-graph128k}.json and $OUT/one-batch-h200.json.
 source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
-    timeout 200 python3 -m pytest -q -rf --tb=short tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_deferred_encode.py \
+    timeout 240 python3 -m pytest -q -rf --tb=short tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_deferred_encode.py \
       tests/test_gpu_sparse_decode.py 2>&1 | tail -8
     echo "tests done at $SECONDS s"
-    timeout 200 python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --out $OUT/decode-step-h200.json 2>&1 | grep -v Warn | tail -5
-    echo "32K done at $SECONDS s"
-    timeout $((590 - SECONDS)) python3 -m benchmarks.decode_step --context 131072 --graph-context 131072 --batch 1 4 8 --profile \
+    timeout $((590 - SECONDS)) python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --out $OUT/decode-step-h200.json 2>&1 | grep -v Warn | tail -5
+    echo "32K done at $SECONDS s" ;;
+  step128k)
+    timeout 580 python3 -m benchmarks.decode_step --context 131072 --graph-context 131072 --batch 1 4 8 --profile \
       --out $OUT/decode-step-h200-graph128k.json 2>&1 | grep -v Warn | tail -4 ;;
   one-batch)
     timeout 580 python3 -m benchmarks.one_batch --model-path /tmp/models/llama-3.1-8b-shape --batch-size 16 --input-len 32768 \
