@@ -85,7 +85,8 @@ def cases(vocab_size: int, context_len: int, model: str) -> list[BadInput]:
     ]
 
 
-def _message(response: requests.Response) -> str:
+def error_message(response: requests.Response) -> str:
+    """The error a server gave: its JSON `error`/`message`/`detail`, or the start of its body."""
     try:
         body = response.json()
     except ValueError:
@@ -112,7 +113,7 @@ def run_case(base_url: str, case: BadInput, timeout: float = 120) -> Outcome:
                           timeout=timeout)
     except requests.RequestException as e:
         return Outcome(case.name, None, f"{type(e).__name__}: {e}"[:300], "no_answer", alive(base_url))
-    message = _message(r)
+    message = error_message(r)
     if 400 <= r.status_code < 500:
         verdict = "clear_error" if message else "accepted"  # a bare 4xx says nothing
     elif r.status_code < 300:

@@ -87,7 +87,7 @@ def gauges(url: str) -> dict[str, float]:
 
 
 def _error(r: requests.Response) -> str:
-    return f"HTTP {r.status_code}: {bad_inputs._message(r)[:60]}"
+    return f"HTTP {r.status_code}: {bad_inputs.error_message(r)[:60]}"
 
 
 def generate(url: str, prompt: list[int], max_new: int, *, stream: bool, n: int = 1, temperature: float = 0.0,
