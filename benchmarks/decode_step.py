@@ -182,18 +182,10 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     stages["step_tables"] = time_graph(lambda: dec.step_tables(positions, req_to_token, rpi), 1, args.iters)
     result["a2ats_stages_ms"] = {k: round(v, 4) for k, v in stages.items()}
 
-    by_variant = {}
-    for name, fused in (("separate_first_pass", False), ("fused_first_pass", True)):  # the serving path last
-        dec.fuse_first_pass = fused
-        due = time_graph(lambda: sparse_step(tables.due), 1, args.iters) + stages["step_tables"]
-        idle = time_graph(lambda: sparse_step(idle_keys), 1, args.iters) + stages["step_tables"]
-        # a request completes an encode group once every e steps
-        by_variant[name] = {"due": round(due, 4), "idle": round(idle, 4), "mean": round(((e - 1) * idle + due) / e, 4)}
-    result["a2ats_step_ms_by_variant"] = by_variant
-    result["serving_variant"] = "fused_first_pass"
-    serving = by_variant["fused_first_pass"]
-    result["a2ats_step_ms"] = {"due": serving["due"], "idle": serving["idle"]}
-    result["a2ats_ms"] = serving["mean"]
+    due = time_graph(lambda: sparse_step(tables.due), 1, args.iters) + stages["step_tables"]
+    idle = time_graph(lambda: sparse_step(idle_keys), 1, args.iters) + stages["step_tables"]
+    result["a2ats_step_ms"] = {"due": round(due, 4), "idle": round(idle, 4)}
+    result["a2ats_ms"] = round(((e - 1) * idle + due) / e, 4)  # a request completes an encode group once every e steps
     if args.profile:
         result["a2ats_kernels_us"] = {"due": kernel_times(lambda: sparse_step(tables.due), 1),
                                       "idle": kernel_times(lambda: sparse_step(idle_keys), 1)}
@@ -226,7 +218,6 @@ def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
     per_stage = {k: v * layers for k, v in apart.items()}
     per_stage["score_topk"] = (fused["score"] + fused["topk"]) * layers
     times = result["a2ats_stages_ms"]
-    shape = dataclasses.replace(shape, first_pass_in_score=result.get("serving_variant") != "separate_first_pass")
     step, stock, least = (f(shape) * layers for f in (step_bytes, stock_bytes, minimum_bytes))
     peak = PEAK_BANDWIDTH.get(device)
     out = {

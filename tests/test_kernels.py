@@ -572,9 +572,11 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
 
 @pytest.mark.gpu
 def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
-    """Llama-3.1-8B shape, 32K contexts: the group-reduced table, the scores and the top-K of the
-    decode path against plain torch on inputs whose sums are exact (small integers), so every
-    entry is bit-comparable and the many ties test which columns win them (the lowest)."""
+    """Llama-3.1-8B shape, 32K contexts: the group-reduced table (queries rotated in the kernel),
+    the scores and the top-K of the decode path against plain torch on inputs whose sums are exact
+    (small integers, quarter-turn rotations), so every entry is bit-comparable and the many ties
+    test which columns win them (the lowest); the top-K is checked with its first pass counted
+    by the score kernel (as served) and on its own."""
     from a2ats_sglang.kernels.lut import folded_lookup_table
 
     kv_heads, group, dim, size, sinks, window = 8, 4, 128, 4096, 4, 64
@@ -583,10 +585,16 @@ def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
     bs, nb, L = len(lens), len(edges), max(lens)
     g = torch.Generator(device="cuda").manual_seed(21)
     decoded = torch.randint(-3, 4, (kv_heads, size, dim), device="cuda", generator=g).bfloat16()
-    q_w = torch.randint(-3, 4, (kv_heads, dim, bs * nb * group), device="cuda", generator=g).bfloat16()
-    full = torch.bmm(decoded.double(), q_w.double())  # [Hkv, C, bs·nb·G], exact
-    want_table = full.view(kv_heads, size, bs * nb, group).amax(3).permute(2, 0, 1).float()
-    table = folded_lookup_table(decoded, q_w, group, "max")
+    q_post = torch.randint(-3, 4, (bs, kv_heads * group, dim), device="cuda", generator=g).bfloat16()
+    turns = torch.randint(0, 4, (bs, nb, dim // 2), device="cuda", generator=g)  # angles of k·90°: exact cos/sin
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device="cuda")[turns]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device="cuda")[turns]
+    lo, hi = q_post.double()[:, None, :, : dim // 2], q_post.double()[:, None, :, dim // 2 :]  # neox halves
+    c, s = cos.double()[:, :, None], sin.double()[:, :, None]
+    q_w = torch.cat([lo * c - hi * s, hi * c + lo * s], -1)  # [bs, nb, Hq, d]
+    full = torch.einsum("hcd,jhgd->jhgc", decoded.double(), q_w.reshape(bs * nb, kv_heads, group, dim))
+    want_table = full.amax(2).float()  # [bs·nb, Hkv, C], exact
+    table = folded_lookup_table(decoded, q_post, cos, sin, group, True, 1.0, "max")
     assert torch.equal(table, want_table)
 
     slots = bs * L + 1
@@ -597,18 +605,21 @@ def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
     seq_lens = torch.tensor(lens, device="cuda")
     edges_t = torch.tensor(edges, dtype=torch.int32, device="cuda")
     rows = bs * kv_heads
-    scores = torch.empty(rows, L, device="cuda")
-    score_tokens(table.view(bs, nb, kv_heads, size), codes, req_to_token, pool, seq_lens, edges_t, sinks, window, scores,
-                 pad=False)
-
     counts = torch.tensor([min(n, 1056 + sinks + window) for n in lens], dtype=torch.int32, device="cuda")
     counts = counts.repeat_interleave(kv_heads)
     indptr = torch.zeros(rows + 1, dtype=torch.int32, device="cuda")
     indptr[1:] = counts.cumsum(0)
-    picks = torch.full((rows, int(counts.max())), -1, dtype=torch.int32, device="cuda")
-    indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device="cuda")
-    select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, rows, picks, indices,
-                     workspace=topk_workspace(rows, "cuda"), seq_lens=seq_lens)
+    results = {}
+    for fused in (True, False):
+        scores = torch.empty(rows, L, device="cuda")
+        workspace = topk_workspace(rows, "cuda")
+        score_tokens(table.view(bs, nb, kv_heads, size), codes, req_to_token, pool, seq_lens, edges_t, sinks, window,
+                     scores, pad=False, topk_workspace=workspace if fused else None)
+        picks = torch.full((rows, int(counts.max())), -1, dtype=torch.int32, device="cuda")
+        indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device="cuda")
+        select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, rows, picks, indices,
+                         workspace=workspace, seq_lens=seq_lens, first_pass_done=fused)
+        results[fused] = scores, picks, indices
 
     t = torch.arange(L, device="cuda")
     for b, n in enumerate(lens):
@@ -620,8 +631,9 @@ def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
             code = codes[slot, h].long() & 0xFFFF
             want = want_table[b * nb + bucket, h, code]
             want[(t[:n] < sinks) | (t[:n] >= n - window)] = INF
-            assert torch.equal(scores[r, :n], want), r
             k = int(counts[r])
             top = torch.sort(want, descending=True, stable=True).indices[:k].sort().values
-            assert torch.equal(picks[r, :k].long(), top), r  # ascending columns, ties to the lowest
-            assert torch.equal(indices[indptr[r] : indptr[r] + k].long(), slot[top] * kv_heads + h), r
+            for fused, (scores, picks, indices) in results.items():
+                assert torch.equal(scores[r, :n], want), (r, fused)
+                assert torch.equal(picks[r, :k].long(), top), (r, fused)  # ascending columns, ties to the lowest
+                assert torch.equal(indices[indptr[r] : indptr[r] + k].long(), slot[top] * kv_heads + h), (r, fused)

@@ -13,6 +13,28 @@ from a2ats_sglang.runtime.unified_extend import UnifiedExtend
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def row_independent_interpreter_dot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton interpreter's ``tl.dot`` is ``np.matmul``, and OpenBLAS picks its kernel (and so
+    its fp32 summation order) by the tile's shape and the CPU it runs on: a row's sum then depends
+    on how many rows share its tile, which tensor cores never do. Summing each row's products in
+    one fixed order keeps the interpreter a faithful stand-in for the split-invariance check."""
+    if DEVICE != "cpu":
+        return
+    import numpy as np
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    original = InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if a.data.dtype != np.float32 or b.data.dtype != np.float32:
+            return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+        products = a.data[..., :, :, None].astype(d.data.dtype) * b.data[..., None, :, :]
+        return TensorHandle(products.sum(axis=-2) + d.data, d.dtype.scalar)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_dot", create_dot)
+
+
 class Pool:
     """K/V tensors with prompts at scattered slots, and a ``req_to_token``-shaped table."""
 

@@ -176,8 +176,6 @@ class SparseDecoder:
         self.group = model.group_size
         self.codebook_size = book.meta.codebook_size
         self.context_len, self.budget, self.reduce = context_len, budget, reduce
-        # the top-K's first radix pass counted by the score kernel (benchmarks.decode_step compares)
-        self.fuse_first_pass = True
         self.width = budget.width(context_len)
         self.encode_group = encode_group(budget.window)
         self.buckets = buckets
@@ -283,21 +281,20 @@ class SparseDecoder:
         live in host memory: the picks are fetched into the hot buffers and the indices name
         GPU slots of ``offload.dev_k``/``dev_v``."""
         rows = q.shape[0] * self.num_kv_heads
-        fused = buffers.topk_ws if self.fuse_first_pass else None  # the score kernel counts pass 0
         score_tokens(
             self.lookup_table(layer, q, tables, buffers.lut), self.codes[layer], req_to_token, req_pool_indices,
             seq_lens, self.edges, self.budget.sinks, self.budget.window, buffers.scores, pad=False,
-            topk_workspace=fused,
+            topk_workspace=buffers.topk_ws,  # the score kernel counts the top-K's first radix pass
         )
         if offload is None:
             select_and_write(
                 buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
                 self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
-                first_pass_done=fused is not None,
+                first_pass_done=True,
             )
             return
         topk_rows(buffers.scores, buffers.counts, rows, buffers.picks, buffers.topk_ws, seq_lens=seq_lens,
-                  num_kv_heads=self.num_kv_heads, first_pass_done=fused is not None)
+                  num_kv_heads=self.num_kv_heads, first_pass_done=True)
         offload.hot.fetch(
             layer, buffers.picks, buffers.counts, buffers.scores, req_to_token, req_pool_indices, seq_lens,
             offload.host_k, offload.host_v, offload.dev_k, offload.dev_v, buffers.indptr, buffers.indices,
