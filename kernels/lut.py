@@ -9,14 +9,19 @@ table is ``G`` times smaller, so at serving batch sizes it stays in L2 while the
 gathers from it (Llama-3.1-8B shape, batch 32, 8 buckets, 4,096 codewords: 33.5 MB per layer
 instead of 134 MB).
 
-Every program computes a fixed ``BLOCK_C × (BLOCK_J·G)`` tile over the whole of ``d`` in one
-``tl.dot`` (its queries rotated in registers first), whatever the number of columns: a
-request's table is the same bits whoever shares its batch, which SGLang's
+Every program rotates its ``BLOCK_J·G`` query columns once, in registers, then walks a run of
+``BLOCK_C``-codeword tiles, each one ``tl.dot`` over the whole of ``d``: the rotation's gathers
+(four ``[d, columns]`` fp32 tiles) are paid once per run instead of once per 64 codewords,
+which at batch 32 read ~1 GB of L2 per layer and made the table 5× slower than its bytes. The
+tile is fixed whatever the batch, and the run length only decides which program computes a
+tile: a request's table is the same bits whoever shares its batch, which SGLang's
 ``--enable-deterministic-inference`` promises (cuBLAS picks its algorithm from the shapes).
 The reduction over the group is exact for ``max``.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 import triton
@@ -26,6 +31,19 @@ from a2ats_sglang.kernels.rotary import rope_pairs
 
 BLOCK_C = 64
 COLUMNS = 64  # query columns per program: BLOCK_J whole groups of next_power_of_2(G) heads
+WAVES = 4  # programs per SM the codeword runs are split for (the rest of the grid is heads × columns)
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def codeword_runs(programs: int, tiles: int, sms: int) -> int:
+    """How many runs the ``tiles`` codeword tiles are split into so that ``programs`` (heads ×
+    column blocks) times the runs fill ``WAVES`` programs per SM; fewer, longer runs re-rotate
+    the queries less often."""
+    return max(1, min(tiles, triton.cdiv(WAVES * sms, programs)))
 
 
 @triton.jit
@@ -40,19 +58,16 @@ def _round_to_bf16(x):
 @triton.jit
 def _folded_lut_kernel(
     a_ptr, q_ptr, cos_ptr, sin_ptr, out_ptr, C, J, D, group, buckets, rot_half, scale,
-    stride_ah, stride_ac, stride_qb, stride_qh, stride_cb, stride_ck, stride_oj, stride_oh,
+    stride_ah, stride_ac, stride_qb, stride_qh, stride_cb, stride_ck, stride_oj, stride_oh, tiles_per_run,
     REDUCE_MAX: tl.constexpr, NEOX: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, G_P2: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     h = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col = tl.arange(0, BLOCK_J * G_P2)
     j = tl.program_id(2) * BLOCK_J + col // G_P2
     head = col % G_P2
     real = (j < J) & (head < group)  # [BLOCK_J·G_P2]
     d = tl.arange(0, BLOCK_D)
-    a = tl.load(a_ptr + h * stride_ah + c[:, None] * stride_ac + d[None, :], mask=(c < C)[:, None] & (d < D)[None, :],
-                other=0.0)
     # the WRoPE queries of these columns: query head h·G + head of request j // nb, bucket j % nb
     b = (j // buckets).to(tl.int64)
     q_col = q_ptr + b * stride_qb + (h * group + head) * stride_qh  # [cols]
@@ -68,16 +83,21 @@ def _folded_lut_kernel(
     q_w = _round_to_bf16((x * cs + sign[:, None] * xp * sn) * scale)
     if BF16_DOT:  # exact: the values are bf16 already (Triton's interpreter gets bf16 dots wrong)
         q_w = q_w.to(tl.bfloat16)
-    acc = tl.dot(a, q_w, out_dtype=tl.float32)  # [BLOCK_C, BLOCK_J·G_P2]
-    if REDUCE_MAX:
-        acc = tl.where(real[None, :], acc, float("-inf"))
-        folded = tl.max(tl.reshape(acc, (BLOCK_C, BLOCK_J, G_P2)), axis=2)
-    else:
-        acc = tl.where(real[None, :], acc, 0.0)
-        folded = tl.sum(tl.reshape(acc, (BLOCK_C, BLOCK_J, G_P2)), axis=2) / group
     jj = tl.program_id(2) * BLOCK_J + tl.arange(0, BLOCK_J)
-    tl.store(out_ptr + jj[None, :].to(tl.int64) * stride_oj + h * stride_oh + c[:, None], folded,
-             mask=(c < C)[:, None] & (jj < J)[None, :])
+    out_cols = out_ptr + jj[None, :].to(tl.int64) * stride_oj + h * stride_oh
+    first = tl.program_id(1) * tiles_per_run
+    for t in tl.range(first, first + tiles_per_run):  # a run past C is masked off
+        c = t * BLOCK_C + tl.arange(0, BLOCK_C)
+        a = tl.load(a_ptr + h * stride_ah + c[:, None] * stride_ac + d[None, :],
+                    mask=(c < C)[:, None] & (d < D)[None, :], other=0.0)
+        acc = tl.dot(a, q_w, out_dtype=tl.float32)  # [BLOCK_C, BLOCK_J·G_P2]
+        if REDUCE_MAX:
+            acc = tl.where(real[None, :], acc, float("-inf"))
+            folded = tl.max(tl.reshape(acc, (BLOCK_C, BLOCK_J, G_P2)), axis=2)
+        else:
+            acc = tl.where(real[None, :], acc, 0.0)
+            folded = tl.sum(tl.reshape(acc, (BLOCK_C, BLOCK_J, G_P2)), axis=2) / group
+        tl.store(out_cols + c[:, None], folded, mask=(c < C)[:, None] & (jj < J)[None, :])
 
 
 def folded_lookup_table(decoded: torch.Tensor, q_post: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -106,11 +126,15 @@ def folded_lookup_table(decoded: torch.Tensor, q_post: torch.Tensor, cos: torch.
         decoded = decoded.float()
     g_p2 = triton.next_power_of_2(group)
     block_j = max(1, COLUMNS // g_p2)
-    grid = (heads, triton.cdiv(codewords, BLOCK_C), triton.cdiv(groups, block_j))
+    tiles, column_blocks = triton.cdiv(codewords, BLOCK_C), triton.cdiv(groups, block_j)
+    sms = _sm_count(q_post.device.index or 0) if q_post.is_cuda else 8
+    runs = codeword_runs(heads * column_blocks, tiles, sms)
+    per_run = triton.cdiv(tiles, runs)
+    grid = (heads, triton.cdiv(tiles, per_run), column_blocks)
     _folded_lut_kernel[grid](
         decoded, q_post, cos, sin, out, codewords, groups, dim, group, buckets, rot_half, scale,
         decoded.stride(0), decoded.stride(1), q_post.stride(0), q_post.stride(1), cos.stride(0), cos.stride(1),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), per_run,
         REDUCE_MAX=reduce == "max", NEOX=neox, BF16_DOT=q_post.is_cuda,
         BLOCK_C=BLOCK_C, BLOCK_J=block_j, G_P2=g_p2, BLOCK_D=max(16, triton.next_power_of_2(dim)),
         num_warps=8,  # the rotation's four [d, columns] fp32 tiles

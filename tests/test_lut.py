@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from a2ats_sglang.kernels.lut import folded_lookup_table
+from a2ats_sglang.kernels.lut import codeword_runs, folded_lookup_table
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -31,11 +31,19 @@ def reference(decoded: torch.Tensor, q_w: torch.Tensor, group: int, reduce: str)
 
 
 def inputs(bs: int, nb: int, heads: int, group: int, dim: int, codewords: int, seed: int):
+    """Queries on a 1/16 grid within ±4 and cos/sin on a 1/64 grid: the rotation's products and
+    their sum are then exact in fp32, so a GPU that fuses them into one multiply-add rounds the
+    WRoPE query to bf16 exactly as the reference does (the scale's product is the one rounding
+    both share)."""
     g = torch.Generator().manual_seed(seed)
     decoded = torch.randn(heads, codewords, dim, generator=g).bfloat16()
-    q = torch.randn(bs, heads * group, dim, generator=g).bfloat16()
+    q = (torch.randint(-64, 65, (bs, heads * group, dim), generator=g) / 16).bfloat16()
     angles = torch.rand(bs, nb, dim // 2, generator=g) * 6.3
-    return decoded, q, angles.cos(), angles.sin()
+    return decoded, q, on_grid(angles.cos()), on_grid(angles.sin())
+
+
+def on_grid(x: torch.Tensor) -> torch.Tensor:
+    return (x * 64).round() / 64
 
 
 @pytest.mark.parametrize("dim, group, reduce", [(64, 4, "max"), (48, 3, "max"), (64, 7, "mean"), (64, 1, "max"),
@@ -65,13 +73,28 @@ def test_partial_and_interleaved_rotation() -> None:
     """GPT-J pairs (2i, 2i+1) over the first 16 of 32 dimensions; the rest only scaled."""
     decoded, q, _, _ = inputs(2, 3, 1, 2, 32, 40, seed=2)
     angles = torch.rand(2, 3, 8, generator=torch.Generator().manual_seed(3)) * 6.3
-    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), angles.cos().to(DEVICE), angles.sin().to(DEVICE), 2,
-                              False, 1.5).cpu()
+    cos, sin = on_grid(angles.cos()), on_grid(angles.sin())
+    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), 2, False, 1.5).cpu()
     x = q.float()[:, None].expand(2, 3, 2, 32).clone()
     ev, od = x[..., 0:16:2].clone(), x[..., 1:16:2].clone()
-    c, s = angles.cos()[:, :, None], angles.sin()[:, :, None]
+    c, s = cos[:, :, None], sin[:, :, None]
     x[..., 0:16:2], x[..., 1:16:2] = ev * c - od * s, od * c + ev * s
     torch.testing.assert_close(got, reference(decoded, (x * 1.5).bfloat16(), 2, "max"), rtol=1e-5, atol=1e-4)
+
+
+def test_long_codeword_runs_cover_every_tile_once() -> None:
+    """2,600 codewords: 41 tiles, the last one partial, split into runs of several tiles each
+    (the runs do not divide the tiles evenly either)."""
+    decoded, q, cos, sin = inputs(1, 1, 2, 2, 32, 2600, seed=6)
+    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), 2, True).cpu()
+    want = reference(decoded, rotated(q, cos, sin, 1.0), 2, "max")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_runs_fill_the_gpu_and_never_exceed_the_tiles() -> None:
+    assert codeword_runs(programs=8, tiles=64, sms=132) == 64  # batch 1: one tile per program
+    assert codeword_runs(programs=128, tiles=64, sms=132) == 5  # batch 32: 640 programs, runs of 13 tiles
+    assert codeword_runs(programs=4096, tiles=64, sms=132) == 1
 
 
 def test_writes_into_a_given_buffer_and_rejects_a_bad_one() -> None:
