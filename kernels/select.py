@@ -5,7 +5,8 @@ scores' float bits are mapped to an order-preserving 32-bit key, four passes of 
 histograms narrow down the key of the ``k``-th largest value and how many of its ties to
 take, and one compaction pass writes the chosen columns in ascending order. It is exact
 (the same set as ``torch.topk`` up to which tied columns are taken: the lowest-indexed),
-deterministic (no atomics) and needs no scratch memory, so it captures in a CUDA graph.
+deterministic (its only atomics add integers, whose sums do not depend on their order) and
+captures in a CUDA graph.
 
 :func:`write_selected` turns the picks into indices of the KV pool viewed as
 ``[slots·Hkv, 1, d]`` (``slot·Hkv + g``), the layout a paged attention kernel reads with page
@@ -45,6 +46,20 @@ def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr)
             ok = ok & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
         hist += tl.histogram((u >> shift) & 0xFF, 256, mask=ok)
     return hist
+
+
+@triton.jit
+def _count_digits(base, lo, hi, prefix, hist_ptr, P: tl.constexpr, BLOCK: tl.constexpr):
+    """:func:`_digit_histogram` for the late passes, where few keys still match the prefix:
+    each match adds one to its bin of ``hist_ptr`` (zeroed beforehand) with an integer atomic
+    (order-free, so deterministic), and the others cost only their load and compare, not the
+    histogram's per-element ballots over all 256 bins."""
+    shift: tl.constexpr = 24 - 8 * P
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        u = _ordered_key(tl.load(base + offs, mask=offs < hi, other=0.0)) ^ _SIGN
+        ok = (offs < hi) & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
+        tl.atomic_add(hist_ptr + ((u >> shift) & 0xFF), 1, mask=ok, sem="relaxed")
 
 
 @triton.jit
@@ -139,6 +154,7 @@ HIST_INTS = 4 * 256  # per split: one 256-bin histogram per radix pass
 STATE_INTS = 4  # per split: the choices so far (prefix, still to take, above in earlier splits)
 MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
 ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS)
+ATOMIC_FROM_PASS: tl.constexpr = tl.constexpr(2)  # passes ≥ this count their (few) matching keys by atomics
 _STATE_INTS: tl.constexpr = tl.constexpr(STATE_INTS)
 _MAX_SPLITS: tl.constexpr = tl.constexpr(MAX_SPLITS)
 _ROW_INTS: tl.constexpr = tl.constexpr(ROW_INTS)
@@ -230,8 +246,15 @@ def _split_hist_kernel(
             tl.store(slot, prefix)
             tl.store(slot + 1, remaining)
             tl.store(slot + 2, above_before)
-        hist = _digit_histogram(scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix, P, BLOCK)
-        tl.store(ws_row + P * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), hist)
+        base = scores_ptr + row.to(tl.int64) * stride_sr
+        hist_ptr = ws_row + P * _MAX_SPLITS * 256 + split * 256
+        if P >= ATOMIC_FROM_PASS:
+            _count_digits(base, lo, hi, prefix, hist_ptr, P, BLOCK)
+        else:
+            tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
+        if P == 1:  # nothing reads the counted passes' bins now: zero them for this step's atomics
+            for q in tl.static_range(ATOMIC_FROM_PASS, 4):
+                tl.store(ws_row + q * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
 
 
 @triton.jit
