@@ -21,22 +21,16 @@ The reduction over the group is exact for ``max``.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import triton
 import triton.language as tl
 
+from a2ats_sglang.kernels.grid import sm_count
 from a2ats_sglang.kernels.rotary import rope_pairs
 
 BLOCK_C = 64
 COLUMNS = 64  # query columns per program: BLOCK_J whole groups of next_power_of_2(G) heads
 WAVES = 4  # programs per SM the codeword runs are split for (the rest of the grid is heads × columns)
-
-
-@lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def codeword_runs(programs: int, tiles: int, sms: int) -> int:
@@ -127,7 +121,7 @@ def folded_lookup_table(decoded: torch.Tensor, q_post: torch.Tensor, cos: torch.
     g_p2 = triton.next_power_of_2(group)
     block_j = max(1, COLUMNS // g_p2)
     tiles, column_blocks = triton.cdiv(codewords, BLOCK_C), triton.cdiv(groups, block_j)
-    sms = _sm_count(q_post.device.index or 0) if q_post.is_cuda else 8
+    sms = sm_count(q_post)
     runs = codeword_runs(heads * column_blocks, tiles, sms)
     per_run = triton.cdiv(tiles, runs)
     grid = (heads, triton.cdiv(tiles, per_run), column_blocks)

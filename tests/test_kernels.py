@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from a2ats_sglang.kernels import select
+from a2ats_sglang.kernels import score, select
 from a2ats_sglang.kernels.encode import encode_keys, encode_projection, encode_workspace
 from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import (
@@ -229,6 +229,20 @@ def test_score_matches_reference(edges: list[int], group: int, reduce: str, stri
     expected = score_reference(lut, batch, edges, sinks, window, L, reduce)
     torch.testing.assert_close(got[: len(lens) * kv_heads], expected, rtol=1e-6, atol=1e-6)
     assert (got[len(lens) * kv_heads :] == 123.0).all()  # rows past bs·Hkv untouched
+
+
+@pytest.mark.parametrize("target", [1, 1000])  # one run of every block per row; one block per run
+def test_score_runs_of_any_length_match_the_reference(target: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However a row's columns are shared out into runs, each column is scored once and each
+    column past its length padded with −inf."""
+    monkeypatch.setattr(score, "RUN_TARGET", target)
+    edges, kv_heads, size, L, sinks, window = [8, 16, 32, 64], 2, 500, 150, 4, 8
+    lens = [140, 1, 150, 70, 129]
+    assert score.score_runs(len(lens) * kv_heads, 1, L, 64, 8) == (1 if target == 1 else 3)
+    batch = Batch(lens, kv_heads, size, max_ctx=160, seed=7)
+    lut = torch.randn(len(lens), len(edges), 3 * kv_heads, size, generator=torch.Generator().manual_seed(8))
+    got = run_score(lut, batch, edges, sinks, window, L, "max", rows_cap=len(lens) * kv_heads)
+    torch.testing.assert_close(got, score_reference(lut, batch, edges, sinks, window, L, "max"), rtol=1e-6, atol=1e-6)
 
 
 def test_score_padded_rows_and_no_protection() -> None:
