@@ -612,7 +612,7 @@ def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
     assert torch.equal(table, want_table)
 
     slots = bs * L + 1
-    codes = torch.randint(-32768, 32768, (slots, kv_heads), device="cuda", generator=g, dtype=torch.int32).to(torch.int16)
+    codes = torch.randint(0, size, (slots, kv_heads), device="cuda", generator=g, dtype=torch.int32).to(torch.int16)  # codewords of the table
     req_to_token = torch.zeros(bs + 1, L, dtype=torch.int32, device="cuda")
     req_to_token[1:] = (torch.randperm(slots - 1, device="cuda", generator=g)[: bs * L] + 1).view(bs, L).int()
     pool = torch.arange(1, bs + 1, device="cuda")
