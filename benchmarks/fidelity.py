@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from a2ats_sglang.calibrate import CalibrationConfig, collect, fit
+from a2ats_sglang.calibrate import DTYPES, CalibrationConfig, collect, fit
 from a2ats_sglang.capture import load_model, run_document
 from a2ats_sglang.corpus import pydoc_documents
 from a2ats_sglang.default_model import cache_dir, smollm2_path
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model-path", default=None, help="HF checkpoint (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                   help="model dtype for calibration and evaluation (float32 is faster on CPUs without bf16 matmuls)")
     p.add_argument("--codebook-size", type=int, default=4096)
     p.add_argument("--cal-tokens", type=int, default=65536, help="natural-text calibration tokens (pydoc calibration split)")
     p.add_argument("--uuid-tokens", type=int, default=16384)
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def codebooks(args: argparse.Namespace, model, tokenizer, buckets: DistanceBuckets) -> dict[str, Codebook]:  # noqa: ANN001
     """The three codebooks, fitted once and cached by their settings."""
     root = Path(args.codebook_dir or cache_dir() / "fidelity")
-    common = f"{Path(args.model_path).name}-{args.codebook_size}-{args.cal_tokens}-{args.uuid_tokens}-{args.iters}-b{args.b}"
+    common = f"{Path(args.model_path).name}-{args.codebook_size}-{args.cal_tokens}-{args.uuid_tokens}-{args.iters}-b{args.b}" + ("" if args.dtype == "bfloat16" else f"-{args.dtype}")
     pooled = tuple(buckets.representatives)
     plans = {  # name: (kind, H distances, directory)
         "query_aware": ("query_aware", (), root / f"query_aware-{common}"),
@@ -122,7 +124,7 @@ def codebooks(args: argparse.Namespace, model, tokenizer, buckets: DistanceBucke
         cfg = CalibrationConfig(
             model_path=args.model_path, tokens=args.cal_tokens, uuid_tokens=args.uuid_tokens,
             codebook_size=args.codebook_size, iters=args.iters, b=args.b, window=args.window, sinks=args.sinks,
-            h_distances=h_distances, device=args.device, extra_summary={"data": ["pydoc_data.topics (calibration split)"]},
+            h_distances=h_distances, device=args.device, dtype=args.dtype, extra_summary={"data": ["pydoc_data.topics (calibration split)"]},
         )
         if h_distances not in captured:  # H depends on the distances; the keys do not
             captured.clear()
@@ -257,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     args.model_path = args.model_path or str(smollm2_path())
     shift = args.eval_len if args.shift is None else args.shift
-    model = load_model(args.model_path, args.device)
+    model = load_model(args.model_path, args.device, getattr(torch, args.dtype))
     tokenizer = AutoTokenizer.from_pretrained(args.model_path)
     rope = RopeSpec.from_hf_config(model.config)
     buckets = DistanceBuckets.log2(args.window, args.eval_len)
@@ -283,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cal = scorer.books["query_aware"].meta.calibration
     workload = {
         "calibration": {k: cal.get(k) for k in ("data", "text_tokens", "uuid_tokens", "documents", "keys_per_head")},
-        "codebook_size": args.codebook_size, "kmeans_max_iters": args.iters,
+        "codebook_size": args.codebook_size, "kmeans_max_iters": args.iters, "dtype": args.dtype,
         "evaluation": f"{args.num_seqs} held-out pydoc texts × {args.eval_len} tokens, {len(qidx)} decode queries each over positions {int(qidx[0])}..{int(qidx[-1])}, all {layers} layers",
         "window": args.window, "sinks": args.sinks, "b": args.b, "quest_page": args.quest_page,
         "buckets": buckets.to_dict(), "shift": shift,

@@ -1,4 +1,8 @@
-"""Calibration on the real SmolLM2-135M-Instruct (small sizes so it runs on 2 CPU cores)."""
+"""Calibration on the real SmolLM2-135M-Instruct (small sizes so it runs on 2 CPU cores).
+
+Runs that do not test the bf16 capture itself load the model in float32 (``--dtype float32``):
+on a CPU without bf16 matmuls its forward passes are ~5× faster, and nothing asserted here
+depends on the model's dtype."""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.vq import encode
 
-SMALL = ["--tokens", "2500", "--uuid-tokens", "300", "--codebook-size", "32", "--iters", "8", "--device", "cpu"]
+# 600 text tokens still span two pydoc topics, the second one truncated (259 + 341 tokens)
+SMALL = ["--tokens", "600", "--uuid-tokens", "100", "--codebook-size", "32", "--iters", "8", "--device", "cpu",
+         "--dtype", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +33,11 @@ def model_path() -> str:
 @pytest.fixture(scope="module")
 def model(model_path: str):  # noqa: ANN201
     return load_model(model_path, "cpu")
+
+
+@pytest.fixture(scope="module")
+def model32(model_path: str):  # noqa: ANN201
+    return load_model(model_path, "cpu", torch.float32)
 
 
 def test_capture_recovers_pre_rope_keys(model) -> None:  # noqa: ANN001
@@ -53,7 +64,8 @@ def test_cli_writes_a_loadable_codebook(tmp_path: Path, model_path: str) -> None
     book = Codebook.load(out, model_config=config, codebook_size=32)
     assert book.centroids_z.shape == (30, 3, 32, 64)
     cal = book.meta.calibration
-    assert cal["text_tokens"] == 2500 and cal["uuid_tokens"] == 300 and cal["keys_per_head"] == 2800
+    assert cal["text_tokens"] == 600 and cal["uuid_tokens"] == 100 and cal["keys_per_head"] == 700
+    assert cal["documents"] == 2
     assert cal["sources"][0].startswith("pydoc_data.topics:")
     # a second run refuses to overwrite without --force
     assert cli.main(["--model-path", model_path, "--out", str(out), *SMALL]) == 1
@@ -61,8 +73,8 @@ def test_cli_writes_a_loadable_codebook(tmp_path: Path, model_path: str) -> None
 
 def test_cli_pools_h_over_distance_buckets(tmp_path: Path, model_path: str) -> None:
     out = tmp_path / "cb"
-    args = ["--model-path", model_path, "--out", str(out), "--tokens", "600", "--uuid-tokens", "0",
-            "--codebook-size", "16", "--iters", "2", "--device", "cpu", "--h-buckets", "8192"]
+    args = ["--model-path", model_path, "--out", str(out), "--tokens", "300", "--uuid-tokens", "0",
+            "--codebook-size", "16", "--iters", "2", "--device", "cpu", "--dtype", "float32", "--h-buckets", "8192"]
     assert cli.main(args) == 0
     assert Codebook.load(out).meta.calibration["h_distances"] == [91, 181, 362, 724, 1448, 2896, 5793]
 
@@ -72,12 +84,13 @@ def test_cli_reads_user_data(tmp_path: Path, model_path: str, capsys) -> None:  
     text = max(pydoc_documents("calibration"), key=lambda d: len(d.text)).text
     docs.write_text("\n".join(json.dumps({"text": text[i : i + 3000]}) for i in range(0, 12000, 3000)) + "\n")
     out = tmp_path / "cb"
-    args = ["--model-path", model_path, "--out", str(out), "--data", str(docs), "--tokens", "1500",
-            "--uuid-tokens", "0", "--codebook-size", "16", "--iters", "3", "--device", "cpu"]
+    # 800 tokens: the first record (~690 tokens) whole and the second truncated
+    args = ["--model-path", model_path, "--out", str(out), "--data", str(docs), "--tokens", "800",
+            "--uuid-tokens", "0", "--codebook-size", "16", "--iters", "3", "--device", "cpu", "--dtype", "float32"]
     assert cli.main(args) == 0
     cal = Codebook.load(out).meta.calibration
-    assert cal["data"] == [str(docs)] and cal["uuid_tokens"] == 0 and cal["text_tokens"] == 1500
-    assert cal["sources"][0] == f"{docs}:1"
+    assert cal["data"] == [str(docs)] and cal["uuid_tokens"] == 0 and cal["text_tokens"] == 800
+    assert cal["sources"] == [f"{docs}:1", f"{docs}:2"]
 
 
 @pytest.mark.parametrize(
@@ -109,10 +122,11 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys, args: list[str], mess
     assert message in capsys.readouterr().err
 
 
-def test_query_aware_beats_plain_kmeans_on_real_scores(model_path: str, model) -> None:  # noqa: ANN001
+def test_query_aware_beats_plain_kmeans_on_real_scores(model_path: str, model32) -> None:  # noqa: ANN001
     """The objective query-aware VQ optimises, on held-out SmolLM2 queries and keys."""
-    cfg = cli.CalibrationConfig(model_path=model_path, tokens=3000, uuid_tokens=0, codebook_size=32,
-                                iters=10, device="cpu", progress=False)
+    model = model32
+    cfg = cli.CalibrationConfig(model_path=model_path, tokens=1500, uuid_tokens=0, codebook_size=32,
+                                iters=10, device="cpu", dtype="float32", progress=False)
     data, summary = cli.collect(cfg, model=model)
     books = {kind: cli.fit(cfg, data, summary, kind) for kind in ("query_aware", "kmeans")}
     from transformers import AutoTokenizer
@@ -138,15 +152,27 @@ def test_query_aware_beats_plain_kmeans_on_real_scores(model_path: str, model) -
     assert aware < 0.9 * plain, (aware, plain)
 
 
-def test_on_a_cpu_it_warns_with_a_time_measured_here(tmp_path: Path, model_path: str, model, capsys) -> None:  # noqa: ANN001
+def test_on_a_cpu_it_warns_with_a_time_measured_here(
+    tmp_path: Path, model_path: str, capsys, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
     """The estimate comes from small runs of calibration's own steps; it must be of the right
-    size for the run that follows it (within 3×: both are timed on this machine)."""
-    from transformers import AutoTokenizer
+    size for the run that follows it (within 3×: both are timed on this machine).
 
+    The estimate checked is the one calibration itself measures for its warning (recorded on
+    its way out of ``estimate_time``), not a second measurement of the same thing."""
+    estimates: list[cli.TimeEstimate] = []
+    real_estimate_time = cli.estimate_time
+
+    def recorded(*args, **kwargs) -> cli.TimeEstimate:  # noqa: ANN002, ANN003
+        estimates.append(real_estimate_time(*args, **kwargs))
+        return estimates[-1]
+
+    monkeypatch.setattr(cli, "estimate_time", recorded)
     cfg = cli.CalibrationConfig(model_path=model_path, tokens=4000, uuid_tokens=0, codebook_size=128, iters=10,
-                                tol=0.0, device="cpu", progress=False)
-    estimate = cli.estimate_time(cfg, model, AutoTokenizer.from_pretrained(model_path))
+                                tol=0.0, device="cpu", dtype="float32", progress=False)
     book = cli.calibrate(cfg, tmp_path / "cb")
+    assert len(estimates) == 1
+    (estimate,) = estimates
     err = capsys.readouterr().err
     assert "[calibrate] warning: no GPU, calibrating on the cpu: about " in err and "k-means up to --iters 10" in err
     actual = book.meta.calibration["seconds_total"]
