@@ -19,6 +19,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,7 +40,16 @@ def shape_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = shape_parser("python -m benchmarks.decode_step", __doc__)
+    p = step_parser("python -m benchmarks.decode_step", __doc__)
+    p.add_argument("--profile", action="store_true",
+                   help="also record each kernel's time per step (CUPTI, inside the replayed graph)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
+    return p
+
+
+def step_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """:func:`shape_parser` and the sparse decoder's settings and timing."""
+    p = shape_parser(prog, doc)
     p.add_argument("--ratio", type=float, default=0.03, help="budget ratio")
     p.add_argument("--budget-max", type=int, default=4096)
     p.add_argument("--wrope", choices=["single", "bucketed"], default="bucketed")
@@ -49,9 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "context_len (default: --context + 64)")
     p.add_argument("--layers", type=int, default=None, help="layers per step (default: the model's)")
     p.add_argument("--iters", type=int, default=20, help="graph replays timed per variant")
-    p.add_argument("--profile", action="store_true",
-                   help="also record each kernel's time per step (CUPTI, inside the replayed graph)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
     return p
 
 
@@ -98,10 +105,33 @@ def kernel_times(fn: Callable[[], object], layers: int, iters: int = 5) -> dict[
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
-    from flashinfer import BatchDecodeWithPagedKVCacheWrapper
-    from sglang.srt.layers.attention.flashinfer_backend import should_use_tensor_core
+@dataclasses.dataclass
+class Step:
+    """One batch's decode step on random KV: the decoder, its buffers and each stage as a
+    callable of one layer (``stages``) or of the whole step (``sparse_step``, ``encode``)."""
 
+    bs: int
+    layers: int
+    dec: Any
+    buffers: Any
+    tables: Any
+    idle_keys: Any
+    stages: dict[str, Callable[[], object]]
+    sparse_step: Callable[[Any], None]
+    encode: Callable[[Any], None]
+    step_tables: Callable[[], object]
+    model: Any  # the codebook's ModelIdentity: heads, head_dim, layers
+    context: int
+    q: torch.Tensor
+    k_pool: torch.Tensor
+    v_pool: torch.Tensor
+    req_to_token: torch.Tensor
+    workspace: torch.Tensor
+
+
+def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
+    from a2ats_sglang.kernels.score import score_tokens
+    from a2ats_sglang.kernels.select import select_and_write
     from a2ats_sglang.method.codebook import Codebook, ModelIdentity
     from a2ats_sglang.runtime.backend import build_decoder
     from a2ats_sglang.runtime.config import A2ATSConfig
@@ -140,9 +170,6 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     # the encode launch covers the model's layers (the codebook's), each reading this one pool
     key_pointers = torch.full((dec.num_layers,), k_pool.data_ptr(), dtype=torch.int64, device=dev)
 
-    from a2ats_sglang.kernels.score import score_tokens
-    from a2ats_sglang.kernels.select import select_and_write
-
     def score(fused: bool = False) -> None:  # fused: counts the top-K's first radix pass too
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
                      dec.budget.window, buffers.scores, pad=False, topk_workspace=buffers.topk_ws if fused else None)
@@ -165,13 +192,27 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
             dec.attend(wrapper, q, k_pool, v_pool, scale)
         encode(due)
 
-    per_layer = {
+    stages = {
         "lookup_table": lambda: dec.lookup_table(0, q, tables.queries, buffers.lut),
         "score": score,  # these two without the counting, each alone
         "topk": topk,
         "score_topk": score_topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
+    return Step(bs, layers, dec, buffers, tables, idle_keys, stages, sparse_step, encode,
+                lambda: dec.step_tables(positions, req_to_token, rpi), m, n, q, k_pool, v_pool, req_to_token, workspace)
+
+
+def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
+    from flashinfer import BatchDecodeWithPagedKVCacheWrapper
+    from sglang.srt.layers.attention.flashinfer_backend import should_use_tensor_core
+
+    st = prepare(args, config, bs)
+    dec, buffers, tables, idle_keys, layers = st.dec, st.buffers, st.tables, st.idle_keys, st.layers
+    sparse_step, encode, per_layer = st.sparse_step, st.encode, st.stages
+    workspace, req_to_token, n, m, q, k_pool, v_pool = (st.workspace, st.req_to_token, st.context, st.model, st.q,
+                                                       st.k_pool, st.v_pool)
+    scale, dev = m.head_dim**-0.5, "cuda"
     e = dec.encode_group
     result = {"batch": bs, "layers": layers, "kept_tokens_per_kv_head": int(buffers.counts[0]), "encode_group": e}
     # each stage over the whole step (the encode is one launch for all layers)
@@ -179,7 +220,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
               "encode_idle": time_graph(lambda: encode(idle_keys), 1, args.iters)}
     stages.update({name: time_graph(fn, layers, args.iters) for name, fn in per_layer.items()})
     # the due keys and rotation tables are computed once per step, shared by every layer
-    stages["step_tables"] = time_graph(lambda: dec.step_tables(positions, req_to_token, rpi), 1, args.iters)
+    stages["step_tables"] = time_graph(st.step_tables, 1, args.iters)
     result["a2ats_stages_ms"] = {k: round(v, 4) for k, v in stages.items()}
 
     due = time_graph(lambda: sparse_step(tables.due), 1, args.iters) + stages["step_tables"]

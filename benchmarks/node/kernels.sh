@@ -3,7 +3,8 @@
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step       # kernel GPU tests + decode_step at 32K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step128k   # decode_step with graphs sized for 128K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
-# Writes $OUT/decode-step-h200{,-graph128k}.json and $OUT/one-batch-h200.json.
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32
+# Writes $OUT/decode-step-h200{,-graph128k}.json, $OUT/kernel-tuning-h200.json and $OUT/one-batch-h200.json.
 source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
@@ -15,6 +16,8 @@ case "${1:-step}" in
   step128k)
     timeout 580 python3 -m benchmarks.decode_step --context 131072 --graph-context 131072 --batch 1 4 8 --profile \
       --out $OUT/decode-step-h200-graph128k.json 2>&1 | grep -v Warn | tail -4 ;;
+  tune)
+    timeout 580 python3 -m benchmarks.kernel_tuning --batch 1 8 32 --out $OUT/kernel-tuning-h200.json 2>&1 | grep -v Warn | tail -4 ;;
   one-batch)
     timeout 580 python3 -m benchmarks.one_batch --model-path /tmp/models/llama-3.1-8b-shape --batch-size 16 --input-len 32768 \
       --out $OUT/one-batch-h200.json 2>&1 | grep "one_batch\]" ;;

@@ -1,0 +1,81 @@
+"""Grid and block knobs of the decode kernels, each value timed at each batch size.
+
+    python -m benchmarks.kernel_tuning --batch 1 8 32 --out /root/out/kernel-tuning-h200.json
+
+The knobs only decide which program computes what (the picks and the table are the same bits
+for every value; ``tests/test_kernels.py`` and ``tests/test_lut.py`` check that), so they are
+tuned by time alone. Each value is patched into its module, and the stage it drives is timed as
+``benchmarks.decode_step`` times it: a CUDA graph of every layer's call, over replays. The
+default is marked in the output so a change to it is a measured one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.decode_step import ROOT, prepare, step_parser, time_graph
+from benchmarks.meta import write_results
+
+# (module, constant, values, the stage it drives)
+KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
+    ("a2ats_sglang.kernels.lut", "WAVES", (1, 2, 4, 8), "lookup_table"),
+    ("a2ats_sglang.kernels.score", "RUN_TARGET", (4, 8, 16, 32), "score_topk"),
+    ("a2ats_sglang.kernels.select", "MAX_PROGRAMS", (512, 1024, 2048, 4096), "score_topk"),
+    ("a2ats_sglang.kernels.select", "SPLIT_CONFIG", ((4, 1024), (4, 2048), (8, 2048), (8, 4096)), "score_topk"),
+)
+
+
+@contextmanager
+def patched(module: str, name: str, value: Any) -> Iterator[None]:
+    mod = importlib.import_module(module)
+    old = getattr(mod, name)
+    setattr(mod, name, value)
+    try:
+        yield
+    finally:
+        setattr(mod, name, old)
+
+
+def sweep(stage: Callable[[], object], layers: int, module: str, name: str, values: tuple[Any, ...],
+          iters: int) -> dict[str, float]:
+    """Milliseconds of a whole step's ``stage`` for each value of ``module.name``."""
+    out = {}
+    for value in values:
+        with patched(module, name, value):
+            out[json.dumps(value)] = round(time_graph(stage, layers, iters), 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = step_parser("python -m benchmarks.kernel_tuning", __doc__)
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/kernel-tuning.json"))
+    p.set_defaults(batch=[1, 8, 32])
+    args = p.parse_args(argv)
+    config = json.loads(Path(args.config).read_text())
+    rows = []
+    for bs in args.batch:
+        st = prepare(args, config, bs)
+        row: dict[str, Any] = {"batch": bs, "layers": st.layers}
+        for module, name, values, stage in KNOBS:
+            default = getattr(importlib.import_module(module), name)
+            row[name] = {"stage": stage, "default": json.dumps(default),
+                         "ms": sweep(st.stages[stage], st.layers, module, name, values, args.iters)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del st
+        torch.cuda.empty_cache()
+    workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope",
+                                              "codebook_size")}
+    write_results(args.out, "cuda", Path(args.config).name, workload, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
