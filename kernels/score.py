@@ -31,9 +31,9 @@ def _score_kernel(
     """One program per (request, ``heads_per_program`` kv heads, run): a run is a ``1/runs``
     share of one top-K split of the request's length (the same columns for each of its kv
     heads), walked head by head and ``BLOCK`` columns at a time. Each head's pass-0 histogram
-    is summed in registers and added once, and the heads after the first find the run's slots
-    and codes (one 16-byte row per token holds every head's code) in the SM's L1 instead of
-    fetching the same sectors again in other programs."""
+    is summed in registers and added once, and the heads after the first can find the run's
+    slots and codes (one 16-byte row per token holds every head's code) in the SM's L1 instead
+    of fetching the same sectors again in other programs (not yet measured on a GPU)."""
     head_groups = num_kv_heads // heads_per_program
     b = tl.program_id(0) // head_groups
     first_head = (tl.program_id(0) % head_groups) * heads_per_program
@@ -81,9 +81,10 @@ RUN_TARGET = 16  # programs per SM the grid is sized for: 64 warps, enough in fl
 
 
 def score_grid(requests: int, kv_heads: int, splits: int, L: int, block: int, sms: int) -> tuple[int, int]:
-    """Kv heads per program and runs per top-K split. Heads share a program (their slots and
-    codes come from L1 after the first) while the grid still holds ``RUN_TARGET`` programs per
-    SM; runs then split the columns as far as that target asks, never below one block each."""
+    """Kv heads per program and runs per top-K split. Heads share a program (so that after the
+    first their slots and codes can come from L1) while the grid still holds ``RUN_TARGET``
+    programs per SM; runs then split the columns as far as that target asks, never below one
+    block each."""
     blocks = max(1, triton.cdiv(triton.cdiv(L, splits), block))
     target = RUN_TARGET * sms
     heads = 1
