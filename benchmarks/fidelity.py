@@ -106,12 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 def codebooks(args: argparse.Namespace, model, tokenizer, buckets: DistanceBuckets) -> dict[str, Codebook]:  # noqa: ANN001
     """The three codebooks, fitted once and cached by their settings."""
     root = Path(args.codebook_dir or cache_dir() / "fidelity")
-    common = f"{Path(args.model_path).name}-{args.codebook_size}-{args.cal_tokens}-{args.uuid_tokens}-{args.iters}-b{args.b}" + ("" if args.dtype == "bfloat16" else f"-{args.dtype}")
+    common = f"{Path(args.model_path).name}-{args.codebook_size}-{args.cal_tokens}-{args.uuid_tokens}-{args.iters}-b{args.b}"
+    common += "" if args.dtype == "bfloat16" else f"-{args.dtype}"  # bf16 books keep their earlier names
     pooled = tuple(buckets.representatives)
-    plans = {  # name: (kind, H distances, directory)
+    plans = {  # name: (kind, H distances, directory); those sharing H distances next to each other
         "query_aware": ("query_aware", (), root / f"query_aware-{common}"),
-        "query_aware_hb": ("query_aware", pooled, root / f"query_aware-{common}-h{'_'.join(map(str, pooled))}"),
         "kmeans": ("kmeans", (), root / f"kmeans-{common}"),
+        "query_aware_hb": ("query_aware", pooled, root / f"query_aware-{common}-h{'_'.join(map(str, pooled))}"),
     }
     books: dict[str, Codebook] = {}
     captured: dict[tuple[int, ...], tuple] = {}
@@ -124,7 +125,8 @@ def codebooks(args: argparse.Namespace, model, tokenizer, buckets: DistanceBucke
         cfg = CalibrationConfig(
             model_path=args.model_path, tokens=args.cal_tokens, uuid_tokens=args.uuid_tokens,
             codebook_size=args.codebook_size, iters=args.iters, b=args.b, window=args.window, sinks=args.sinks,
-            h_distances=h_distances, device=args.device, dtype=args.dtype, extra_summary={"data": ["pydoc_data.topics (calibration split)"]},
+            h_distances=h_distances, device=args.device, dtype=args.dtype,
+            extra_summary={"data": ["pydoc_data.topics (calibration split)"]},
         )
         if h_distances not in captured:  # H depends on the distances; the keys do not
             captured.clear()
