@@ -19,10 +19,10 @@ def test_each_knob_is_a_constant_whose_default_is_swept(module: str, name: str, 
 def test_a_patched_value_is_seen_by_the_grid_and_restored() -> None:
     from a2ats_sglang.kernels import lut, score
 
-    before = score.score_grid(32, 8, 4, 32768, 512, 132)
+    before = score.score_runs(256, 4, 32768, 512, 132)
     with patched("a2ats_sglang.kernels.score", "RUN_TARGET", 1000):
-        assert score.score_grid(32, 8, 4, 32768, 512, 132) == (1, 16)  # the most programs: a block each
-    assert score.score_grid(32, 8, 4, 32768, 512, 132) == before
+        assert score.score_runs(256, 4, 32768, 512, 132) == 16  # the most programs: a block each
+    assert score.score_runs(256, 4, 32768, 512, 132) == before
     with pytest.raises(RuntimeError), patched("a2ats_sglang.kernels.lut", "WAVES", 1):
         raise RuntimeError
     assert lut.WAVES == 4
