@@ -110,7 +110,6 @@ class Step:
     """One batch's decode step on random KV: the decoder, its buffers and each stage as a
     callable of one layer (``stages``) or of the whole step (``sparse_step``, ``encode``)."""
 
-    bs: int
     layers: int
     dec: Any
     buffers: Any
@@ -199,7 +198,7 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
         "score_topk": score_topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
-    return Step(bs, layers, dec, buffers, tables, idle_keys, stages, sparse_step, encode,
+    return Step(layers, dec, buffers, tables, idle_keys, stages, sparse_step, encode,
                 lambda: dec.step_tables(positions, req_to_token, rpi), m, n, q, k_pool, v_pool, req_to_token, workspace)
 
 
@@ -208,17 +207,16 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     from sglang.srt.layers.attention.flashinfer_backend import should_use_tensor_core
 
     st = prepare(args, config, bs)
-    dec, buffers, tables, idle_keys, layers = st.dec, st.buffers, st.tables, st.idle_keys, st.layers
-    sparse_step, encode, per_layer = st.sparse_step, st.encode, st.stages
-    workspace, req_to_token, n, m, q, k_pool, v_pool = (st.workspace, st.req_to_token, st.context, st.model, st.q,
-                                                       st.k_pool, st.v_pool)
-    scale, dev = m.head_dim**-0.5, "cuda"
+    dec, buffers, tables, idle_keys = st.dec, st.buffers, st.tables, st.idle_keys
+    layers, m, n = st.layers, st.model, st.context
+    sparse_step, encode = st.sparse_step, st.encode
+    dev = "cuda"
     e = dec.encode_group
     result = {"batch": bs, "layers": layers, "kept_tokens_per_kv_head": int(buffers.counts[0]), "encode_group": e}
     # each stage over the whole step (the encode is one launch for all layers)
     stages = {"encode_due": time_graph(lambda: encode(tables.due), 1, args.iters),
               "encode_idle": time_graph(lambda: encode(idle_keys), 1, args.iters)}
-    stages.update({name: time_graph(fn, layers, args.iters) for name, fn in per_layer.items()})
+    stages.update({name: time_graph(fn, layers, args.iters) for name, fn in st.stages.items()})
     # the due keys and rotation tables are computed once per step, shared by every layer
     stages["step_tables"] = time_graph(st.step_tables, 1, args.iters)
     result["a2ats_stages_ms"] = {k: round(v, 4) for k, v in stages.items()}
@@ -233,16 +231,17 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
 
     # stock: SGLang's FlashInfer decode (GQA heads, page size 1, each request's whole context)
     indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * n
-    indices = req_to_token[1:, :n].reshape(-1).contiguous()
+    indices = st.req_to_token[1:, :n].reshape(-1).contiguous()
     stock = BatchDecodeWithPagedKVCacheWrapper(
-        workspace, "NHD", use_tensor_cores=should_use_tensor_core(torch.bfloat16, m.num_attention_heads, m.num_kv_heads),
+        st.workspace, "NHD", use_tensor_cores=should_use_tensor_core(torch.bfloat16, m.num_attention_heads, m.num_kv_heads),
         use_cuda_graph=True,
         paged_kv_indptr_buffer=indptr, paged_kv_indices_buffer=indices,
         paged_kv_last_page_len_buffer=torch.ones(bs, dtype=torch.int32, device=dev),
     )
     stock.plan(indptr, indices, torch.ones(bs, dtype=torch.int32, device=dev), m.num_attention_heads,
                m.num_kv_heads, m.head_dim, 1, data_type=torch.bfloat16, q_data_type=torch.bfloat16)
-    result["stock_ms"] = round(time_graph(lambda: stock.forward(q, (k_pool, v_pool), sm_scale=scale), layers, args.iters), 4)
+    result["stock_ms"] = round(time_graph(lambda: stock.forward(st.q, (st.k_pool, st.v_pool), sm_scale=m.head_dim**-0.5),
+                                          layers, args.iters), 4)
     result["speedup"] = round(result["stock_ms"] / result["a2ats_ms"], 3)
     shape = StepShape(bs, n, m.num_kv_heads, m.group_size, m.head_dim, args.codebook_size, int(dec.reps.shape[0]),
                       result["kept_tokens_per_kv_head"], e)
