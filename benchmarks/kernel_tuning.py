@@ -26,10 +26,10 @@ from benchmarks.meta import write_results
 # (module, constant, values, the stage it drives)
 KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     ("a2ats_sglang.kernels.lut", "WAVES", (1, 2, 4, 8), "lookup_table"),
+    ("a2ats_sglang.kernels.lut", "MIN_TILES", (1, 2, 4), "lookup_table"),
     # 64 columns need 165 registers a thread at 8 warps (one program per SM), 32 need 91 (two)
     ("a2ats_sglang.kernels.lut", "COLUMNS", (32, 64), "lookup_table"),
-    ("a2ats_sglang.kernels.score", "RUN_TARGET", (1, 2, 4, 8, 16), "score_topk"),
-    ("a2ats_sglang.kernels.score", "MAX_TABLE", (0, 4096), "score_topk"),
+    ("a2ats_sglang.kernels.score", "RUN_TARGET", (4, 8, 16, 32, 64), "score_topk"),
     ("a2ats_sglang.kernels.select", "MAX_PROGRAMS", (512, 1024, 2048, 4096), "score_topk"),
     ("a2ats_sglang.kernels.select", "SPLIT_CONFIG", ((4, 1024), (4, 2048), (8, 2048), (8, 4096)), "score_topk"),
 )

@@ -312,6 +312,28 @@ def _roofline_table(results: list[dict[str, Any]]) -> str:
          "encode due", "lookup table", "score", "top-K", "score + top-K, counted in score", "attention"], rows)
 
 
+def kernel_tuning_block(results: Path) -> Block:
+    """Each knob's sweep (``benchmarks.kernel_tuning``): ms of its stage per value, per batch."""
+    files = _load(results, "kernel-tuning*.json")
+    if not files:
+        return _none("kernel-tuning")
+    out = []
+    for path, r in files:
+        rows = []
+        for row in r["results"]:
+            for knob, sweep in row.items():
+                if not isinstance(sweep, dict):
+                    continue
+                best = min(sweep["ms"], key=sweep["ms"].get)
+                cells = ", ".join(f"**{v}: {ms:.3f}**" if v == best else f"{v}: {ms:.3f}" for v, ms in sweep["ms"].items())
+                rows.append([row["batch"], f"`{knob}`", sweep["stage"], sweep["default"], cells])
+        w = r["meta"]["workload"]
+        out.append(f"**`{path.name}`** ({r['meta'].get('device', '?')}, commit {str(r['meta'].get('commit', '?'))[:7]}): "
+                   f"{w['context']:,}-token contexts, ms a step (all layers) of the stage each knob feeds, the fastest in bold\n\n"
+                   + _table(["batch", "knob", "stage", "default then", "ms by value"], rows))
+    return Block("\n\n".join(out) + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
 # ---------------------------------------------------------------------------------------------
 # serving throughput (benchmarks.throughput)
 
@@ -535,6 +557,7 @@ BLOCKS: dict[str, Callable[[Path], Block]] = {
     "accuracy_deterministic": lambda r: accuracy_block(r, ("accuracy-det-*.json", "accuracy-offload-eq-*.json")),
     "equality": equality_block,
     "decode_step": decode_step_block,
+    "kernel_tuning": kernel_tuning_block,
     "throughput": throughput_block,
     "offload_throughput": offload_throughput_block,
     "prefix_llama": prefix_llama_block,

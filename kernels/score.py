@@ -21,20 +21,17 @@ from a2ats_sglang.kernels.select import _ROW_INTS, _SIGN, _SPLIT_ALIGN, SPLIT_AL
 @triton.jit
 def _score_kernel(
     lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, ws_ptr,
-    num_kv_heads, num_buckets, L, C, sinks, window, runs,
+    num_kv_heads, num_buckets, L, sinks, window, runs,
     stride_lb, stride_lk, stride_lg, stride_lc,
     stride_cs, stride_ch,
     stride_rr,
     stride_or,
     BLOCK: tl.constexpr, PAD: tl.constexpr, SPLITS: tl.constexpr, FIRST_PASS: tl.constexpr,
-    TABLE: tl.constexpr,
 ):
     """One program per (row, run): a run is a ``1/runs`` share of one top-K split of the row's
     own length, walked ``BLOCK`` columns at a time, so its histogram is summed in registers
-    and added once. With ``TABLE`` > 0 the row's table of the farthest bucket (where most
-    tokens of a long context fall: 24K of 32K) is loaded once and looked up on chip
-    (``tl.gather``), so only nearer tokens gather from global memory: a scattered 4-byte load
-    costs a whole 32-byte sector of L2 bandwidth, which bounds the kernel."""
+    and added once, and the row's table (a 16 KB slice for the far bucket most tokens fall in)
+    stays in the SM's L1 across the run's gathers (slot → code → table)."""
     row = tl.program_id(0)
     split = tl.program_id(1) // runs
     run = tl.program_id(1) % runs
@@ -49,10 +46,6 @@ def _score_kernel(
     run_len = tl.cdiv(tl.cdiv(split_len, runs), BLOCK) * BLOCK
     lo = split * split_len + run * run_len
     hi = tl.minimum(tl.minimum(lo + run_len, (split + 1) * split_len), row_len)
-    last = num_buckets - 1
-    if TABLE > 0:
-        words = tl.arange(0, TABLE)
-        far_table = tl.load(lut_row + last * stride_lk + words * stride_lc, mask=(words < C) & (lo < hi), other=0.0)
     hist = tl.zeros([256], tl.int32)
     for start in range(lo, hi, BLOCK):
         t = start + tl.arange(0, BLOCK)
@@ -65,12 +58,7 @@ def _score_kernel(
         bucket = tl.zeros([BLOCK], tl.int32)  # distances below edges[1] (window included) → 0
         for k in range(1, num_buckets):
             bucket += (dist >= tl.load(edges_ptr + k)).to(tl.int32)
-        near = lut_row + bucket.to(tl.int64) * stride_lk + code.to(tl.int64) * stride_lc
-        if TABLE > 0:
-            far = bucket == last
-            acc = tl.where(far, tl.gather(far_table, code, 0), tl.load(near, mask=scored & ~far))
-        else:
-            acc = tl.load(near, mask=scored)
+        acc = tl.load(lut_row + bucket.to(tl.int64) * stride_lk + code.to(tl.int64) * stride_lc, mask=scored)
         res = tl.where(protected, float("inf"), acc)
         tl.store(out_row + t, res, mask=visible)
         if FIRST_PASS:  # the top-K's pass 0: the top digits of this run, into its split's counts
@@ -85,13 +73,12 @@ def _score_kernel(
             tl.store(out_row + t, tl.full([BLOCK], float("-inf"), tl.float32), mask=t < L)
 
 
-RUN_TARGET = 4  # programs per SM the runs are sized for: fewer, longer runs load the far table less often
-MAX_TABLE = 4096  # the largest codebook whose far table is kept on chip (16 KB of fp32); 0: never
+RUN_TARGET = 32  # programs per SM the runs are sized for: enough warps in flight for the gathers
 
 
 def score_runs(rows: int, splits: int, L: int, block: int, sms: int) -> int:
-    """Runs per top-K split: the fewest that still put ``RUN_TARGET`` programs on every SM,
-    never more than a split's blocks."""
+    """Runs per top-K split: the fewest that still put ``RUN_TARGET`` programs on every SM
+    (longer runs reuse more of the row's table from L1), never more than a split's blocks."""
     blocks_per_split = max(1, triton.cdiv(triton.cdiv(L, splits), block))
     return max(1, min(blocks_per_split, triton.cdiv(RUN_TARGET * sms, rows * splits)))
 
@@ -113,9 +100,9 @@ def score_tokens(
     With ``topk_workspace`` (:func:`~a2ats_sglang.kernels.select.topk_workspace`) each program
     also counts the top digits of its scores into the top-K's pass-0 histograms (integer atomics:
     the counts do not depend on the order), and the top-K called with ``first_pass_done`` skips
-    that pass over the scores. Each program walks a run of blocks (:func:`score_runs`) with
-    the far bucket's table on chip (codebooks up to :data:`MAX_TABLE` codewords). No host
-    synchronisation, no allocation.
+    that pass over the scores. Each program walks a run of blocks (:func:`score_runs`): one
+    block per program while the GPU needs every program it can get (batch 1), longer runs once
+    the rows alone fill it. No host synchronisation, no allocation.
     """
     kv_heads = codes.shape[1]
     bs, num_buckets, lut_kv_heads, _ = lut.shape
@@ -129,15 +116,14 @@ def score_tokens(
     if first_pass:  # runs of whole blocks inside one split of the top-K
         assert SPLIT_ALIGN % block == 0, (block, SPLIT_ALIGN)
     splits = topk_splits(bs * kv_heads, L) if first_pass else 1
-    runs = score_runs(bs * kv_heads, splits, L, block, sm_count(out))
-    codewords = lut.shape[3]
+    sms = sm_count(out)
+    runs = score_runs(bs * kv_heads, splits, L, block, sms)
     _score_kernel[(bs * kv_heads, splits * runs)](
         lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out, topk_workspace if first_pass else out,
-        kv_heads, num_buckets, L, codewords, sinks, window, runs,
+        kv_heads, num_buckets, L, sinks, window, runs,
         *lut.stride(),
         codes.stride(0), codes.stride(1),
         req_to_token.stride(0),
         out.stride(0),
         BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass,
-        TABLE=triton.next_power_of_2(codewords) if codewords <= MAX_TABLE else 0,
     )

@@ -40,11 +40,7 @@ TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True}
 
 # (kernel, pointer types, constexprs, warps, least shared bytes, most registers a thread)
 CASES = {
-    "score, far table on chip": ("score", "_score_kernel", SCORE_PTRS,
-                                 {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "TABLE": 4096}, 4,
-                                 16384, 128),
-    "score, plain gather": ("score", "_score_kernel", SCORE_PTRS,
-                            {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "TABLE": 0}, 4, 0, 128),
+    "score": ("score", "_score_kernel", SCORE_PTRS, {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True}, 4, 0, 128),
     "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
     "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 2, **TOPK}, 4, 0, 64),
     "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),

@@ -92,7 +92,8 @@ def test_long_codeword_runs_cover_every_tile_once() -> None:
 
 
 def test_runs_fill_the_gpu_and_never_exceed_the_tiles() -> None:
-    assert codeword_runs(programs=8, tiles=64, sms=132) == 64  # batch 1: one tile per program
+    assert codeword_runs(programs=8, tiles=64, sms=132) == 32  # batch 1: the GPU wants 66, runs of 2 tiles at least
+    assert codeword_runs(programs=8, tiles=1, sms=132) == 1
     assert codeword_runs(programs=128, tiles=64, sms=132) == 5  # batch 32: 640 programs, runs of 13 tiles
     assert codeword_runs(programs=4096, tiles=64, sms=132) == 1
 
