@@ -30,9 +30,26 @@ KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     # 64 columns need 165 registers a thread at 8 warps (one program per SM), 32 need 91 (two)
     ("a2ats_sglang.kernels.lut", "COLUMNS", (32, 64), "lookup_table"),
     ("a2ats_sglang.kernels.score", "RUN_TARGET", (4, 8, 16, 32, 64), "score_topk"),
+    ("a2ats_sglang.kernels.score", "HEADS_PER_PROGRAM", (1, 2, 4, 8), "score_topk"),
     ("a2ats_sglang.kernels.select", "MAX_PROGRAMS", (512, 1024, 2048, 4096), "score_topk"),
     ("a2ats_sglang.kernels.select", "SPLIT_CONFIG", ((4, 1024), (4, 2048), (8, 2048), (8, 4096)), "score_topk"),
 )
+# prefill's encode (one chunk of CHUNK keys a layer): the same at every batch, swept once
+ENCODE_KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
+    ("a2ats_sglang.kernels.encode", "LARGE_CONFIG",
+     ((128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3), (256, 64, 8, 2), (128, 32, 4, 3)),
+     "encode_chunk"),
+)
+CHUNK = 8192  # SGLang's default --chunked-prefill-size on a GPU this large
+
+
+def encode_chunk(st: Any, tokens: int = CHUNK) -> Callable[[], None]:
+    """One layer's encode of a prefill chunk: ``tokens`` post-RoPE keys into fresh slots."""
+    dec = st.dec
+    k = torch.randn(tokens, dec.num_kv_heads * dec.head_dim, dtype=torch.bfloat16, device="cuda")
+    loc = torch.arange(1, tokens + 1, device="cuda")
+    tables = dec.rotary.key_tables(torch.arange(tokens, device="cuda"))
+    return lambda: dec.encode(0, k, loc, tables)
 
 
 @contextmanager
@@ -66,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     for bs in args.batch:
         st = prepare(args, config, bs)
         row: dict[str, Any] = {"batch": bs, "layers": st.layers}
-        for module, name, values, stage in KNOBS:
+        stages = dict(st.stages)
+        knobs = KNOBS
+        if not rows:  # the first batch also times prefill's encode
+            stages["encode_chunk"] = encode_chunk(st)
+            knobs = KNOBS + ENCODE_KNOBS
+        for module, name, values, stage in knobs:
             default = getattr(importlib.import_module(module), name)
             row[name] = {"stage": stage, "default": json.dumps(default),
-                         "ms": sweep(st.stages[stage], st.layers, module, name, values, args.iters)}
+                         "ms": sweep(stages[stage], st.layers, module, name, values, args.iters)}
         print(json.dumps(row), flush=True)
         rows.append(row)
         del st

@@ -37,6 +37,10 @@ def encode_projection(chol: torch.Tensor, centroids_z: torch.Tensor) -> EncodePr
 
 
 SPLIT_CODES = 128  # codewords per program when a few keys are spread over many programs
+# (block_n, block_c, num_warps, num_stages) for 1,024 keys or more (prefill chunks): H200, n=16384,
+# Hkv=8, d=128, C=4096 took 3.1 ms a layer at tf32x3 (44 TFLOP/s), ~50 ms for each 8K-token
+# chunk of Llama-8B's 32 layers; benchmarks/kernel_tuning.py sweeps it
+LARGE_CONFIG = (128, 64, 8, 2)
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
@@ -174,7 +178,8 @@ class Unrotate(NamedTuple):
 def encode_keys(
     k_pre: torch.Tensor, proj: torch.Tensor, half_norm: torch.Tensor, loc: torch.Tensor, codes: torch.Tensor,
     workspace: torch.Tensor | None = None, precision: str = "tf32x3",
-    block_n: int | None = None, block_c: int = 64, num_warps: int | None = None, num_stages: int = 2,
+    block_n: int | None = None, block_c: int | None = None, num_warps: int | None = None,
+    num_stages: int | None = None,
     unrotate: Unrotate | None = None, gather: bool = False, layer_pointers: torch.Tensor | None = None,
 ) -> None:
     """``codes[loc[i], g] = argmax_c k_pre[i, g]·proj[g, :, c] − half_norm[g, c]`` (lowest index on ties).
@@ -220,8 +225,12 @@ def encode_keys(
     # Hkv=8, d=128, C=4096: n=1 14 µs vs 154 µs, n=1024 232 vs 381 µs; n=16384 3.6 vs 3.1 ms)
     cols = layers * kv_heads
     split = workspace is not None and splits > 1 and splits * n * cols <= workspace.numel() and n <= split_key_limit(cols)
-    if block_n is None:
-        block_n = 128 if n >= 1024 else max(16, min(64, triton.next_power_of_2(n)))
+    if n >= 1024:
+        large_n, large_c, large_warps, large_stages = LARGE_CONFIG
+        block_n, block_c = block_n or large_n, block_c or large_c
+        num_warps, num_stages = num_warps or (large_warps if block_n == large_n else None), num_stages or large_stages
+    block_n = block_n or max(16, min(64, triton.next_power_of_2(n)))
+    block_c, num_stages = block_c or 64, num_stages or 2
     if num_warps is None:
         num_warps = 8 if block_n >= 128 else 4
     grid = (triton.cdiv(n, block_n), cols, splits if split else 1)

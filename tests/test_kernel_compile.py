@@ -40,7 +40,11 @@ TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True}
 
 # (kernel, pointer types, constexprs, warps, least shared bytes, most registers a thread)
 CASES = {
-    "score": ("score", "_score_kernel", SCORE_PTRS, {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True}, 4, 0, 128),
+    "score": ("score", "_score_kernel", SCORE_PTRS, {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "HEADS": 1},
+              4, 0, 128),
+    "score, 8 kv heads a program": ("score", "_score_kernel", SCORE_PTRS,
+                                    {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "HEADS": 8}, 4, 0,
+                                    144),  # 142: the heads' loads issued together, 3 programs an SM
     "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
     "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 2, **TOPK}, 4, 0, 64),
     "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),

@@ -7,13 +7,13 @@ import importlib
 
 import pytest
 
-from benchmarks.kernel_tuning import KNOBS, patched
+from benchmarks.kernel_tuning import ENCODE_KNOBS, KNOBS, patched
 
 
-@pytest.mark.parametrize("module, name, values, stage", KNOBS)
+@pytest.mark.parametrize("module, name, values, stage", KNOBS + ENCODE_KNOBS)
 def test_each_knob_is_a_constant_whose_default_is_swept(module: str, name: str, values: tuple, stage: str) -> None:
     assert getattr(importlib.import_module(module), name) in values
-    assert stage in ("lookup_table", "score", "topk", "score_topk", "attention")
+    assert stage in ("lookup_table", "score", "topk", "score_topk", "attention", "encode_chunk")
 
 
 def test_a_patched_value_is_seen_by_the_grid_and_restored() -> None:

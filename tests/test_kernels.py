@@ -78,6 +78,29 @@ def test_encode_matches_vq_encode(dtype: torch.dtype, split: bool) -> None:
     check_codes(codes[loc], keys, chol, cz)
 
 
+def test_encode_of_a_prefill_chunk_is_the_same_for_every_tiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,024 keys or more take :data:`~a2ats_sglang.kernels.encode.LARGE_CONFIG`; every tiling the
+    tuning sweep tries gives the same codes (the tiles decide who computes what, not the sums)."""
+    from a2ats_sglang.kernels import encode as encode_mod
+    from benchmarks.kernel_tuning import ENCODE_KNOBS
+
+    kv_heads, dim, size, n = 1, 16, 200, 1100
+    chol, cz = codebook(kv_heads, dim, size, seed=3)
+    keys = torch.randn(n, kv_heads, dim, generator=torch.Generator().manual_seed(4)).bfloat16()
+    proj, half_norm = encode_projection(chol.to(DEVICE), cz.to(DEVICE))
+    loc = torch.arange(n, device=DEVICE)
+    (_, _, configs, _), = ENCODE_KNOBS
+    got = []
+    for config in configs:
+        monkeypatch.setattr(encode_mod, "LARGE_CONFIG", config)
+        codes = torch.zeros(n, kv_heads, dtype=torch.int16, device=DEVICE)
+        encode_keys(keys.to(DEVICE), proj, half_norm, loc, codes)
+        got.append(codes.cpu())
+    check_codes(got[0], keys, chol, cz)
+    for config, codes in zip(configs[1:], got[1:]):
+        assert torch.equal(codes, got[0]), config
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_encode_every_layer_in_one_launch(split: bool) -> None:
     """``layer_pointers``: the keys at the given slots of three separately allocated layer pools,
@@ -219,7 +242,11 @@ def run_score(
         ([8, 16, 32, 64], 3, "max", True),
     ],
 )
-def test_score_matches_reference(edges: list[int], group: int, reduce: str, strided: bool) -> None:
+@pytest.mark.parametrize("heads", [1, 2])  # kv heads a program scores
+def test_score_matches_reference(edges: list[int], group: int, reduce: str, strided: bool, heads: int,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", heads)
+    assert score.program_heads(2) == heads
     kv_heads, size, L, sinks, window = 2, 33000, 150, 4, edges[0]
     lens = [140, 1, 11, 13, 150, 70]  # len 1, len < sinks + window, len = sinks + window + 1, full
     batch = Batch(lens, kv_heads, size, max_ctx=160, seed=4)
@@ -233,18 +260,27 @@ def test_score_matches_reference(edges: list[int], group: int, reduce: str, stri
 
 @pytest.mark.parametrize("target, runs", [(0, 1), (1000, 3)])  # a run of every block per row; a block per run
 @pytest.mark.parametrize("edges", [[8, 16, 32, 64], [8]])
-def test_score_runs_of_any_length_match_the_reference(target: int, runs: int, edges: list[int],
+@pytest.mark.parametrize("heads", [1, 4])
+def test_score_runs_of_any_length_match_the_reference(target: int, runs: int, edges: list[int], heads: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """However a row's columns are shared out into runs, each column is scored once and each
-    column past its length padded with −inf."""
+    """However a row's columns are shared out into runs, and its kv heads over programs, each
+    column is scored once and each column past its length padded with −inf."""
     monkeypatch.setattr(score, "RUN_TARGET", target)
-    kv_heads, size, L, sinks, window = 2, 500, 150, 4, 8
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", heads)
+    kv_heads, size, L, sinks, window = 4, 500, 150, 4, 8
     lens = [140, 1, 150, 70, 129]
-    assert score.score_runs(len(lens) * kv_heads, 1, L, 64, 8) == runs
+    assert score.score_runs(len(lens) * 2, 1, L, 64, 8) == runs
     batch = Batch(lens, kv_heads, size, max_ctx=160, seed=7)
     lut = torch.randn(len(lens), len(edges), 3 * kv_heads, size, generator=torch.Generator().manual_seed(8))
     got = run_score(lut, batch, edges, sinks, window, L, "max", rows_cap=len(lens) * kv_heads)
     torch.testing.assert_close(got, score_reference(lut, batch, edges, sinks, window, L, "max"), rtol=1e-6, atol=1e-6)
+
+
+def test_program_heads_divide_the_kv_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", 8)
+    assert [score.program_heads(h) for h in (8, 4, 6, 1, 16)] == [8, 4, 2, 1, 8]
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", 3)  # not a power of two: the largest below
+    assert score.program_heads(8) == 2
 
 
 def test_score_runs_at_serving_shapes() -> None:
@@ -470,10 +506,12 @@ def test_score_unpadded_then_topk_over_each_length() -> None:
 
 
 @pytest.mark.parametrize("L, min_split", [(300, None), (1536, 64)])  # one split; four 512-column splits
-def test_score_counts_the_topk_first_pass(L: int, min_split: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("heads", [1, 2])  # the counts summed per run, or added per block
+def test_score_counts_the_topk_first_pass(L: int, min_split: int | None, heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The score kernel counting pass 0 (``topk_workspace``) and the top-K skipping it pick what
     the top-K picks alone, layer after layer: the compaction clears the counts it read, so the
     workspace's pass-0 histograms are zero again after each layer."""
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", heads)
     if min_split is not None:
         monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", min_split)
     kv_heads, size, sinks, window, kmax = 2, 64, 4, 8, 96
@@ -593,7 +631,8 @@ def test_kernels_capture_in_a_cuda_graph() -> None:
 
 
 @pytest.mark.gpu
-def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
+@pytest.mark.parametrize("heads", [1, 8])  # kv heads a score program covers
+def test_table_score_and_select_pick_the_exact_topk_at_serving_shape(heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Llama-3.1-8B shape, 32K contexts: the group-reduced table (queries rotated in the kernel),
     the scores and the top-K of the decode path against plain torch on inputs whose sums are exact
     (small integers, quarter-turn rotations), so every entry is bit-comparable and the many ties
@@ -601,6 +640,7 @@ def test_table_score_and_select_pick_the_exact_topk_at_serving_shape() -> None:
     by the score kernel (as served) and on its own."""
     from a2ats_sglang.kernels.lut import folded_lookup_table
 
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", heads)
     kv_heads, group, dim, size, sinks, window = 8, 4, 128, 4096, 4, 64
     edges = [window, 128, 256, 512, 1024, 2048, 4096, 8192]
     lens = [32768, 20000, 5000, 1]

@@ -171,7 +171,7 @@ class SparseDecoder:
         model = book.meta.model
         # the encode kernel sizes its key tile by the number of keys; a key's code must not
         # depend on how many were encoded with it (a prefix hit's continuation, a decode batch)
-        self.encode_tiling = {"block_n": 64, "num_warps": 4} if batch_invariant else {}
+        self.encode_tiling = {"block_n": 64, "block_c": 64, "num_warps": 4, "num_stages": 2} if batch_invariant else {}
         self.num_kv_heads, self.head_dim = model.num_kv_heads, model.head_dim
         self.group = model.group_size
         self.codebook_size = book.meta.codebook_size
