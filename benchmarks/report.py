@@ -324,8 +324,10 @@ def kernel_tuning_block(results: Path) -> Block:
             for knob, sweep in row.items():
                 if not isinstance(sweep, dict):
                     continue
-                best = min(sweep["ms"], key=sweep["ms"].get)
-                cells = ", ".join(f"**{v}: {ms:.3f}**" if v == best else f"{v}: {ms:.3f}" for v, ms in sweep["ms"].items())
+                timed = {v: ms for v, ms in sweep["ms"].items() if not isinstance(ms, str)}
+                best = min(timed, key=timed.get, default=None)
+                cells = ", ".join(f"{v}: {ms}" if isinstance(ms, str) else f"**{v}: {ms:.3f}**" if v == best
+                                  else f"{v}: {ms:.3f}" for v, ms in sweep["ms"].items())
                 rows.append([row["batch"], f"`{knob}`", sweep["stage"], sweep["default"], cells])
         w = r["meta"]["workload"]
         out.append(f"**`{path.name}`** ({r['meta'].get('device', '?')}, commit {str(r['meta'].get('commit', '?'))[:7]}): "

@@ -39,8 +39,11 @@ def encode_projection(chol: torch.Tensor, centroids_z: torch.Tensor) -> EncodePr
 SPLIT_CODES = 128  # codewords per program when a few keys are spread over many programs
 # (block_n, block_c, num_warps, num_stages) for 1,024 keys or more (prefill chunks): H200, n=16384,
 # Hkv=8, d=128, C=4096 took 3.1 ms a layer at tf32x3 (44 TFLOP/s), ~50 ms for each 8K-token
-# chunk of Llama-8B's 32 layers; benchmarks/kernel_tuning.py sweeps it
+# chunk of Llama-8B's 32 layers. Built for sm_90 (d=128, rotation in the kernel) it spills 376
+# bytes a thread and takes 224 KiB of shared memory; (64, 64, 8, 2) spills nothing in 160 KiB.
+# benchmarks/kernel_tuning.py sweeps it
 LARGE_CONFIG = (128, 64, 8, 2)
+SMALL_WARPS = 4  # warps for fewer keys (decode steps; tiles of ≤ 64 keys): 4 spill ~750 bytes, 8 none
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
@@ -232,7 +235,7 @@ def encode_keys(
     block_n = block_n or max(16, min(64, triton.next_power_of_2(n)))
     block_c, num_stages = block_c or 64, num_stages or 2
     if num_warps is None:
-        num_warps = 8 if block_n >= 128 else 4
+        num_warps = 8 if block_n >= 128 else SMALL_WARPS
     grid = (triton.cdiv(n, block_n), cols, splits if split else 1)
     if unrotate is not None:
         assert unrotate.cos.shape[0] >= n and unrotate.cos.stride(-1) == 1 and unrotate.cos.stride() == unrotate.sin.stride()

@@ -23,9 +23,11 @@ from triton.compiler import ASTSource
 
 module, name, pointers, consts, warps, out = json.loads(sys.argv[1])
 fn = getattr(importlib.import_module(module), name)
+consts = {n: getattr(triton.language, {"fp32": "float32"}[v]) if n.endswith("_DTYPE") else v for n, v in consts.items()}
+stages = consts.pop("num_stages", 3)
 sig = {n: "constexpr" if n in consts else pointers.get(n, "i32") for n in fn.arg_names}
 k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                   options={"num_warps": warps})
+                   options={"num_warps": warps, "num_stages": stages})
 open(out, "w").write(k.asm["ptx"])
 print(k.metadata.shared)
 """
@@ -53,6 +55,13 @@ CASES = {
 }
 
 
+ENCODE_PTRS = {"k_ptr": "*bf16", "proj_ptr": "*fp32", "half_norm_ptr": "*fp32", "loc_ptr": "*i64", "codes_ptr": "*i16",
+               "ws_ptr": "*i16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "scale": "fp32"}
+ENCODE = {"BLOCK_D": 128, "PRECISION": "tf32x3", "SPLIT": False, "ROTATE": True, "NEOX": True, "GATHER": False,
+          "LAYERED": False, "K_DTYPE": "fp32"}
+SHARED_LIMIT = 232448  # bytes of shared memory a program may take on sm_90 (227 KiB)
+
+
 def ptxas() -> Path:
     return Path(triton.__file__).parent / "backends/nvidia/bin/ptxas"
 
@@ -71,3 +80,46 @@ def test_kernel_builds_for_sm90_without_spills(case: str, tmp_path: Path) -> Non
                           capture_output=True, text=True, check=True).stderr
     assert "0 bytes spill stores, 0 bytes spill loads" in info, info
     assert int(re.search(r"Used (\d+) registers", info).group(1)) <= most_registers, info
+
+
+def build(tmp_path: Path, module: str, name: str, pointers: dict, consts: dict, warps: int) -> tuple[int, str]:
+    """Shared bytes and ptxas's report of one kernel built for sm_90."""
+    ptx = tmp_path / "kernel.ptx"
+    job = json.dumps([f"a2ats_sglang.kernels.{module}", name, pointers, consts, warps, str(ptx)])
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    built = subprocess.run([sys.executable, "-c", BUILD, job], env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    info = subprocess.run([str(ptxas()), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
+                          capture_output=True, text=True, check=True).stderr
+    return int(built.stdout.split()[-1]), info
+
+
+def encode_tilings() -> list[tuple[int, int, int, int]]:
+    from benchmarks.kernel_tuning import ENCODE_KNOBS
+
+    (_, _, values, _), = ENCODE_KNOBS
+    return list(values)
+
+
+@pytest.mark.skipif(not ptxas().exists(), reason="this Triton wheel ships no ptxas")
+@pytest.mark.parametrize("tiling", encode_tilings())
+def test_every_swept_encode_tiling_fits_the_h200(tiling: tuple[int, int, int, int], tmp_path: Path) -> None:
+    """A tiling that takes more shared memory than a program may have would fail to launch on
+    the GPU node, in the middle of a tuning run."""
+    block_n, block_c, warps, stages = tiling
+    consts = {**ENCODE, "BLOCK_N": block_n, "BLOCK_C": block_c, "num_stages": stages}
+    shared, _ = build(tmp_path, "encode", "_encode_kernel", ENCODE_PTRS, consts, warps)
+    assert shared <= SHARED_LIMIT, (tiling, shared)
+
+
+@pytest.mark.skipif(not ptxas().exists(), reason="this Triton wheel ships no ptxas")
+def test_encode_of_a_decode_step_spills_nothing_at_eight_warps(tmp_path: Path) -> None:
+    """The due keys' encode (64-key tiles, the codebook split, every layer in one launch) at 8
+    warps keeps its tiles in registers; at 4 it spills (the sweep times both)."""
+    consts = {**ENCODE, "BLOCK_N": 64, "BLOCK_C": 64, "SPLIT": True, "GATHER": True, "LAYERED": True, "num_stages": 2}
+    ptrs = {**ENCODE_PTRS, "k_ptr": "*i64", "ws_ptr": "*i64"}
+    spills = {}
+    for warps in (4, 8):
+        _, info = build(tmp_path, "encode", "_encode_kernel", ptrs, consts, warps)
+        spills[warps] = re.search(r"(\d+) bytes spill stores", info).group(1)
+    assert spills[8] == "0" and spills[4] != "0", spills

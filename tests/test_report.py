@@ -166,3 +166,16 @@ def test_suite_tables_give_ratios_to_stock_and_hicache(tmp_path: Path) -> None:
     assert "| `a2ats` | failed: the server did not start: boom |" in text
     assert "suite.png" in text and "`suite-h200-multi-turn.json`: NVIDIA H200" in text
     assert res / "suite.png" in report.plots(res)
+
+
+def test_kernel_tuning_marks_the_fastest_value_and_shows_failures(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    res.mkdir()
+    write(res / "kernel-tuning-h200.json", {"meta": {**META, "device": "NVIDIA H200", "workload": {"context": 32768}}, "results": [
+        {"batch": 8, "layers": 32, "WAVES": {"stage": "lookup_table", "default": "4", "ms": {"1": 0.6, "4": 0.5, "8": 0.7}},
+         "LARGE_CONFIG": {"stage": "encode_chunk", "default": "[128, 64, 8, 2]",
+                          "ms": {"[128, 64, 8, 2]": 50.1, "[64, 64, 8, 3]": "error: OutOfResources: shared memory"}}}]})
+    text = report.kernel_tuning_block(res).text
+    assert "| 8 | `WAVES` | lookup_table | 4 | 1: 0.600, **4: 0.500**, 8: 0.700 |" in text
+    assert "**[128, 64, 8, 2]: 50.100**, [64, 64, 8, 3]: error: OutOfResources: shared memory" in text
+    assert "`kernel-tuning-h200.json`: NVIDIA H200" in text
