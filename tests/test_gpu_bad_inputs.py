@@ -23,3 +23,11 @@ def test_each_bad_input_gets_a_clear_error_and_the_server_lives_on(server) -> No
                                                        "sampling_params": {"max_new_tokens": 4, "temperature": 0}},
                        timeout=120)
     assert ok.status_code == 200 and ok.json()["text"]
+
+
+def test_server_info_reports_the_gpu_resident_backend(server) -> None:
+    info = requests.get(f"{server.url}/server_info", timeout=30).json()
+    state = info["internal_states"][0]["a2ats"]
+    assert state["mode"] == "gpu" and "offload" not in state
+    assert state["kv_capacity_tokens"] == {"gpu": info["max_total_num_tokens"], "host": 0}
+    assert state["codebook"]["codewords"] > 0 and state["budget"]["static_width"] > 0

@@ -84,3 +84,16 @@ def test_aborted_streams_leave_no_slot_behind(server) -> None:
     assert metric(server, "sglang:token_usage") == 0.0, "every logical (host) slot is free again"
     ok = generate(server, prompt(100))
     assert ok.status_code == 200 and len(ok.json()["output_ids"]) == 8
+
+
+def test_server_info_reports_the_tiers_and_the_hit_rate(server) -> None:
+    assert generate(server, prompt(700, 9), 64).status_code == 200
+    time.sleep(3)  # the hit/miss counters are read a sample (2 s) behind the GPU
+    info = requests.get(f"{server.url}/server_info", timeout=30).json()
+    state = info["internal_states"][0]["a2ats"]
+    assert state["mode"] == "offload"
+    assert state["kv_capacity_tokens"] == {"gpu": 0, "host": info["max_total_num_tokens"]}
+    off = state["offload"]
+    assert off["decode_steps"] > 0 and 0.0 < off["hot_hit_rate"] <= 1.0
+    assert off["host_pool_bytes"] > 0 and off["hot_buffers"] == off["max_running_requests"] + 1
+    assert state["codes_bytes_per_token"] == 30 * 3 * 2  # SmolLM2-135M: 30 layers, 3 kv heads, int16

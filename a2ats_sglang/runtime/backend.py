@@ -27,6 +27,7 @@ from a2ats_sglang.runtime.config import A2ATSConfig, current_config
 from a2ats_sglang.runtime.memory import distance_buckets, resolve_budget
 from a2ats_sglang.runtime.offload import Offload
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+from a2ats_sglang.runtime.server_state import describe
 from a2ats_sglang.runtime.sparse_decode import (
     PoolKeys,
     SparseDecodeBuffers,
@@ -78,6 +79,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
                 f"not {pool.dtype}: use --kv-cache-dtype auto"
             )
         self.device = model_runner.device
+        self.codebook_path = str(cfg.codebook)
         offload = isinstance(pool, OffloadKVPool)
         slots = pool.logical_slots if offload else pool.size + pool.page_size
         # --enable-deterministic-inference promises batch-invariant results: fixed tilings in the
@@ -115,6 +117,16 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             d.codes.numel() * 2 / 2**20,
             (d.proj.numel() * 4 + d.half_norm.numel() * 4 + d.decoded.numel() * 2) / 2**20,
         )
+
+    def a2ats_state(self, free_tokens: int) -> dict:
+        """This backend's part of ``/server_info`` (:mod:`~a2ats_sglang.runtime.server_state`)."""
+        pool, off = self.token_to_kv_pool, self.offload
+        kv_tokens = pool.logical_slots - 1 if off is not None else pool.size
+        if off is None:
+            return describe(self.decoder, self.codebook_path, kv_tokens, free_tokens)
+        m = off.metrics
+        return describe(self.decoder, self.codebook_path, kv_tokens, free_tokens, off.plan, pool.host.nbytes,
+                        off.staging.in_use(), m.last, m.bytes_per_miss)
 
     # -- metadata -------------------------------------------------------------------------
 

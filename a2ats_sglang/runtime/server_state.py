@@ -1,0 +1,55 @@
+"""What ``/server_info`` reports about the a2ats backend (``internal_states[i]["a2ats"]``).
+
+A serving engineer asks a running server how its KV is split between HBM and host memory, what
+the codes and the codebook cost, the decode budget, and (with ``--a2ats-offload``) how much of
+the GPU goes to prefill staging and hot buffers and how often a pick is found there. The
+``server_info`` patch calls :func:`describe` in the scheduler process; everything here is
+plain numbers, read without waiting for the GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class _Plan(Protocol):
+    logical_slots: int
+    staging_tokens: int
+    hot_tokens: int
+    max_running: int
+
+
+def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: int, plan: _Plan | None = None,
+             host_bytes: int = 0, staging_in_use: int = 0, offload_totals: tuple[int, int, int] | None = None,
+             bytes_per_miss: int = 0) -> dict[str, Any]:
+    """The backend's state. ``kv_tokens``/``free_tokens``: SGLang's pool (logical slots in
+    offload mode, whose homes are all host rows today); ``offload_totals``: hot-buffer hits,
+    misses and decode steps read so far (:class:`~a2ats_sglang.runtime.offload_metrics.OffloadMetrics`)."""
+    budget = decoder.budget
+    layers, heads = decoder.codes.shape[0], decoder.codes.shape[2]
+    out: dict[str, Any] = {
+        "mode": "offload" if plan is not None else "gpu",
+        "kv_capacity_tokens": {"gpu": 0 if plan is not None else kv_tokens, "host": kv_tokens if plan is not None else 0},
+        "kv_used_tokens": kv_tokens - free_tokens,
+        "codes_bytes": decoder.codes.numel() * decoder.codes.element_size(),
+        "codes_bytes_per_token": layers * heads * decoder.codes.element_size(),
+        "codebook": {"path": codebook, "codewords": decoder.codebook_size,
+                     "bytes": sum(t.numel() * t.element_size() for t in (decoder.proj, decoder.half_norm, decoder.decoded))},
+        "budget": {"sinks": budget.sinks, "window": budget.window, "ratio": budget.ratio, "min": budget.minimum,
+                   "max": budget.maximum, "static_width": decoder.width},
+    }
+    if plan is not None:
+        hits, misses, steps = offload_totals or (0, 0, 0)
+        out["offload"] = {
+            "host_pool_bytes": host_bytes,
+            "staging_tokens": plan.staging_tokens,
+            "staging_used_tokens": staging_in_use,
+            "hot_buffers": plan.max_running + 1,
+            "hot_buffer_tokens": plan.hot_tokens,
+            "max_running_requests": plan.max_running,
+            "decode_steps": steps,
+            "hot_hit_rate": hits / (hits + misses) if hits + misses else None,
+            "fetched_bytes": misses * bytes_per_miss,
+            "fetched_bytes_per_step": misses * bytes_per_miss / steps if steps else None,
+        }
+    return out
