@@ -9,8 +9,11 @@ bytes, the decode budget and, in offload mode, staging, hot buffers, hit rate an
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.get_internal_state"
 SIGNATURE = "(self, recv_req: sglang.srt.managers.io_struct.GetInternalStateReq)"
@@ -29,7 +32,12 @@ def add_state(original, scheduler, recv_req):
     out = original(scheduler, recv_req)  # GetInternalStateReqOutput(internal_state=dict)
     backend = a2ats_backend(scheduler)
     if backend is not None:
-        out.internal_state["a2ats"] = backend.a2ats_state(scheduler.token_to_kv_pool_allocator.available_size())
+        try:
+            state = backend.a2ats_state(scheduler.token_to_kv_pool_allocator.available_size())
+        except Exception as e:  # noqa: BLE001 - a report must not take /server_info down with it
+            logger.exception("A²ATS: could not describe the backend for /server_info")
+            state = {"error": f"{type(e).__name__}: {e}"}
+        out.internal_state["a2ats"] = state
     return out
 
 

@@ -76,3 +76,11 @@ def test_the_patch_adds_the_state_of_an_a2ats_backend() -> None:
 def test_other_backends_are_left_alone() -> None:
     out = server_info.add_state(original, scheduler(SimpleNamespace()), None)
     assert out.internal_state == {"max_total_num_tokens": 100}
+
+
+def test_a_backend_that_cannot_describe_itself_does_not_break_server_info() -> None:
+    def broken(free: int) -> dict:
+        raise AttributeError("no metrics yet")
+
+    out = server_info.add_state(original, scheduler(SimpleNamespace(a2ats_state=broken)), None)
+    assert out.internal_state == {"max_total_num_tokens": 100, "a2ats": {"error": "AttributeError: no metrics yet"}}
