@@ -155,6 +155,16 @@ def kv_tiers(side: str, info: dict[str, Any], log_text: str, bytes_per_token: in
     return {"gpu": capacity, "host": 0}
 
 
+def a2ats_state(url: str) -> dict[str, Any] | None:
+    """What an a2ats server says of its backend in ``/server_info`` (None for stock SGLang, or
+    a server that does not answer)."""
+    try:
+        states = Endpoint(url).check().get("internal_states") or [{}]
+    except EndpointError:
+        return None
+    return states[0].get("a2ats") if isinstance(states[0], dict) else None
+
+
 def kv_bytes_per_token(model_dir: Path) -> int:
     try:
         cfg = json.loads((model_dir / "config.json").read_text())
@@ -182,6 +192,9 @@ def run_side(server: servers.Server, watch: servers.MemoryWatch, info: dict[str,
     entry["peak_gpu_memory_mib"] = watch.gpu_mib
     entry["peak_host_rss_gib"] = round(watch.host_gib, 1)
     entry.update(offload_summary(counters, offload_counters(server.url)))
+    state = a2ats_state(server.url)
+    if state is not None:
+        entry["a2ats_state"] = state
     progress(f"{entry['output_tokens_per_s']} output tok/s, TTFT p50 {entry['ttft_p50_ms']} ms, "
              f"{entry['total_s']} s, at most {entry['max_concurrency']} running")
     return entry

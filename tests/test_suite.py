@@ -145,3 +145,19 @@ def test_offloads_gpu_rows_are_not_counted_as_capacity() -> None:
     assert suite.kv_tiers("a2ats-offload", info, log, 131072) == {"gpu": 0, "host": 696319, "gpu_staging_and_hot_rows": 397698}
     assert suite.kv_tiers("hicache", info, "", 131072) == {"gpu": 696319, "host": 96 * 10**9 // 131072}
     assert suite.kv_tiers("stock", info, "", 131072) == {"gpu": 696319, "host": 0}
+
+
+def test_a2ats_state_is_read_from_server_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.client import Endpoint, EndpointError
+
+    answers = iter([{"internal_states": [{"a2ats": {"mode": "gpu"}}]}, {"internal_states": [{}]}, {}])
+    monkeypatch.setattr(Endpoint, "check", lambda self: next(answers))
+    assert suite.a2ats_state("http://x") == {"mode": "gpu"}
+    assert suite.a2ats_state("http://x") is None  # stock SGLang
+    assert suite.a2ats_state("http://x") is None  # no internal states at all
+
+    def down(self):  # noqa: ANN001, ANN202
+        raise EndpointError("connection refused")
+
+    monkeypatch.setattr(Endpoint, "check", down)
+    assert suite.a2ats_state("http://x") is None
