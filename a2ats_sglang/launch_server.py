@@ -134,7 +134,21 @@ def _backend_argv(argv: list[str], ns: argparse.Namespace, default_model: Callab
         # attention + key encode + host write) is not validated inside it yet, so prefill runs
         # eagerly unless the user picks a mode. Decode keeps its full CUDA graph.
         argv = [*argv, "--cuda-graph-backend-prefill", "disabled"]
-    return argv, model_path
+    return _with_warmup(argv), model_path
+
+
+def _with_warmup(argv: list[str]) -> list[str]:
+    """Add a2ats's warm-up (:mod:`~a2ats_sglang.runtime.warmup`) to SGLang's ``--warmups``."""
+    from a2ats_sglang.runtime.warmup import NAME
+
+    for i, arg in enumerate(argv):
+        if arg == "--warmups" and i + 1 < len(argv):
+            names = argv[i + 1].split(",")
+            return argv if NAME in names else [*argv[: i + 1], ",".join([*names, NAME]), *argv[i + 2 :]]
+        if arg.startswith("--warmups="):
+            names = arg.split("=", 1)[1].split(",")
+            return argv if NAME in names else [*argv[:i], f"--warmups={','.join([*names, NAME])}", *argv[i + 1 :]]
+    return [*argv, "--warmups", NAME]
 
 
 def _default_model() -> str:

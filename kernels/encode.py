@@ -157,6 +157,15 @@ def _encode_reduce_kernel(ws_ptr, loc_ptr, codes_ptr, total, cols, kv_heads, spl
              code.to(tl.int16), mask=ok & (slot >= 0))
 
 
+LARGE_KEYS = 1024  # from this many keys on, LARGE_CONFIG's tiling
+
+
+def key_tile(n: int) -> int:
+    """The keys a program encodes when there are ``n`` (each tile is a compiled variant: the
+    start-up warm-up, runtime/warmup.py, meets every one)."""
+    return LARGE_CONFIG[0] if n >= LARGE_KEYS else max(16, min(64, triton.next_power_of_2(n)))
+
+
 def split_key_limit(cols: int) -> int:
     """The most keys :func:`encode_keys` spreads over the codebook for ``cols`` = layers·Hkv
     (beyond, the plain grid has programs enough)."""
@@ -228,11 +237,11 @@ def encode_keys(
     # Hkv=8, d=128, C=4096: n=1 14 µs vs 154 µs, n=1024 232 vs 381 µs; n=16384 3.6 vs 3.1 ms)
     cols = layers * kv_heads
     split = workspace is not None and splits > 1 and splits * n * cols <= workspace.numel() and n <= split_key_limit(cols)
-    if n >= 1024:
+    if n >= LARGE_KEYS:
         large_n, large_c, large_warps, large_stages = LARGE_CONFIG
         block_n, block_c = block_n or large_n, block_c or large_c
         num_warps, num_stages = num_warps or (large_warps if block_n == large_n else None), num_stages or large_stages
-    block_n = block_n or max(16, min(64, triton.next_power_of_2(n)))
+    block_n = block_n or key_tile(n)
     block_c, num_stages = block_c or 64, num_stages or 2
     if num_warps is None:
         num_warps = 8 if block_n >= 128 else SMALL_WARPS

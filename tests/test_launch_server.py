@@ -126,15 +126,25 @@ def backend_argv(argv: list[str]) -> list[str]:
 def test_sglang_argv_defaults() -> None:
     assert backend_argv(["--port", "1"]) == [
         "--port", "1", "--attention-backend", "a2ats", "--model-path", "/default/model",
-        "--cuda-graph-backend-prefill", "disabled",
+        "--cuda-graph-backend-prefill", "disabled", "--warmups", "a2ats",
     ]
 
 
 def test_sglang_argv_keeps_user_choices() -> None:
-    argv = ["--model", "/m", "--attention-backend=a2ats", "--disable-cuda-graph"]
+    argv = ["--model", "/m", "--attention-backend=a2ats", "--disable-cuda-graph", "--warmups", "a2ats"]
     assert backend_argv(argv) == argv
     argv = ["--model-path=/m", "--cuda-graph-backend-prefill", "breakable", "--prefill-attention-backend", "flashinfer"]
-    assert backend_argv(argv) == ["--model-path=/m", "--cuda-graph-backend-prefill", "breakable", "--attention-backend", "a2ats"]
+    assert backend_argv(argv) == ["--model-path=/m", "--cuda-graph-backend-prefill", "breakable", "--attention-backend", "a2ats",
+                                  "--warmups", "a2ats"]
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["--warmups", "voice_chat"], ["--warmups", "voice_chat,a2ats"]),
+    (["--warmups=prefill_shapes,voice_chat", "--port", "1"], ["--warmups=prefill_shapes,voice_chat,a2ats", "--port", "1"]),
+    (["--warmups=a2ats,voice_chat"], ["--warmups=a2ats,voice_chat"]),
+])
+def test_our_warmup_joins_the_users(given: list[str], expected: list[str]) -> None:
+    assert launch_server._with_warmup(given) == expected
 
 
 @pytest.mark.parametrize(

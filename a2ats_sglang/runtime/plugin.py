@@ -42,8 +42,8 @@ def create_a2ats_backend(runner: ModelRunner) -> AttentionBackend:
 
 
 def install() -> None:
-    """Register the ``a2ats`` backend and offload mode's radix cache with SGLang and apply our
-    patches. Idempotent.
+    """Register the ``a2ats`` backend, offload mode's radix cache and the ``a2ats`` warm-up with
+    SGLang and apply our patches. Idempotent.
 
     In the launcher this must run before SGLang parses its flags, so argparse accepts
     ``--attention-backend a2ats`` (the choices list is read when the parser is built).
@@ -80,6 +80,9 @@ def install() -> None:
     from a2ats_sglang.runtime.offload_radix import register as register_radix_cache
 
     register_radix_cache()
+    from a2ats_sglang.runtime.warmup import register as register_warmup
+
+    register_warmup()
     install_all()
     _installed = True
     logger.debug("a2ats_sglang installed into SGLang")
