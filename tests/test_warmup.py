@@ -30,10 +30,12 @@ def test_prefix_hits_share_the_document_and_nothing_else_does() -> None:
 
 
 class FakeTokenizerManager:
-    def __init__(self) -> None:
-        self.sent = []
+    def __init__(self, context_len: int = 1 << 20, fail_after: int | None = None) -> None:
+        self.sent, self.context_len, self.fail_after = [], context_len, fail_after
 
     async def generate_request(self, req, request):  # noqa: ANN001, ANN201
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise ValueError("the scheduler refused it")
         self.sent.append((list(req.input_ids), req.sampling_params["max_new_tokens"]))
         yield {"text": ""}
 
@@ -45,6 +47,15 @@ def test_runs_every_request_through_the_tokenizer_manager() -> None:
     skipped = FakeTokenizerManager()
     asyncio.run(warmup.run("prefill", skipped))
     assert skipped.sent == []
+
+
+def test_prompts_past_the_context_are_left_out_and_a_failure_does_not_stop_the_start() -> None:
+    short = FakeTokenizerManager(context_len=512)
+    asyncio.run(warmup.run("null", short))
+    assert short.sent and max(len(p) + n for p, n in short.sent) < 512
+    failing = FakeTokenizerManager(fail_after=2)
+    asyncio.run(warmup.run("null", failing))  # logs a warning and returns
+    assert len(failing.sent) == 2
 
 
 def test_registered_as_an_sglang_warmup() -> None:

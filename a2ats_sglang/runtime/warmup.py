@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 NAME = "a2ats"
 DOCUMENT = 300  # tokens of the prompt the prefix hits share
+TIMEOUT_S = 300.0  # a wave that takes longer is given up (the server starts anyway)
 PROMPT_SIZES = (7, 16, 24, 32, 48, 64, 100, 1024, 1100)  # keys an extend encodes, per tile and divisibility
 
 
@@ -53,11 +55,17 @@ async def run(disaggregation_mode: str, tokenizer_manager: Any) -> None:
         async for _ in tokenizer_manager.generate_request(req, None):
             pass
 
-    waves = requests()
-    for wave in waves:
-        await asyncio.gather(*(one(p, n) for p, n in wave))
-    logger.info("A²ATS warm-up: %d requests in %d waves (cold prefill, decode, prefix hits, prompt sizes)",
-                sum(len(w) for w in waves), len(waves))
+    context = int(getattr(tokenizer_manager, "context_len", 1 << 30))
+    waves = [[(p, n) for p, n in w if len(p) + n < context] for w in requests()]
+    start = time.monotonic()
+    try:
+        for wave in waves:
+            await asyncio.wait_for(asyncio.gather(*(one(p, n) for p, n in wave)), TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - a warm-up that fails must not keep the server from serving
+        logger.warning("A²ATS warm-up stopped (%s: %s); the first requests may compile kernels", type(e).__name__, e)
+        return
+    logger.info("A²ATS warm-up: %d requests in %d waves (cold prefill, decode, prefix hits, prompt sizes), %.1f s",
+                sum(len(w) for w in waves), len(waves), time.monotonic() - start)
 
 
 def register() -> None:
