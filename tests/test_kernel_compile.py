@@ -41,6 +41,10 @@ LUT = {"REDUCE_MAX": True, "NEOX": True, "BF16_DOT": True, "BLOCK_C": 64, "G_P2"
 TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True}
 
 # (kernel, pointer types, constexprs, warps, least shared bytes, most registers a thread)
+CACHE_PTRS = {"picks_ptr": "*i32", "counts_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
+              "indptr_ptr": "*i32", "out_ptr": "*i32", "cached_ptr": "*i32", "owner_ptr": "*i32", "used_ptr": "*i32",
+              "hand_ptr": "*i64", "epoch_ptr": "*i32", "scratch_ptr": "*i32", "stats_ptr": "*i32", "counters_ptr": "*i64",
+              "host_k_ptr": "*bf16", "host_v_ptr": "*bf16", "dev_k_ptr": "*bf16", "dev_v_ptr": "*bf16"}
 CASES = {
     "score": ("score", "_score_kernel", SCORE_PTRS, {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "HEADS": 1},
               4, 0, 128),
@@ -50,6 +54,9 @@ CASES = {
     "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
     "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 2, **TOPK}, 4, 0, 64),
     "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),
+    "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
+    "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,
+                                    {"BLOCK": 128, "BLOCK_D": 128, "BLOCK_COPY": 16, "COUNT": True}, 8, 0, 64),
     "lookup table, 64 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 16, **LUT}, 8, 0, 168),
     "lookup table, 32 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 8, **LUT}, 8, 0, 128),
 }

@@ -1,0 +1,140 @@
+"""The shared host-KV cache (kernels/shared_cache.py) against a plain model: over steps of
+changing picks by requests that share a prefix, every pick's attention index names a cell that
+holds its token's K/V, hits are exactly the picks cached before the step, a token two requests
+miss together is copied once, the tables stay consistent under eviction, and a rewritten slot is
+read anew."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from a2ats_sglang.kernels.shared_cache import SENTINEL, fetch_shared, invalidate
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BLOCK = 16
+
+
+class Cache:
+    def __init__(self, cells: int, seed: int = 0) -> None:
+        g = self.g = torch.Generator().manual_seed(seed)
+        self.kv_heads, self.dim = 2, 8
+        self.lens = [60, 50, 1]  # the last: a CUDA-graph padding request on pool row 0
+        self.rid = [1, 2, 0]
+        self.logical = 200
+        self.host_k = torch.randn(self.logical, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
+        self.host_v = torch.randn(self.logical, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
+        gpu_slots = 5 + (cells + self.kv_heads - 1) // self.kv_heads + 3
+        self.base = 5 * self.kv_heads  # cells after 5 slots of other use
+        self.dev_k = torch.zeros(gpu_slots, self.kv_heads, self.dim, dtype=torch.bfloat16, device=DEVICE)
+        self.dev_v = torch.zeros_like(self.dev_k)
+        r2t = torch.zeros(3, 64, dtype=torch.int32)
+        perm = torch.randperm(self.logical - 1, generator=g) + 1
+        r2t[1, :60] = perm[:60].int()
+        r2t[2, :30] = r2t[1, :30]  # a shared prefix (a radix-cache hit): the same logical slots
+        r2t[2, 30:50] = perm[60:80].int()
+        self.req_to_token = r2t.to(DEVICE)
+        self.cached = torch.full((self.logical * self.kv_heads + 1,), -1, dtype=torch.int32, device=DEVICE)
+        self.cached[-1] = SENTINEL
+        self.owner = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
+        self.used = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
+        self.hand = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+        self.epoch = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+        self.counters = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+        self.rows = len(self.lens) * self.kv_heads
+        self.width = 12
+
+    def key(self, row: int, t: int) -> int:
+        return int(self.req_to_token[self.rid[row // self.kv_heads], t]) * self.kv_heads + row % self.kv_heads
+
+    def step(self, picks: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+        """One layer-step with these picks per row. → (each row's attention indices, stats)"""
+        self.epoch += 1
+        counts = torch.tensor([len(p) for p in picks], dtype=torch.int32, device=DEVICE)
+        table = torch.zeros(self.rows, self.width, dtype=torch.int32)
+        for r, p in enumerate(picks):
+            table[r, : len(p)] = torch.tensor(p, dtype=torch.int32)
+        indptr = torch.zeros(self.rows + 1, dtype=torch.int32)
+        indptr[1:] = torch.cumsum(counts.cpu(), 0)
+        out = torch.full((int(indptr[-1]),), -7, dtype=torch.int32, device=DEVICE)
+        stats = torch.zeros(self.rows, 2, dtype=torch.int32, device=DEVICE)
+        scratch = torch.zeros(self.rows, 3 * self.width, dtype=torch.int32, device=DEVICE)
+        fetch_shared(table.to(DEVICE), counts, self.req_to_token, torch.tensor(self.rid, device=DEVICE),
+                     self.cached, self.owner, self.used, self.hand, self.epoch, scratch, self.host_k, self.host_v,
+                     self.dev_k, self.dev_v, self.base, indptr.to(DEVICE), out, stats, self.rows,
+                     counters=self.counters, block=BLOCK)
+        out = out.cpu()
+        return [out[indptr[r] : indptr[r + 1]].tolist() for r in range(self.rows)], stats.cpu()
+
+    def check_tables(self) -> None:
+        """Every cached key names a cell that it owns and that holds its K/V."""
+        cached, owner = self.cached[:-1].cpu(), self.owner.cpu()
+        dk, dv = self.dev_k.view(-1, self.dim).cpu(), self.dev_v.view(-1, self.dim).cpu()
+        hk, hv = self.host_k.view(-1, self.dim).cpu(), self.host_v.view(-1, self.dim).cpu()
+        for key in torch.nonzero(cached >= 0).flatten().tolist():
+            c = int(cached[key])
+            assert int(owner[c]) == key, (key, c)
+            assert torch.equal(dk[self.base + c], hk[key]) and torch.equal(dv[self.base + c], hv[key]), key
+        assert int(self.cached[-1]) == SENTINEL
+
+    def random_picks(self) -> list[list[int]]:
+        out = []
+        for r in range(self.rows):
+            n = self.lens[r // self.kv_heads]
+            k = min(n, int(torch.randint(1, self.width + 1, (1,), generator=self.g)))
+            out.append(sorted(torch.randperm(n, generator=self.g)[:k].tolist()))
+        return out
+
+
+def check_step(c: Cache, picks: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+    before = c.cached.cpu().clone()
+    copies_before = int(c.counters[1])
+    idx, stats = c.step(picks)
+    dk, dv = c.dev_k.view(-1, c.dim).cpu(), c.dev_v.view(-1, c.dim).cpu()
+    hk, hv = c.host_k.view(-1, c.dim).cpu(), c.host_v.view(-1, c.dim).cpu()
+    cells = c.owner.shape[0]
+    new_keys = set()
+    for r, p in enumerate(picks):
+        keys = [c.key(r, t) for t in p]
+        for key, i in zip(keys, idx[r]):
+            assert c.base <= i < c.base + cells, (r, i)
+            assert torch.equal(dk[i], hk[key]) and torch.equal(dv[i], hv[key]), (r, key)
+        hits = sum(int(before[k]) >= 0 for k in keys)
+        assert stats[r].tolist() == [hits, len(p) - hits], r
+        new_keys |= {k for k in keys if int(before[k]) < 0}
+    assert int(c.counters[1]) - copies_before == len(new_keys)  # each missing token copied once
+    c.check_tables()
+    return idx, stats
+
+
+@pytest.mark.parametrize("cells", [200, 3 * 2 * 12 + 1])  # roomy; as small as a step allows
+def test_steps_of_random_picks_keep_the_cache_consistent(cells: int) -> None:
+    c = Cache(cells, seed=cells)
+    for _ in range(12):
+        check_step(c, c.random_picks())
+    if cells < 160:  # fewer cells than the requests' distinct (slot, kv head) keys
+        assert int(c.counters[1]) > cells  # cells were taken back and refilled
+
+
+def test_requests_sharing_a_prefix_share_its_cells() -> None:
+    c = Cache(200)
+    shared = list(range(0, 24, 2))  # positions < 30: the same logical slots in both requests
+    picks = [shared, shared, shared, shared, [0], [0]]
+    idx, stats = check_step(c, picks)
+    assert idx[0] == idx[2] and idx[1] == idx[3]  # kv head 0 of both requests, and kv head 1
+    assert int(c.counters[1]) == 2 * len(shared) + 2  # copied once for both requests
+    idx2, stats2 = check_step(c, picks)  # all resident now
+    assert idx2 == idx and stats2[:, 1].tolist() == [0] * 6
+
+
+def test_a_rewritten_slot_is_read_anew() -> None:
+    c = Cache(200)
+    picks = [[1, 2, 3], [1], [5], [5], [0], [0]]
+    check_step(c, picks)
+    slot = int(c.req_to_token[1, 2])
+    c.host_k[slot] = -c.host_k[slot]  # SGLang handed the slot to a new token
+    c.host_v[slot] = 7.0
+    invalidate(c.cached, torch.tensor([slot], device=DEVICE), c.kv_heads)
+    idx, stats = check_step(c, picks)
+    assert stats[0].tolist() == [2, 1]  # position 2 is a miss again, the rest hits
+
