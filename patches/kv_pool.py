@@ -39,7 +39,9 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
     if max_total_num_tokens != plan.logical_slots:
         raise RuntimeError(f"SGLang sized {max_total_num_tokens} logical slots, the offload plan {plan.logical_slots}")
     mc, layers = kvc.model_config, kvc.layer_info.num_effective_layers
-    heads, dim = mc.get_num_kv_heads(1), mc.head_dim
+    from a2ats_sglang.patches.pool_sizing import kv_heads_per_rank
+
+    heads, dim = kv_heads_per_rank(mc), mc.head_dim
     logical = plan.logical_slots + 1  # slot 0 is SGLang's padding slot
     host = HostKVPool(HostPoolPlan(logical, kv_bytes_per_token(layers, heads, dim, kvc.kv_cache_dtype)),
                       layers, heads, dim, kvc.kv_cache_dtype)

@@ -30,6 +30,18 @@ def a2ats_in_use(server_args: Any) -> bool:
     return "a2ats" in (server_args.attention_backend, server_args.decode_attention_backend)
 
 
+def attn_tp_size() -> int:
+    """Ranks the attention heads are split over (SGLang's own pools size per rank by it)."""
+    from sglang.srt.runtime_context import get_parallel
+
+    return get_parallel().attn_tp_size
+
+
+def kv_heads_per_rank(model_config: Any) -> int:
+    """Kv heads this rank holds: its codes, codebooks and KV are counted for those only."""
+    return model_config.get_num_kv_heads(attn_tp_size())
+
+
 def charge(original, kvc, budget_bytes: int, **kwargs):
     if not a2ats_in_use(kvc.server_args):
         return original(kvc, budget_bytes, **kwargs)
@@ -45,7 +57,7 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     graph_bs = list(decode_graph.bs or []) if decode_graph.backend != "disabled" else []
     cfg = current_config()
     fp = footprint(
-        cfg, kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1), mc.head_dim,
+        cfg, kvc.layer_info.num_effective_layers, kv_heads_per_rank(mc), mc.head_dim,
         mc.context_len, max(graph_bs, default=0),
     )
     configurator = create_memory_pool_configurator(kvc)
@@ -78,7 +90,7 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
 
     mc, sa = kvc.model_config, kvc.server_args
     check_offload(sa)
-    layers, heads = kvc.layer_info.num_effective_layers, mc.get_num_kv_heads(1)
+    layers, heads = kvc.layer_info.num_effective_layers, kv_heads_per_rank(mc)
     host_slots = plan_host_pool(cell, cfg.host_kv_gb).slots
     if getattr(sa, "max_total_tokens", None):  # --max-total-tokens caps the logical slots too
         host_slots = min(host_slots, sa.max_total_tokens + 1)

@@ -43,6 +43,7 @@ def test_pool_sizing_charges_only_the_a2ats_backend(monkeypatch: pytest.MonkeyPa
 
     cell = 131072  # Llama-3.1-8B: 32 layers × 8 kv heads × 128 × 2 (K, V) × 2 bytes
     monkeypatch.setattr(pool_configurator, "create_memory_pool_configurator", lambda kvc: SimpleNamespace(_cell_size=cell))
+    monkeypatch.setattr(pool_sizing, "attn_tp_size", lambda: 1)
     monkeypatch.setenv("A2ATS_SGLANG_CONFIG", A2ATSConfig(codebook=None).to_json())
     m = llama()
     decode = SimpleNamespace(backend="full", bs=[1, 2, 4, 8, 16])
@@ -51,7 +52,8 @@ def test_pool_sizing_charges_only_the_a2ats_backend(monkeypatch: pytest.MonkeyPa
         return SimpleNamespace(
             server_args=SimpleNamespace(attention_backend=backend, decode_attention_backend=None,
                                         cuda_graph_config=SimpleNamespace(decode=decode)),
-            model_config=SimpleNamespace(get_num_kv_heads=lambda tp: m.num_kv_heads, head_dim=m.head_dim, context_len=32832),
+            model_config=SimpleNamespace(get_num_kv_heads=lambda tp: max(1, m.num_kv_heads // tp), head_dim=m.head_dim,
+                                         context_len=32832),
             layer_info=SimpleNamespace(num_effective_layers=m.num_layers),
         )
 
@@ -67,6 +69,14 @@ def test_pool_sizing_charges_only_the_a2ats_backend(monkeypatch: pytest.MonkeyPa
     slots = ours.max_total_num_tokens
     assert slots * (cell + fp.per_token) + fp.fixed <= budget < (slots + 2) * (cell + fp.per_token) + fp.fixed
     assert slots < stock.max_total_num_tokens
+    # two ranks: each holds 4 of the 8 kv heads, so its cell (SGLang's, per rank) and its codes halve
+    monkeypatch.setattr(pool_sizing, "attn_tp_size", lambda: 2)
+    monkeypatch.setattr(pool_configurator, "create_memory_pool_configurator", lambda kvc: SimpleNamespace(_cell_size=cell // 2))
+    rank = pool_sizing.charge(lambda kvc, b, **kw: SimpleNamespace(max_total_num_tokens=b // (cell // 2)), kvc("a2ats"), budget)
+    fp2 = footprint(A2ATSConfig(), m.num_layers, m.num_kv_heads // 2, m.head_dim, 32832, graph_max_bs=16)
+    assert fp2.per_token == fp.per_token // 2
+    per = cell // 2 + fp2.per_token
+    assert rank.max_total_num_tokens * per + fp2.fixed <= budget < (rank.max_total_num_tokens + 2) * per + fp2.fixed
 
 
 def test_offload_footprint_llama_8b() -> None:

@@ -21,6 +21,9 @@ CELL = 2 * LAYERS * HEADS * DIM * 2
 def kvc(monkeypatch: pytest.MonkeyPatch):
     from sglang.srt.model_executor import pool_configurator
 
+    from a2ats_sglang.patches import pool_sizing
+
+    monkeypatch.setattr(pool_sizing, "attn_tp_size", lambda: 1)  # one rank
     monkeypatch.setattr(pool_configurator, "create_memory_pool_configurator", lambda kvc: SimpleNamespace(
         _cell_size=CELL, calculate_pool_sizes_from_max_tokens=lambda n, page: SimpleNamespace(max_total_num_tokens=n)))
     cfg = A2ATSConfig(offload=True, host_kv_gb=0.001, budget_ratio=0.1, budget_min=16, budget_max=None)
