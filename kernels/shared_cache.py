@@ -154,11 +154,12 @@ def _claim_kernel(
         tl.atomic_add(counters_ptr + 1, copies.to(tl.int64))
 
 
-def invalidate(cached: torch.Tensor, loc: torch.Tensor, num_kv_heads: int) -> None:
-    """Logical slots ``loc`` hold new K/V: none of their kv heads is cached any more (a cell that
-    still names one of them keeps it as its owner, and losing the cell later leaves the new
-    entry alone, since only an entry naming that cell is cleared). Device op, no sync."""
-    keys = loc.long()[:, None] * num_kv_heads + torch.arange(num_kv_heads, device=loc.device)
+def invalidate(cached: torch.Tensor, loc: torch.Tensor, heads: torch.Tensor) -> None:
+    """Logical slots ``loc`` hold new K/V: none of their kv heads (``heads``: ``arange(Hkv)``,
+    int64, on the device) is cached any more. A cell that still names one of them keeps it as
+    its owner, and losing the cell later leaves a newer entry alone, since only an entry naming
+    that cell is cleared. Device op, no sync."""
+    keys = loc.long()[:, None] * heads.shape[0] + heads
     cached.index_fill_(0, keys.view(-1), ABSENT)
 
 

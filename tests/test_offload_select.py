@@ -7,19 +7,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from a2ats_sglang.method.codebook import Codebook, ModelIdentity
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.shared_cache import SharedCache
 from a2ats_sglang.runtime.sparse_decode import Budget, OffloadStep, SparseDecodeBuffers, SparseDecoder
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIGS = Path(__file__).parent / "configs"
 
 
-def test_offload_step_attends_to_the_resident_paths_picks() -> None:
+@pytest.mark.parametrize("cache", ["buffers", "shared"])  # one hot buffer per request row; one cache for all
+def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
     config = json.loads((CONFIGS / "smollm2-135m.json").read_text())
     config["num_hidden_layers"] = 1
     book = Codebook.random(ModelIdentity.from_hf_config(config), 64)
@@ -44,15 +47,19 @@ def test_offload_step_attends_to_the_resident_paths_picks() -> None:
     host_k, host_v, req_to_token = host_k.to(DEVICE), host_v.to(DEVICE), req_to_token.to(DEVICE)
     rpi = torch.tensor([1, 2], device=DEVICE)
     width = dec.width
-    hot = HotBuffers(1, 3, hkv, hot_tokens=width + 8, base_slot=1, device=DEVICE)
+    rows = len(lens) * hkv
+    if cache == "buffers":
+        hot = HotBuffers(1, 3, hkv, hot_tokens=width + 8, base_slot=1, device=DEVICE)
+    else:
+        hot = SharedCache(1, slots, hkv, cells=3 * (width + 8) * hkv, base_cell=hkv, max_rows=rows, width=width, device=DEVICE)
     dev_k = torch.zeros(1 + 3 * (width + 8), hkv, dim, dtype=torch.bfloat16, device=DEVICE)
     dev_v = torch.zeros_like(dev_k)
-    rows = len(lens) * hkv
     offload = OffloadStep(hot, host_k, host_v, dev_k, dev_v, torch.zeros(rows, 2 * width, dtype=torch.int32, device=DEVICE),
                           torch.zeros(rows, 2, dtype=torch.int32, device=DEVICE))
     hits = 0
     for step in range(4):  # each step one token longer
         seq_lens = torch.tensor([n + step for n in lens], device=DEVICE)
+        hot.begin_step()
         q = torch.randn(len(lens), m.num_attention_heads, dim, generator=g).bfloat16().to(DEVICE)
         tables = dec.step_tables(seq_lens - 1, req_to_token, rpi)
         resident, offloaded = (SparseDecodeBuffers(2, hkv, context, width, 64, dec.num_buckets, DEVICE) for _ in range(2))
@@ -66,6 +73,13 @@ def test_offload_step_attends_to_the_resident_paths_picks() -> None:
             assert z - a > 0
             want = [int(i) // hkv for i in resident.indices[a:z].cpu()]  # logical slots
             got = offloaded.indices[a:z].cpu().long()
+            if cache == "shared":  # a cell holds one (logical slot, kv head): its owner says which
+                keys = [int(hot.owner[0, i - hot.base_cell]) for i in got.tolist()]
+                assert keys == [w * hkv + kv for w in want], (step, r)  # the same tokens in the same order
+                rows_k, rows_v = dev_k.view(-1, dim).cpu(), dev_v.view(-1, dim).cpu()
+                for i, w in zip(got.tolist(), want):
+                    assert torch.equal(rows_k[i], host_k[w, kv].cpu()) and torch.equal(rows_v[i], host_v[w, kv].cpu())
+                continue
             assert bool((got % hkv == kv).all())
             gpu = got // hkv
             # each GPU slot holds one picked token's K/V: match them back to logical slots

@@ -134,7 +134,7 @@ def test_a_rewritten_slot_is_read_anew() -> None:
     slot = int(c.req_to_token[1, 2])
     c.host_k[slot] = -c.host_k[slot]  # SGLang handed the slot to a new token
     c.host_v[slot] = 7.0
-    invalidate(c.cached, torch.tensor([slot], device=DEVICE), c.kv_heads)
+    invalidate(c.cached, torch.tensor([slot], device=DEVICE), torch.arange(c.kv_heads, device=DEVICE))
     idx, stats = check_step(c, picks)
     assert stats[0].tolist() == [2, 1]  # position 2 is a miss again, the rest hits
 

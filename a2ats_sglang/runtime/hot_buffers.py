@@ -31,6 +31,13 @@ class HotBuffers:
         self.tokens[:, rows] = -1
         self.hand[:, rows] = 0
 
+    def begin_step(self) -> None:
+        """Nothing to do: each request row's buffer is its own (see :class:`SharedCache`)."""
+
+    def invalidate(self, layer: int, loc: torch.Tensor) -> None:
+        """Nothing to do: a buffer holds tokens by position in its request, and a running
+        request's slots are not rewritten; a row changing hands is :meth:`reset`."""
+
     def fetch(
         self, layer: int, picks: torch.Tensor, counts: torch.Tensor, scores: torch.Tensor,
         req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
