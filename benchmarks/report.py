@@ -495,7 +495,7 @@ def calibration_cost_block(results: Path) -> Block:
 # ---------------------------------------------------------------------------------------------
 # the workload suite (benchmarks.suite)
 
-SUITE_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload")
+SUITE_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload", "a2ats-shared")
 
 
 def _num(x: float | int | None, digits: int = 0) -> str:

@@ -192,7 +192,8 @@ def fetch_shared(
     assert int(cached.shape[0]) == host_k.shape[0] * num_kv_heads + 1
     assert dev_k.is_contiguous() and dev_v.is_contiguous() and dev_k.dtype == host_k.dtype
     assert host_k.stride() == host_v.stride() and host_k.stride(2) == 1 and picks.stride(1) == 1
-    assert scratch.shape[1] >= 3 * width and out_indices.dtype == torch.int32 and stats.is_contiguous()
+    assert scratch.shape[0] >= rows and scratch.shape[1] >= 3 * width, (scratch.shape, rows, width)
+    assert out_indices.dtype == torch.int32 and stats.is_contiguous()
     assert base + cells <= dev_k.shape[0] * num_kv_heads
     common = (picks, counts, req_to_token, req_pool_indices, indptr, out_indices)
     count = counters is not None

@@ -26,7 +26,8 @@ def cap(original, kvc, token_capacity: int) -> int:
     if plan is None:
         return rows
     if rows > plan.max_running:
-        logger.info("A²ATS offload: %d running requests (one hot buffer each), not %d", plan.max_running, rows)
+        why = "what the shared cache holds" if plan.shared else "one hot buffer each"
+        logger.info("A²ATS offload: %d running requests (%s), not %d", plan.max_running, why, rows)
     return min(rows, plan.max_running)  # fewer (a tiny host pool): some hot buffers stay unused
 
 

@@ -64,6 +64,15 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     cell = configurator._cell_size
     if cfg.offload:
         plan = offload_plan(kvc, cfg, budget_bytes, cell, fp)
+        if plan.shared:
+            logger.info(
+                "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
+                "(%.2f GiB), a shared cache of %d slots (%.2f GiB) for up to %d running requests, fixed %.1f MiB",
+                plan.logical_slots, plan.logical_slots * cell / 2**30, plan.logical_slots * fp.per_token / 2**20,
+                plan.staging_tokens, plan.staging_tokens * cell / 2**30, plan.cache_slots,
+                plan.cache_slots * cell / 2**30, plan.max_running, fp.fixed / 2**20,
+            )
+            return configurator.calculate_pool_sizes_from_max_tokens(plan.logical_slots, 1)
         logger.info(
             "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
             "(%.2f GiB), %d hot buffers of %d tokens (%.2f GiB), fixed %.1f MiB", plan.logical_slots,
@@ -84,7 +93,7 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
 def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
     from a2ats_sglang.runtime.host_pool import plan_host_pool
-    from a2ats_sglang.runtime.memory import decode_budget, hot_table_bytes, plan_offload
+    from a2ats_sglang.runtime.memory import decode_budget, hot_table_bytes, plan_offload, plan_shared_offload
     from a2ats_sglang.runtime.offload_plan import set_plan, staging_tokens
     from a2ats_sglang.runtime.preflight import check_offload
 
@@ -94,11 +103,14 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     host_slots = plan_host_pool(cell, cfg.host_kv_gb).slots
     if getattr(sa, "max_total_tokens", None):  # --max-total-tokens caps the logical slots too
         host_slots = min(host_slots, sa.max_total_tokens + 1)
-    plan = plan_offload(
-        budget_bytes, cell, fp.per_token, fp.fixed, host_slots, decode_budget(cfg).width(mc.context_len),
-        mc.context_len, staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens),
-        max_running=sa.max_running_requests, table_bytes=partial(hot_table_bytes, layers, heads),
-    )
+    width = decode_budget(cfg).width(mc.context_len)
+    staging = staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens)
+    if cfg.offload_cache == "shared":
+        plan = plan_shared_offload(budget_bytes, cell, fp.per_token, fp.fixed, host_slots, width, staging, layers, heads,
+                                   max_running=sa.max_running_requests)
+    else:
+        plan = plan_offload(budget_bytes, cell, fp.per_token, fp.fixed, host_slots, width, mc.context_len, staging,
+                            max_running=sa.max_running_requests, table_bytes=partial(hot_table_bytes, layers, heads))
     set_plan(plan)
     return plan
 

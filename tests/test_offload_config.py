@@ -21,6 +21,12 @@ def test_flags_parse_and_bad_sizes_are_refused() -> None:
         A2ATSConfig(offload=True, host_kv_gb=0)
     with pytest.raises(ConfigError, match="sizes the host KV pool of --a2ats-offload"):
         A2ATSConfig(host_kv_gb=4)
+    assert split_argv(["--a2ats-offload", "--a2ats-offload-cache", "shared"]).config.offload_cache == "shared"
+    assert split_argv(["--a2ats-offload"]).config.offload_cache == "buffers"
+    with pytest.raises(ConfigError, match="chooses the GPU cache of --a2ats-offload"):
+        A2ATSConfig(offload_cache="shared")
+    with pytest.raises(ConfigError, match="must be one of"):
+        A2ATSConfig(offload=True, offload_cache="lru")
 
 
 def args(**kw) -> SimpleNamespace:

@@ -105,3 +105,49 @@ def test_without_offload_the_pool_is_sglangs(kvc) -> None:
     sentinel = object()
     built = kv_pool.build(lambda kvc, **kw: (sentinel, kw), kvc[0], max_total_num_tokens=5, mha_pool_class=dict)
     assert built == (sentinel, {"max_total_num_tokens": 5, "mha_pool_class": dict, "quant_method": None})
+
+
+def test_a_shared_cache_takes_what_is_left_and_caps_running_by_its_size(kvc, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    from a2ats_sglang.patches import kv_pool, max_running, pool_sizing
+    from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, OffloadSizingError, footprint
+    from a2ats_sglang.runtime.offload import Offload
+    from a2ats_sglang.runtime.shared_cache import SharedCache, cell_table_bytes, table_bytes_per_slot
+
+    kvc, _ = kvc
+    cfg = A2ATSConfig(offload=True, host_kv_gb=0.001, budget_ratio=0.1, budget_min=16, budget_max=None,
+                      offload_cache="shared")
+    monkeypatch.setenv("A2ATS_SGLANG_CONFIG", cfg.to_json())
+    budget = 4 * 2**20
+    config = pool_sizing.charge(None, kvc, budget)
+    plan = current_plan()
+    width = decode_budget(cfg).width(CONTEXT)
+    assert plan.shared and plan.hot_tokens == 0 and config.max_total_num_tokens == plan.logical_slots
+    # every byte counted: codes, staging map and cache table per logical slot; staging; cells and their tables
+    per_slot = CELL + HEADS * cell_table_bytes(LAYERS)
+    scratch = (256 + 1) * HEADS * 3 * width * 4
+    gpu = (footprint(cfg, LAYERS, HEADS, DIM, CONTEXT, graph_max_bs=0).fixed
+           + plan.logical_slots * (LAYERS * HEADS * 2 + 4 + table_bytes_per_slot(LAYERS, HEADS))
+           + plan.staging_tokens * CELL + plan.cache_slots * per_slot + scratch)
+    assert gpu <= budget < gpu + per_slot
+    assert plan.max_running == min(256, plan.cache_slots // (SHARED_SLOTS_PER_PICK * width) - 1)
+    assert plan.gpu_slots == plan.staging_tokens + plan.cache_slots
+    assert max_running.cap(lambda kvc, n: 10**6, kvc, config.max_total_num_tokens) == plan.max_running
+
+    def original(kvc, *, max_total_num_tokens, mha_pool_class, quant_method=None):
+        return mha_pool_class(max_total_num_tokens, page_size=1, dtype=kvc.kv_cache_dtype, head_num=HEADS, head_dim=DIM,
+                              layer_num=LAYERS, device="cpu", enable_memory_saver=False, start_layer=0, end_layer=LAYERS)
+
+    pool = kv_pool.build(original, kvc, max_total_num_tokens=config.max_total_num_tokens, mha_pool_class=MHATokenToKVPool)
+    off = Offload(pool, LAYERS, width, "cpu")
+    assert isinstance(off.hot, SharedCache) and off.hot.cells == plan.cache_slots * HEADS
+    assert off.hot.base_cell + off.hot.cells <= pool.get_key_buffer(0).shape[0] * HEADS  # inside the GPU tensors
+    assert pool.on_write is not None  # a written slot drops its cached copies
+    off.hot.cached[1, 3 * HEADS : 4 * HEADS] = 5
+    pool.on_write(1, torch.tensor([3]))
+    assert (off.hot.cached[1, 3 * HEADS : 4 * HEADS] == -1).all()
+
+    kvc.server_args.max_running_requests = 10**4
+    with pytest.raises(OffloadSizingError, match="--max-running-requests 10000 needs a shared cache"):
+        pool_sizing.charge(None, kvc, budget)

@@ -200,6 +200,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         """Device side of a decode step, shared by every layer: row budgets and offsets, the keys
         due for encoding and the rotation tables (recorded into the decode graph)."""
         bs = forward_batch.batch_size
+        if self.offload is not None:
+            self.offload.hot.begin_step()  # the shared cache's step number (in the graph)
         self.step[0].set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
         self.tables = self.decoder.step_tables(
             forward_batch.positions[:bs], self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs])

@@ -17,6 +17,7 @@ ENABLE_ENV = "A2ATS_SGLANG_ENABLE"
 CONFIG_ENV = "A2ATS_SGLANG_CONFIG"
 WROPE_MODES = ("single", "bucketed")
 SELECTORS = ("max", "mean")
+OFFLOAD_CACHES = ("buffers", "shared")  # one hot buffer per request row; one cache all requests share
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,7 @@ class A2ATSConfig:
     selector: str = "max"
     offload: bool = False  # full KV in pinned host memory, codes and hot buffers on the GPU
     host_kv_gb: float | None = None  # host pool size (None: a share of free RAM)
+    offload_cache: str = "buffers"  # where picked host K/V is cached on the GPU (OFFLOAD_CACHES)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget_ratio <= 1.0:
@@ -59,6 +61,10 @@ class A2ATSConfig:
             raise ConfigError(f"--a2ats-host-kv-gb must be positive, got {self.host_kv_gb}")
         if self.host_kv_gb is not None and not self.offload:
             raise ConfigError("--a2ats-host-kv-gb sizes the host KV pool of --a2ats-offload; pass both")
+        if self.offload_cache not in OFFLOAD_CACHES:
+            raise ConfigError(f"--a2ats-offload-cache must be one of {OFFLOAD_CACHES}, got {self.offload_cache!r}")
+        if self.offload_cache != "buffers" and not self.offload:
+            raise ConfigError("--a2ats-offload-cache chooses the GPU cache of --a2ats-offload; pass both")
         if self.selector not in SELECTORS:
             raise ConfigError(f"--a2ats-selector must be one of {SELECTORS}, got {self.selector!r}")
 

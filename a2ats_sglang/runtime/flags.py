@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from a2ats_sglang.runtime.config import SELECTORS, WROPE_MODES, A2ATSConfig, ConfigError
+from a2ats_sglang.runtime.config import OFFLOAD_CACHES, SELECTORS, WROPE_MODES, A2ATSConfig, ConfigError
 
 FLAG_PREFIX = "--a2ats-"
 
@@ -86,6 +86,12 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
         "--a2ats-host-kv-gb", metavar="GB", type=float, default=d.host_kv_gb,
         help="host KV pool size with --a2ats-offload, in GiB. Default: 60%% of the free RAM",
     )
+    g.add_argument(
+        "--a2ats-offload-cache", choices=OFFLOAD_CACHES, default=d.offload_cache,
+        help="GPU cache of picked host K/V with --a2ats-offload: a hot buffer per request row, or "
+        "one cache all requests share, so shared prefixes are fetched once and running requests "
+        "are not capped by buffers (experimental). Default: %(default)s",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
@@ -102,6 +108,7 @@ def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
         selector=ns.a2ats_selector,
         offload=ns.a2ats_offload,
         host_kv_gb=ns.a2ats_host_kv_gb,
+        offload_cache=ns.a2ats_offload_cache,
     )
 
 

@@ -93,12 +93,18 @@ class OffloadSizingError(ValueError):
 class OffloadPlan:
     """Where offload mode's GPU slots go: ``[0]`` SGLang's padding slot, then prefill staging,
     then one hot buffer of ``hot_tokens`` slots per request-pool row (``max_running`` rows plus
-    row 0, which CUDA-graph padding reads)."""
+    row 0, which CUDA-graph padding reads), or, with ``cache_slots``, one shared cache of that
+    many slots (``--a2ats-offload-cache shared``)."""
 
     logical_slots: int  # what SGLang's allocator hands out (the host pool's capacity, or less)
-    max_running: int  # request rows, each with its hot buffer
+    max_running: int  # request rows (each with its hot buffer, unless the cache is shared)
     hot_tokens: int
     staging_tokens: int
+    cache_slots: int = 0  # the shared cache's GPU slots (each holds Hkv cells); 0: hot buffers
+
+    @property
+    def shared(self) -> bool:
+        return self.cache_slots > 0
 
     @property
     def staging_base(self) -> int:
@@ -114,7 +120,7 @@ class OffloadPlan:
 
     @property
     def gpu_slots(self) -> int:
-        return self.staging_tokens + self.hot_buffers * self.hot_tokens
+        return self.staging_tokens + (self.cache_slots if self.shared else self.hot_buffers * self.hot_tokens)
 
 
 def hot_table_bytes(num_layers: int, num_kv_heads: int, hot_tokens: int) -> int:
@@ -171,3 +177,43 @@ def plan_offload(
     else:
         running = max_running
     return OffloadPlan(int(logical), int(running), int(hot), staging_tokens)
+
+
+SHARED_SLOTS_PER_PICK = 2  # cache slots the plan keeps per running request and top-K width, at least
+
+
+def plan_shared_offload(
+    budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
+    width: int, staging_tokens: int, num_layers: int, num_kv_heads: int, max_running: int | None = None,
+    running_cap: int = 256,
+) -> OffloadPlan:
+    """:func:`plan_offload` for one shared cache: every logical slot's codes, staging map entry
+    and cache table entries, fixed tensors, staging, then the cache takes the rest. Running
+    requests are not capped by buffers but by the cache's size: a step's picks must fit it with
+    room to spare, :data:`SHARED_SLOTS_PER_PICK` top-K widths a request (and ``running_cap``)."""
+    from a2ats_sglang.runtime.shared_cache import cell_table_bytes, table_bytes_per_slot
+
+    per_logical = code_bytes_per_token + 4 + table_bytes_per_slot(num_layers, num_kv_heads)
+    per_slot = kv_bytes_per_token + num_kv_heads * cell_table_bytes(num_layers)
+    room = budget_bytes - fixed_bytes - staging_tokens * kv_bytes_per_token
+    logical = min(host_slots - 1, max(0, (room - SHARED_SLOTS_PER_PICK * 2 * width * per_slot) // per_logical))
+    left = room - logical * per_logical
+
+    def scratch(running: int) -> int:  # the claim's scratch, 3·width int32 per row (SharedCache)
+        return (running + 1) * num_kv_heads * 3 * width * 4
+
+    cache = max(0, left - scratch(running_cap if max_running is None else max_running)) // per_slot
+    fit = cache // (SHARED_SLOTS_PER_PICK * width) - 1  # row 0 is CUDA-graph padding
+    if max_running is not None and max_running > fit:
+        raise OffloadSizingError(
+            f"--max-running-requests {max_running} needs a shared cache of {SHARED_SLOTS_PER_PICK * width} slots a "
+            f"request; the GPU holds {cache} slots next to the codes of {logical} tokens, enough for {max(fit, 0)}"
+        )
+    if fit < 1:
+        raise OffloadSizingError(
+            f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
+            f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens and a shared cache "
+            f"of {2 * SHARED_SLOTS_PER_PICK * width} tokens"
+        )
+    running = min(fit, running_cap) if max_running is None else max_running
+    return OffloadPlan(int(logical), int(running), 0, staging_tokens, cache_slots=int(cache))

@@ -26,6 +26,7 @@ from a2ats_sglang.kernels.hot_buffer import load_from_host
 from a2ats_sglang.runtime.hot_buffers import HotBuffers
 from a2ats_sglang.runtime.offload_metrics import OffloadMetrics
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+from a2ats_sglang.runtime.shared_cache import SharedCache
 from a2ats_sglang.runtime.sparse_decode import OffloadStep, SparseDecodeBuffers
 from a2ats_sglang.runtime.staging import StagingFull
 
@@ -43,10 +44,17 @@ class Offload:
     def __init__(self, pool: OffloadKVPool, num_layers: int, width: int, device: torch.device | str,
                  host_used: Callable[[], int] = lambda: 0, prometheus: bool = False) -> None:
         plan = pool.plan
-        if plan.hot_tokens < width:
-            raise ValueError(f"hot buffers of {plan.hot_tokens} tokens cannot hold a decode step's {width} picks")
         self.pool, self.staging, self.plan = pool, pool.staging, plan
-        self.hot = HotBuffers(num_layers, plan.hot_buffers, pool.head_num, plan.hot_tokens, plan.hot_base, device)
+        heads = pool.head_num
+        if plan.shared:  # cells: one kv head of one token each, after staging in the [slots·Hkv, d] view
+            self.hot: HotBuffers | SharedCache = SharedCache(
+                num_layers, pool.logical_slots, heads, plan.cache_slots * heads, plan.hot_base * heads,
+                plan.hot_buffers * heads, width, device)
+            pool.on_write = self.hot.invalidate  # SGLang reuses freed slots: their cached K/V is stale
+        else:
+            if plan.hot_tokens < width:
+                raise ValueError(f"hot buffers of {plan.hot_tokens} tokens cannot hold a decode step's {width} picks")
+            self.hot = HotBuffers(num_layers, plan.hot_buffers, heads, plan.hot_tokens, plan.hot_base, device)
         per_miss = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
         self.metrics = OffloadMetrics(self.hot.counters, per_miss, host_used, plan.logical_slots,
                                       self.staging.in_use, prometheus)

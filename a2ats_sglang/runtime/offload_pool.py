@@ -38,6 +38,8 @@ class OffloadKVPool(MHATokenToKVPool):
         self.side = torch.cuda.Stream(self.device) if torch.device(self.device).type == "cuda" else None
         self.side_done: torch.cuda.Event | None = None  # the last side-stream work enqueued
         self.in_flight: list[torch.Tensor] = []  # index tensors the side stream still reads
+        # (layer, logical slots) → None, called for every write: the shared cache drops its copies
+        self.on_write: Callable[[int, torch.Tensor], None] | None = None
 
     @property
     def layer_ids(self) -> range:
@@ -82,6 +84,8 @@ class OffloadKVPool(MHATokenToKVPool):
         k = cache_k.view(-1, self.head_num, self.head_dim)
         v = cache_v.view(-1, self.head_num, self.v_head_dim)
         host_k, host_v = self.host_kv(layer_id)
+        if self.on_write is not None:
+            self.on_write(layer_id - self.start_layer, logical)
         if not self.stage_writes:
             store_to_host(k.to(self.dtype), v.to(self.dtype), logical, host_k, host_v)
             return

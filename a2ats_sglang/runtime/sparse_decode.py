@@ -46,7 +46,7 @@ class PoolKeys(NamedTuple):
 class OffloadStep(NamedTuple):
     """What an offload-mode decode step fetches with, for one layer."""
 
-    hot: HotBuffers
+    hot: HotBuffers  # or a SharedCache: the same fetch
     host_k: torch.Tensor  # [logical slots, Hkv, d] this layer's host pool (pinned)
     host_v: torch.Tensor
     dev_k: torch.Tensor  # [GPU slots, Hkv, d] this layer's GPU KV tensor
