@@ -138,3 +138,42 @@ def test_a_rewritten_slot_is_read_anew() -> None:
     idx, stats = check_step(c, picks)
     assert stats[0].tolist() == [2, 1]  # position 2 is a miss again, the rest hits
 
+
+
+def test_many_requests_missing_the_same_tokens_at_once_copy_each_once() -> None:
+    """32 requests over one document pick the same 12 tokens in the same step: on a GPU their
+    programs race for every token; each token is copied once and every request reads it."""
+    kv_heads, dim, n_req, doc, width = 2, 8, 32, 40, 12
+    g = torch.Generator().manual_seed(5)
+    logical = 100
+    host_k = torch.randn(logical, kv_heads, dim, generator=g).bfloat16().to(DEVICE)
+    host_v = torch.randn(logical, kv_heads, dim, generator=g).bfloat16().to(DEVICE)
+    cells = n_req * kv_heads * width + 1
+    dev_k = torch.zeros(cells // kv_heads + 2, kv_heads, dim, dtype=torch.bfloat16, device=DEVICE)
+    dev_v = torch.zeros_like(dev_k)
+    r2t = torch.zeros(n_req + 1, doc, dtype=torch.int32)
+    r2t[1:] = (torch.randperm(logical - 1, generator=g)[:doc] + 1).int()  # every request: the same document
+    cached = torch.full((logical * kv_heads + 1,), -1, dtype=torch.int32, device=DEVICE)
+    cached[-1] = SENTINEL
+    owner = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
+    used = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
+    hand, epoch = torch.zeros(1, dtype=torch.int64, device=DEVICE), torch.ones(1, dtype=torch.int32, device=DEVICE)
+    counters = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+    rows = n_req * kv_heads
+    picks = torch.arange(0, 2 * width, 2, dtype=torch.int32).repeat(rows, 1)
+    counts = torch.full((rows,), width, dtype=torch.int32)
+    indptr = torch.arange(rows + 1, dtype=torch.int32) * width
+    out = torch.full((rows * width,), -7, dtype=torch.int32, device=DEVICE)
+    stats = torch.zeros(rows, 2, dtype=torch.int32, device=DEVICE)
+    scratch = torch.zeros(rows, 3 * width, dtype=torch.int32, device=DEVICE)
+    fetch_shared(picks.to(DEVICE), counts.to(DEVICE), r2t.to(DEVICE), torch.arange(1, n_req + 1, device=DEVICE),
+                 cached, owner, used, hand, epoch, scratch, host_k, host_v, dev_k, dev_v, 0, indptr.to(DEVICE), out,
+                 stats, rows, counters=counters, block=BLOCK)
+    assert int(counters[1]) == width * kv_heads and int(counters[0]) == 0  # one copy a (token, kv head)
+    idx = out.view(n_req, kv_heads, width).cpu()
+    assert (idx == idx[0]).all()  # every request reads the same cells
+    rows_k = dev_k.view(-1, dim).cpu()
+    for h in range(kv_heads):
+        for j, t in enumerate(picks[0].tolist()):
+            assert torch.equal(rows_k[idx[0, h, j]], host_k[int(r2t[1, t]), h].cpu())
+    assert stats[:, 1].sum() == rows * width  # each request counted its own misses

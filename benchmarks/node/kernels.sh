@@ -9,7 +9,8 @@ source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
     timeout 240 python3 -m pytest -q -rf --tb=long tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_deferred_encode.py \
-      tests/test_gpu_sparse_decode.py 2>&1 | tee $OUT/kernel-tests.log | tail -8
+      tests/test_gpu_sparse_decode.py tests/test_shared_cache.py tests/test_hot_buffer.py tests/test_offload_select.py \
+      2>&1 | tee $OUT/kernel-tests.log | tail -8
     echo "tests done at $SECONDS s"
     timeout $((590 - SECONDS)) python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --out $OUT/decode-step-h200.json 2>&1 | grep -v Warn | tail -5
     echo "32K done at $SECONDS s" ;;
