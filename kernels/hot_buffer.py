@@ -31,6 +31,17 @@ HIT_TAG = -(2.0**127)  # a picked column found resident (below every pick tag, a
 
 
 @triton.jit
+def copy_vectors(host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr, src, dst, ok, d, d_ok):
+    """K and V of each lane's vector (one kv head of one token): elements ``src[i] + d`` of the
+    host pool to ``dst[i] + d`` on the GPU, for the lanes ``ok``."""
+    m2 = ok[:, None] & d_ok[None, :]
+    src2 = src[:, None] + d[None, :]
+    dst2 = dst[:, None] + d[None, :]
+    tl.store(dev_k_ptr + dst2, tl.load(host_k_ptr + src2, mask=m2), mask=m2)
+    tl.store(dev_v_ptr + dst2, tl.load(host_v_ptr + src2, mask=m2), mask=m2)
+
+
+@triton.jit
 def _fetch_kernel(
     picks_ptr, counts_ptr, scores_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
     hot_slots_ptr, hot_tokens_ptr, hand_ptr, victims_ptr,
@@ -119,17 +130,13 @@ def _fetch_kernel(
 
     # 5. copy the misses' K/V from the host
     d = tl.arange(0, BLOCK_D)
-    d_ok = d < dim
     for start in range(0, n_miss, BLOCK):
         i = start + tl.arange(0, BLOCK)
         ok = i < n_miss
         slot = tl.load(victims_row + i, mask=ok, other=0).to(tl.int64)
         logical = tl.load(victims_row + pairs_off + i, mask=ok, other=0).to(tl.int64)
-        m2 = ok[:, None] & d_ok[None, :]
-        src = logical[:, None] * stride_hk_s + g * stride_hk_h + d[None, :]
-        dev = slot[:, None] * stride_dk_s + g * stride_dk_h + d[None, :]
-        tl.store(dev_k_ptr + dev, tl.load(host_k_ptr + src, mask=m2), mask=m2)
-        tl.store(dev_v_ptr + dev, tl.load(host_v_ptr + src, mask=m2), mask=m2)
+        copy_vectors(host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr, logical * stride_hk_s + g * stride_hk_h,
+                     slot * stride_dk_s + g * stride_dk_h, ok, d, d < dim)
     tl.store(stats_ptr + row * 2, n_hit)
     tl.store(stats_ptr + row * 2 + 1, n_miss)
     if COUNT:  # running totals (integer atomics: the sums do not depend on the order)

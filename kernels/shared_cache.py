@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from a2ats_sglang.kernels.hot_buffer import copy_vectors
+
 ABSENT = -1
 SENTINEL = -2  # the value of cached's last entry, which masked compare-and-swaps target
 COPY_ROWS = 16  # vectors copied from the host at once: their K and V tiles stay in registers
@@ -138,17 +140,13 @@ def _claim_kernel(
 
     # 3. the winners' K/V from the host, on dense lanes
     d = tl.arange(0, BLOCK_D)
-    d_ok = d < dim
     for start in range(0, copies, BLOCK_COPY):
         i = start + tl.arange(0, BLOCK_COPY)
         ok = i < copies
         cell = tl.load(scratch + pairs_off + i, mask=ok, other=0).to(tl.int64)
         slot = tl.load(scratch + 2 * pairs_off + i, mask=ok, other=0).to(tl.int64)
-        m2 = ok[:, None] & d_ok[None, :]
-        src = slot[:, None] * stride_hk_s + g * stride_hk_h + d[None, :]
-        dev = (base + cell)[:, None] * dim + d[None, :]
-        tl.store(dev_k_ptr + dev, tl.load(host_k_ptr + src, mask=m2), mask=m2)
-        tl.store(dev_v_ptr + dev, tl.load(host_v_ptr + src, mask=m2), mask=m2)
+        copy_vectors(host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr, slot * stride_hk_s + g * stride_hk_h,
+                     (base + cell) * dim, ok, d, d < dim)
     tl.store(stats_ptr + row * 2 + 1, need)
     if COUNT:
         tl.atomic_add(counters_ptr + 1, copies.to(tl.int64))
