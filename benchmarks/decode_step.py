@@ -126,6 +126,7 @@ class Step:
     v_pool: torch.Tensor
     req_to_token: torch.Tensor
     workspace: torch.Tensor
+    replan: Callable[[bool], None]  # FlashInfer's plan again, with split KV off (True) or on
 
 
 def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
@@ -198,8 +199,12 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
         "score_topk": score_topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
+    def replan(disable_split_kv: bool) -> None:
+        dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16, disable_split_kv=disable_split_kv)
+
     return Step(layers, dec, buffers, tables, idle_keys, stages, sparse_step, encode,
-                lambda: dec.step_tables(positions, req_to_token, rpi), m, n, q, k_pool, v_pool, req_to_token, workspace)
+                lambda: dec.step_tables(positions, req_to_token, rpi), m, n, q, k_pool, v_pool, req_to_token, workspace,
+                replan)
 
 
 def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     for bs in args.batch:
         st = prepare(args, config, bs)
         row: dict[str, Any] = {"batch": bs, "layers": st.layers}
-        stages = {**st.stages, "encode_due": lambda: st.encode(st.tables.due)}
+        encode, due = st.encode, st.tables.due
+        stages = {**st.stages, "encode_due": lambda: encode(due)}
         calls = {"encode_due": 1}  # one launch covers every layer
         knobs = KNOBS + DUE_KNOBS
         if not rows:  # the first batch also times prefill's encode
@@ -103,9 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             default = getattr(importlib.import_module(module), name)
             row[name] = {"stage": stage, "default": json.dumps(default),
                          "ms": sweep(stages[stage], calls.get(stage, st.layers), module, name, values, args.iters)}
+        # FlashInfer's split KV (its merge kernel is 86 µs a step at batch 1): off against on
+        split = {}
+        for disable in (False, True):
+            st.replan(disable)
+            split[json.dumps(disable)] = round(time_graph(st.stages["attention"], st.layers, args.iters), 4)
+        st.replan(False)
+        row["DISABLE_SPLIT_KV"] = {"stage": "attention", "default": "false", "ms": split}
         print(json.dumps(row), flush=True)
         rows.append(row)
-        del st
+        del st, stages, encode, due  # this batch's buffers go before the next batch's
         torch.cuda.empty_cache()
     workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope",
                                               "codebook_size")}
