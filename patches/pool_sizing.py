@@ -64,23 +64,23 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     cell = configurator._cell_size
     if cfg.offload:
         plan = offload_plan(kvc, cfg, budget_bytes, cell, fp)
-        if plan.shared:
-            logger.info(
-                "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
-                "(%.2f GiB), a shared cache of %d slots (%.2f GiB) for up to %d running requests, fixed %.1f MiB",
-                plan.logical_slots, plan.logical_slots * cell / 2**30, plan.logical_slots * fp.per_token / 2**20,
-                plan.staging_tokens, plan.staging_tokens * cell / 2**30, plan.cache_slots,
-                plan.cache_slots * cell / 2**30, plan.max_running, fp.fixed / 2**20,
-            )
-            return configurator.calculate_pool_sizes_from_max_tokens(plan.logical_slots, 1)
+        cache = (f"a shared cache of {plan.cache_slots} slots ({plan.cache_slots * cell / 2**30:.2f} GiB) for up to "
+                 f"{plan.max_running} running requests" if plan.shared else
+                 f"{plan.hot_buffers} hot buffers of {plan.hot_tokens} tokens "
+                 f"({plan.hot_buffers * plan.hot_tokens * cell / 2**30:.2f} GiB)")
         logger.info(
             "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
-            "(%.2f GiB), %d hot buffers of %d tokens (%.2f GiB), fixed %.1f MiB", plan.logical_slots,
-            plan.logical_slots * cell / 2**30, plan.logical_slots * fp.per_token / 2**20, plan.staging_tokens,
-            plan.staging_tokens * cell / 2**30, plan.hot_buffers, plan.hot_tokens,
-            plan.hot_buffers * plan.hot_tokens * cell / 2**30, fp.fixed / 2**20,
+            "(%.2f GiB), %s, fixed %.1f MiB", plan.logical_slots, plan.logical_slots * cell / 2**30,
+            plan.logical_slots * fp.per_token / 2**20, plan.staging_tokens, plan.staging_tokens * cell / 2**30, cache,
+            fp.fixed / 2**20,
         )
         return configurator.calculate_pool_sizes_from_max_tokens(plan.logical_slots, 1)
+    if budget_bytes <= fp.fixed:
+        raise ValueError(
+            f"A²ATS: the GPU's KV budget ({budget_bytes / 2**30:.2f} GiB, what --mem-fraction-static leaves) does not "
+            f"hold the codebooks and decode buffers ({fp.fixed / 2**30:.2f} GiB): raise --mem-fraction-static, "
+            "lower --cuda-graph-max-bs or calibrate a smaller codebook"
+        )
     charged = max(0, budget_bytes - fp.fixed) * cell // (cell + fp.per_token)
     config = original(kvc, charged, **kwargs)
     logger.info(

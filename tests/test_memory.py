@@ -69,6 +69,8 @@ def test_pool_sizing_charges_only_the_a2ats_backend(monkeypatch: pytest.MonkeyPa
     slots = ours.max_total_num_tokens
     assert slots * (cell + fp.per_token) + fp.fixed <= budget < (slots + 2) * (cell + fp.per_token) + fp.fixed
     assert slots < stock.max_total_num_tokens
+    with pytest.raises(ValueError, match="does not hold the codebooks and decode buffers"):
+        pool_sizing.charge(original, kvc("a2ats"), fp.fixed)  # nothing left for a single slot
     # two ranks: each holds 4 of the 8 kv heads, so its cell (SGLang's, per rank) and its codes halve
     monkeypatch.setattr(pool_sizing, "attn_tp_size", lambda: 2)
     monkeypatch.setattr(pool_configurator, "create_memory_pool_configurator", lambda kvc: SimpleNamespace(_cell_size=cell // 2))
