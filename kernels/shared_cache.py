@@ -130,8 +130,7 @@ def _claim_kernel(
         gone = won & (old >= 0)
         tl.atomic_cas(cached_ptr + tl.where(gone, old, sentinel), tl.where(gone, cell, 0), tl.where(gone, -1, 0))
         tl.store(owner_ptr + cell, key.to(tl.int32), mask=won)
-        crank = copies + tl.cumsum(won.to(tl.int32), axis=0) - 1
-        tl.debug_barrier()  # every cell of this block read before the pairs overwrite the scratch
+        crank = copies + tl.cumsum(won.to(tl.int32), axis=0) - 1  # the pairs sit past the cells: no overlap
         tl.store(scratch + pairs_off + crank, cell, mask=won)
         tl.store(scratch + 2 * pairs_off + crank, slot.to(tl.int32), mask=won)
         copies += tl.sum(won.to(tl.int32), axis=0)
