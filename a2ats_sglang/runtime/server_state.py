@@ -17,6 +17,7 @@ class _Plan(Protocol):
     staging_tokens: int
     hot_tokens: int
     max_running: int
+    cache_slots: int
 
 
 def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: int, plan: _Plan | None = None,
@@ -44,9 +45,9 @@ def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: in
             "host_pool_bytes": host_bytes,
             "staging_tokens": plan.staging_tokens,
             "staging_used_tokens": staging_in_use,
-            "cache": "shared" if getattr(plan, "cache_slots", 0) else "buffers",
-            "cache_slots": getattr(plan, "cache_slots", 0),
-            "hot_buffers": 0 if getattr(plan, "cache_slots", 0) else plan.max_running + 1,
+            "cache": "shared" if plan.cache_slots else "buffers",
+            "cache_slots": plan.cache_slots,
+            "hot_buffers": 0 if plan.cache_slots else plan.max_running + 1,
             "hot_buffer_tokens": plan.hot_tokens,
             "max_running_requests": plan.max_running,
             "decode_steps": steps,
