@@ -22,10 +22,15 @@ _installed = False  # set by install_around
 
 
 def a2ats_backend(scheduler: Any) -> Any | None:
-    """The scheduler's a2ats attention backend (the decode side of a hybrid one), if any."""
+    """The scheduler's a2ats attention backend (the decode side of a hybrid one), if any.
+
+    The backend itself is tried first: FlashInfer's backend, which ours extends, has a
+    ``decode_backend`` attribute too, the string ``"fa2"``."""
     backend = getattr(getattr(getattr(scheduler, "tp_worker", None), "model_runner", None), "attn_backend", None)
-    backend = getattr(backend, "decode_backend", backend)
-    return backend if hasattr(backend, "a2ats_state") else None
+    for candidate in (backend, getattr(backend, "decode_backend", None)):
+        if hasattr(candidate, "a2ats_state"):
+            return candidate
+    return None
 
 
 def add_state(original, scheduler, recv_req):

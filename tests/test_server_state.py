@@ -74,6 +74,9 @@ def test_the_patch_adds_the_state_of_an_a2ats_backend() -> None:
     assert out.internal_state == {"max_total_num_tokens": 100, "a2ats": {"mode": "gpu"}} and seen == [42]
     hybrid = SimpleNamespace(prefill_backend=object(), decode_backend=backend)  # --decode-attention-backend a2ats
     assert server_info.add_state(original, scheduler(hybrid), None).internal_state["a2ats"] == {"mode": "gpu"}
+    # FlashInferAttnBackend (our base class) sets decode_backend = "fa2": the backend is still found
+    backend.decode_backend = "fa2"
+    assert server_info.add_state(original, scheduler(backend), None).internal_state["a2ats"] == {"mode": "gpu"}
 
 
 def test_other_backends_are_left_alone() -> None:
