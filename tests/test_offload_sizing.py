@@ -99,6 +99,23 @@ def test_max_total_tokens_caps_the_logical_slots(kvc) -> None:
     assert pool_sizing.charge(None, kvc, 64 * 2**20).max_total_num_tokens == 1000 == current_plan().logical_slots
 
 
+def test_a_shared_cache_plan_limited_by_the_gpu_leaves_one_request_its_cache_and_scratch() -> None:
+    """Codes of 10M host slots do not fit 8 GiB: the logical slots give way to one request's cache
+    (two top-K widths for it and for row 0) and its claim scratch, which were counted after."""
+    from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, plan_shared_offload
+    from a2ats_sglang.runtime.shared_cache import cell_table_bytes, table_bytes_per_slot
+
+    budget, kv, codes, width, staging, layers, heads = 8 * 2**30, 131072, 512, 1056, 8192, 32, 8
+    plan = plan_shared_offload(budget, kv, codes, 0, 10**7, width, staging, layers, heads)
+    assert plan.logical_slots < 10**7 - 1 and plan.max_running >= 1
+    assert plan.cache_slots >= (plan.max_running + 1) * SHARED_SLOTS_PER_PICK * width
+    used = (plan.logical_slots * (codes + 4 + table_bytes_per_slot(layers, heads)) + staging * kv
+            + plan.cache_slots * (kv + heads * cell_table_bytes(layers)) + (plan.max_running + 1) * heads * 3 * width * 4)
+    assert used <= budget
+    roomy = plan_shared_offload(budget, kv, codes, 0, 10_000, width, staging, layers, heads)  # the host pool is the limit
+    assert roomy.logical_slots == 9_999 and roomy.max_running > plan.max_running
+
+
 def test_without_offload_the_pool_is_sglangs(kvc) -> None:
     from a2ats_sglang.patches import kv_pool
 
@@ -126,12 +143,17 @@ def test_a_shared_cache_takes_what_is_left_and_caps_running_by_its_size(kvc, mon
     assert plan.shared and plan.hot_tokens == 0 and config.max_total_num_tokens == plan.logical_slots
     # every byte counted: codes, staging map and cache table per logical slot; staging; cells and their tables
     per_slot = CELL + HEADS * cell_table_bytes(LAYERS)
-    scratch = (256 + 1) * HEADS * 3 * width * 4
+    def scratch(running: int) -> int:  # SharedCache.scratch: 3·width int32 per (graph row, kv head)
+        return (running + 1) * HEADS * 3 * width * 4
+
     gpu = (footprint(cfg, LAYERS, HEADS, DIM, CONTEXT, graph_max_bs=0).fixed
            + plan.logical_slots * (LAYERS * HEADS * 2 + 4 + table_bytes_per_slot(LAYERS, HEADS))
-           + plan.staging_tokens * CELL + plan.cache_slots * per_slot + scratch)
+           + plan.staging_tokens * CELL + plan.cache_slots * per_slot + scratch(plan.max_running))
     assert gpu <= budget < gpu + per_slot
-    assert plan.max_running == min(256, plan.cache_slots // (SHARED_SLOTS_PER_PICK * width) - 1)
+    assert 1 <= plan.max_running <= min(256, plan.cache_slots // (SHARED_SLOTS_PER_PICK * width) - 1)
+    # one more request would not fit: its scratch and two widths of cache are more than is left
+    more = gpu - plan.cache_slots * per_slot - scratch(plan.max_running) + scratch(plan.max_running + 1)
+    assert plan.max_running == 256 or more + (plan.max_running + 2) * SHARED_SLOTS_PER_PICK * width * per_slot > budget
     assert plan.gpu_slots == plan.staging_tokens + plan.cache_slots
     assert max_running.cap(lambda kvc, n: 10**6, kvc, config.max_total_num_tokens) == plan.max_running
 

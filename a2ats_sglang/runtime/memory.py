@@ -196,13 +196,15 @@ def plan_shared_offload(
     per_logical = code_bytes_per_token + 4 + table_bytes_per_slot(num_layers, num_kv_heads)
     per_slot = kv_bytes_per_token + num_kv_heads * cell_table_bytes(num_layers)
     room = budget_bytes - fixed_bytes - staging_tokens * kv_bytes_per_token
-    logical = min(host_slots - 1, max(0, (room - SHARED_SLOTS_PER_PICK * 2 * width * per_slot) // per_logical))
+
+    scratch_per_row = num_kv_heads * 3 * width * 4  # the claim's scratch, 3·width int32 (SharedCache)
+    cache_per_row = SHARED_SLOTS_PER_PICK * width * per_slot
+    # the logical slots leave room for one request and row 0: their cache and scratch
+    logical = min(host_slots - 1, max(0, (room - 2 * (cache_per_row + scratch_per_row)) // per_logical))
     left = room - logical * per_logical
-
-    def scratch(running: int) -> int:  # the claim's scratch, 3·width int32 per row (SharedCache)
-        return (running + 1) * num_kv_heads * 3 * width * 4
-
-    cache = max(0, left - scratch(running_cap if max_running is None else max_running)) // per_slot
+    # running requests and row 0 each take their cache and scratch; the cache then takes the rest
+    running = min(running_cap, left // (cache_per_row + scratch_per_row) - 1) if max_running is None else max_running
+    cache = max(0, left - (running + 1) * scratch_per_row) // per_slot
     fit = cache // (SHARED_SLOTS_PER_PICK * width) - 1  # row 0 is CUDA-graph padding
     if max_running is not None and max_running > fit:
         raise OffloadSizingError(
@@ -215,5 +217,4 @@ def plan_shared_offload(
             f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens and a shared cache "
             f"of {2 * SHARED_SLOTS_PER_PICK * width} tokens"
         )
-    running = min(fit, running_cap) if max_running is None else max_running
     return OffloadPlan(int(logical), int(running), 0, staging_tokens, cache_slots=int(cache))
