@@ -148,7 +148,8 @@ def _claim_kernel(
                      (base + cell) * dim, ok, d, d < dim)
     tl.store(stats_ptr + row * 2 + 1, need)
     if COUNT:
-        tl.atomic_add(counters_ptr + 1, copies.to(tl.int64))
+        tl.atomic_add(counters_ptr + 1, need.to(tl.int64))
+        tl.atomic_add(counters_ptr + 2, copies.to(tl.int64))
 
 
 def invalidate(cached: torch.Tensor, loc: torch.Tensor, heads: torch.Tensor) -> None:
@@ -176,7 +177,8 @@ def fetch_shared(
     (shared by the layers). ``scratch`` ``[rows_cap, 3·m]`` int32, ``m ≥ width``. ``host_k``/``host_v``
     ``[slots, Hkv, d]`` pinned, ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]`` contiguous; cell ``c``
     is row ``base + c`` of their ``[slots·Hkv, d]`` view. ``stats[r] = (hits, misses)``; with
-    ``counters`` (``[2]`` int64) the hits and the copies from host memory are added to it.
+    ``counters`` (``[3]`` int64) the hits, the misses and the copies from host memory are added
+    to it (fewer copies than misses: a key two requests miss in one step is copied once).
     The cells must outnumber the picks of a step (every pick pins one, so a miss always finds
     an unpinned cell on the clock).
     """
@@ -194,6 +196,7 @@ def fetch_shared(
     assert base + cells <= dev_k.shape[0] * num_kv_heads
     common = (picks, counts, req_to_token, req_pool_indices, indptr, out_indices)
     count = counters is not None
+    assert not count or counters.shape == (3,), "counters: hits, misses, copies"
     _lookup_kernel[(rows,)](
         *common, cached, used, epoch, stats, counters if count else stats,
         num_kv_heads, base, picks.stride(0), req_to_token.stride(0), BLOCK=block, COUNT=count,

@@ -46,14 +46,17 @@ def test_gpu_resident_state_counts_the_codes_and_the_codebook() -> None:
 def test_offload_state_gives_each_tier_and_the_hit_rate() -> None:
     plan = OffloadPlan(logical_slots=100, max_running=3, hot_tokens=40, staging_tokens=64)
     state = describe(decoder(), "/cb", 100, 100, plan, host_bytes=12345, staging_in_use=7,
-                     offload_totals=(90, 10, 5), bytes_per_miss=512)
+                     offload_totals=(90, 10, 10, 5), bytes_per_copy=512)
     assert state["mode"] == "offload" and state["kv_capacity_tokens"] == {"gpu": 0, "host": 100}
     assert state["offload"] == {"host_pool_bytes": 12345, "staging_tokens": 64, "staging_used_tokens": 7,
                                 "cache": "buffers", "cache_slots": 0,
                                 "hot_buffers": 4, "hot_buffer_tokens": 40, "max_running_requests": 3, "decode_steps": 5,
                                 "hot_hit_rate": 0.9, "fetched_bytes": 5120, "fetched_bytes_per_step": 1024.0}
-    shared = describe(decoder(), "/cb", 100, 100, OffloadPlan(100, 30, 0, 64, cache_slots=5000))["offload"]
+    shared = describe(decoder(), "/cb", 100, 100, OffloadPlan(100, 30, 0, 64, cache_slots=5000),
+                      offload_totals=(100, 300, 10, 5), bytes_per_copy=512)["offload"]
     assert shared["cache"] == "shared" and shared["cache_slots"] == 5000 and shared["hot_buffers"] == 0
+    # picks served by a copy another request made this step are misses, not hits; bytes count the copies
+    assert shared["hot_hit_rate"] == 0.25 and shared["fetched_bytes"] == 10 * 512
     idle = describe(decoder(), "/cb", 100, 100, plan)  # before the first decode step
     assert idle["offload"]["hot_hit_rate"] is None and idle["offload"]["fetched_bytes_per_step"] is None
 

@@ -40,7 +40,7 @@ class Cache:
         self.used = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
         self.hand = torch.zeros(1, dtype=torch.int64, device=DEVICE)
         self.epoch = torch.zeros(1, dtype=torch.int32, device=DEVICE)
-        self.counters = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+        self.counters = torch.zeros(3, dtype=torch.int64, device=DEVICE)
         self.rows = len(self.lens) * self.kv_heads
         self.width = 12
 
@@ -88,7 +88,7 @@ class Cache:
 
 def check_step(c: Cache, picks: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
     before = c.cached.cpu().clone()
-    copies_before = int(c.counters[1])
+    misses_before, copies_before = int(c.counters[1]), int(c.counters[2])
     idx, stats = c.step(picks)
     dk, dv = c.dev_k.view(-1, c.dim).cpu(), c.dev_v.view(-1, c.dim).cpu()
     hk, hv = c.host_k.view(-1, c.dim).cpu(), c.host_v.view(-1, c.dim).cpu()
@@ -102,7 +102,8 @@ def check_step(c: Cache, picks: list[list[int]]) -> tuple[list[list[int]], torch
         hits = sum(int(before[k]) >= 0 for k in keys)
         assert stats[r].tolist() == [hits, len(p) - hits], r
         new_keys |= {k for k in keys if int(before[k]) < 0}
-    assert int(c.counters[1]) - copies_before == len(new_keys)  # each missing token copied once
+    assert int(c.counters[2]) - copies_before == len(new_keys)  # each missing token copied once
+    assert int(c.counters[1]) - misses_before == int(stats[:, 1].sum())  # misses, shared ones included
     c.check_tables()
     return idx, stats
 
@@ -113,7 +114,7 @@ def test_steps_of_random_picks_keep_the_cache_consistent(cells: int) -> None:
     for _ in range(12):
         check_step(c, c.random_picks())
     if cells < 160:  # fewer cells than the requests' distinct (slot, kv head) keys
-        assert int(c.counters[1]) > cells  # cells were taken back and refilled
+        assert int(c.counters[2]) > cells  # cells were taken back and refilled
 
 
 def test_requests_sharing_a_prefix_share_its_cells() -> None:
@@ -122,7 +123,8 @@ def test_requests_sharing_a_prefix_share_its_cells() -> None:
     picks = [shared, shared, shared, shared, [0], [0]]
     idx, stats = check_step(c, picks)
     assert idx[0] == idx[2] and idx[1] == idx[3]  # kv head 0 of both requests, and kv head 1
-    assert int(c.counters[1]) == 2 * len(shared) + 2  # copied once for both requests
+    assert int(c.counters[2]) == 2 * len(shared) + 2  # copied once for both requests
+    assert int(c.counters[1]) == 4 * len(shared) + 2  # though both missed
     idx2, stats2 = check_step(c, picks)  # all resident now
     assert idx2 == idx and stats2[:, 1].tolist() == [0] * 6
 
@@ -158,7 +160,7 @@ def test_many_requests_missing_the_same_tokens_at_once_copy_each_once() -> None:
     owner = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
     used = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
     hand, epoch = torch.zeros(1, dtype=torch.int64, device=DEVICE), torch.ones(1, dtype=torch.int32, device=DEVICE)
-    counters = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+    counters = torch.zeros(3, dtype=torch.int64, device=DEVICE)
     rows = n_req * kv_heads
     picks = torch.arange(0, 2 * width, 2, dtype=torch.int32).repeat(rows, 1)
     counts = torch.full((rows,), width, dtype=torch.int32)
@@ -169,7 +171,8 @@ def test_many_requests_missing_the_same_tokens_at_once_copy_each_once() -> None:
     fetch_shared(picks.to(DEVICE), counts.to(DEVICE), r2t.to(DEVICE), torch.arange(1, n_req + 1, device=DEVICE),
                  cached, owner, used, hand, epoch, scratch, host_k, host_v, dev_k, dev_v, 0, indptr.to(DEVICE), out,
                  stats, rows, counters=counters, block=BLOCK)
-    assert int(counters[1]) == width * kv_heads and int(counters[0]) == 0  # one copy a (token, kv head)
+    assert int(counters[2]) == width * kv_heads and int(counters[0]) == 0  # one copy a (token, kv head)
+    assert int(counters[1]) == rows * width  # every request missed
     idx = out.view(n_req, kv_heads, width).cpu()
     assert (idx == idx[0]).all()  # every request reads the same cells
     rows_k = dev_k.view(-1, dim).cpu()

@@ -126,7 +126,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             return describe(self.decoder, self.codebook_path, kv_tokens, free_tokens)
         m = off.metrics
         return describe(self.decoder, self.codebook_path, kv_tokens, free_tokens, off.plan, pool.host.nbytes,
-                        off.staging.in_use(), m.last, m.bytes_per_miss)
+                        off.staging.in_use(), m.last, m.bytes_per_copy)
 
     # -- metadata -------------------------------------------------------------------------
 

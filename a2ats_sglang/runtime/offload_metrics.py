@@ -2,7 +2,10 @@
 step, host pool and staging usage; logged periodically and, with ``--enable-metrics``, exported
 as Prometheus metrics next to SGLang's (``a2ats:*``).
 
-The hit/miss counters live on the GPU (the fetch kernel adds to them inside the decode graph).
+The counters live on the GPU (the fetch kernel adds to them inside the decode graph): hits,
+misses and, last, copies from host memory, which the bytes fetched count. Hot buffers copy each
+miss (two counters, the last is both); the shared cache copies a key that several requests miss
+in one step once (three).
 Reading them never waits for the device: a snapshot is copied to pinned memory behind a CUDA
 event, and read on a later step once the event has completed.
 """
@@ -19,21 +22,21 @@ logger = logging.getLogger(__name__)
 
 
 class OffloadMetrics:
-    def __init__(self, counters: torch.Tensor, bytes_per_miss: int, host_used: Callable[[], int], host_total: int,
+    def __init__(self, counters: torch.Tensor, bytes_per_copy: int, host_used: Callable[[], int], host_total: int,
                  staging_used: Callable[[], int], prometheus: bool, log_every_s: float = 30.0,
                  sample_every_s: float = 2.0) -> None:
-        self.counters, self.bytes_per_miss = counters, bytes_per_miss
+        self.counters, self.bytes_per_copy = counters, bytes_per_copy
         self.host_used, self.host_total, self.staging_used = host_used, host_total, staging_used
         self.log_every_s, self.sample_every_s = log_every_s, sample_every_s
         pin = counters.is_cuda
-        self.snapshot = torch.zeros(2, dtype=torch.int64, pin_memory=pin)
+        self.snapshot = torch.zeros(counters.shape[0], dtype=torch.int64, pin_memory=pin)
         self.event = torch.cuda.Event() if pin else None
         self.pending = False
         self.steps = 0  # decode steps since start (host count)
         self.snap_steps = 0
-        self.last = (0, 0, 0)  # hits, misses, steps at the last read
+        self.last = (0, 0, 0, 0)  # hits, misses, copies, steps at the last read
         self.last_log = self.last_sample = time.monotonic()
-        self.window = (0, 0, 0)  # since the last log
+        self.window = (0, 0, 0, 0)  # since the last log
         self.gauges = self._prometheus() if prometheus else None
 
     @staticmethod
@@ -45,7 +48,7 @@ class OffloadMetrics:
 
         return {
             "hits": Counter("a2ats:hot_hits", "Picked tokens found in the hot buffer (per layer and kv head)"),
-            "misses": Counter("a2ats:hot_misses", "Picked tokens read from host memory (per layer and kv head)"),
+            "misses": Counter("a2ats:hot_misses", "Picked tokens not found in GPU memory (per layer and kv head)"),
             "bytes": Counter("a2ats:fetched_bytes", "Bytes of K/V read from host memory by decode steps"),
             "steps": Counter("a2ats:decode_steps", "Decode steps run in offload mode"),
             "hit_rate": gauge("a2ats:hot_hit_rate", "Hot-buffer hit rate over the last sample"),
@@ -73,30 +76,29 @@ class OffloadMetrics:
                 self._read(now)
 
     def _read(self, now: float) -> None:
-        hits, misses = (int(x) for x in self.snapshot.tolist())
-        steps = self.snap_steps
-        dh, dm, ds = hits - self.last[0], misses - self.last[1], steps - self.last[2]
-        self.last = (hits, misses, steps)
-        w = self.window
-        self.window = (w[0] + dh, w[1] + dm, w[2] + ds)
+        values = [int(x) for x in self.snapshot.tolist()]
+        now_totals = (values[0], values[1], values[-1], self.snap_steps)
+        dh, dm, dc, ds = (a - b for a, b in zip(now_totals, self.last))
+        self.last = now_totals
+        self.window = tuple(w + d for w, d in zip(self.window, (dh, dm, dc, ds)))
         if self.gauges is not None:
             g = self.gauges
             g["hits"].inc(dh)
             g["misses"].inc(dm)
-            g["bytes"].inc(dm * self.bytes_per_miss)
+            g["bytes"].inc(dc * self.bytes_per_copy)
             g["steps"].inc(ds)
             if dh + dm:
                 g["hit_rate"].set(dh / (dh + dm))
             if ds:
-                g["bytes_per_step"].set(dm * self.bytes_per_miss / ds)
+                g["bytes_per_step"].set(dc * self.bytes_per_copy / ds)
             g["host_used"].set(self.host_used())
             g["host_total"].set(self.host_total)
             g["staging_used"].set(self.staging_used())
-        if now - self.last_log >= self.log_every_s and self.window[2]:
-            h, m, s = self.window
+        if now - self.last_log >= self.log_every_s and self.window[3]:
+            h, m, c, s = self.window
             logger.info(
                 "A²ATS offload: hot-buffer hit rate %.1f%%, %.2f MiB fetched per decode step (%d steps), host pool "
-                "%d/%d tokens, staging %d tokens", 100 * h / max(h + m, 1), m * self.bytes_per_miss / s / 2**20, s,
+                "%d/%d tokens, staging %d tokens", 100 * h / max(h + m, 1), c * self.bytes_per_copy / s / 2**20, s,
                 self.host_used(), self.host_total, self.staging_used(),
             )
-            self.window, self.last_log = (0, 0, 0), now
+            self.window, self.last_log = (0, 0, 0, 0), now

@@ -21,11 +21,11 @@ class _Plan(Protocol):
 
 
 def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: int, plan: _Plan | None = None,
-             host_bytes: int = 0, staging_in_use: int = 0, offload_totals: tuple[int, int, int] | None = None,
-             bytes_per_miss: int = 0) -> dict[str, Any]:
+             host_bytes: int = 0, staging_in_use: int = 0, offload_totals: tuple[int, int, int, int] | None = None,
+             bytes_per_copy: int = 0) -> dict[str, Any]:
     """The backend's state. ``kv_tokens``/``free_tokens``: SGLang's pool (logical slots in
-    offload mode, whose homes are all host rows today); ``offload_totals``: hot-buffer hits,
-    misses and decode steps read so far (:class:`~a2ats_sglang.runtime.offload_metrics.OffloadMetrics`)."""
+    offload mode, whose homes are all host rows today); ``offload_totals``: hits, misses,
+    copies from host memory and decode steps read so far (:class:`~a2ats_sglang.runtime.offload_metrics.OffloadMetrics`)."""
     budget = decoder.budget
     layers, heads = decoder.codes.shape[0], decoder.codes.shape[2]
     out: dict[str, Any] = {
@@ -40,7 +40,7 @@ def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: in
                    "max": budget.maximum, "static_width": decoder.width},
     }
     if plan is not None:
-        hits, misses, steps = offload_totals or (0, 0, 0)
+        hits, misses, copies, steps = offload_totals or (0, 0, 0, 0)
         out["offload"] = {
             "host_pool_bytes": host_bytes,
             "staging_tokens": plan.staging_tokens,
@@ -52,7 +52,7 @@ def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: in
             "max_running_requests": plan.max_running,
             "decode_steps": steps,
             "hot_hit_rate": hits / (hits + misses) if hits + misses else None,
-            "fetched_bytes": misses * bytes_per_miss,
-            "fetched_bytes_per_step": misses * bytes_per_miss / steps if steps else None,
+            "fetched_bytes": copies * bytes_per_copy,
+            "fetched_bytes_per_step": copies * bytes_per_copy / steps if steps else None,
         }
     return out

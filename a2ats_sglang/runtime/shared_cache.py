@@ -39,7 +39,7 @@ class SharedCache:
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
         self.scratch = torch.zeros(max_rows, 3 * width, dtype=torch.int32, device=device)
         self.heads = torch.arange(num_kv_heads, dtype=torch.int64, device=device)
-        self.counters = torch.zeros(2, dtype=torch.int64, device=device)  # hits, copies from host since start
+        self.counters = torch.zeros(3, dtype=torch.int64, device=device)  # hits, misses, copies from host since start
 
     def begin_step(self) -> None:
         """A new decode step: the cells the last one pinned may be taken again (in the graph)."""
