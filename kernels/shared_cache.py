@@ -152,13 +152,28 @@ def _claim_kernel(
         tl.atomic_add(counters_ptr + 2, copies.to(tl.int64))
 
 
-def invalidate(cached: torch.Tensor, loc: torch.Tensor, heads: torch.Tensor) -> None:
-    """Logical slots ``loc`` hold new K/V: none of their kv heads (``heads``: ``arange(Hkv)``,
-    int64, on the device) is cached any more. A cell that still names one of them keeps it as
-    its owner, and losing the cell later leaves a newer entry alone, since only an entry naming
-    that cell is cleared. Device op, no sync."""
-    keys = loc.long()[:, None] * heads.shape[0] + heads
-    cached.index_fill_(0, keys.view(-1), ABSENT)
+@triton.jit
+def _invalidate_kernel(cached_ptr, loc_ptr, n, num_kv_heads, BLOCK: tl.constexpr, HEADS_P2: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    slot = tl.load(loc_ptr + i, mask=ok, other=0).to(tl.int64)
+    h = tl.arange(0, HEADS_P2)
+    keys = slot[:, None] * num_kv_heads + h[None, :]
+    absent = tl.full([BLOCK, HEADS_P2], -1, tl.int32)  # ABSENT
+    tl.store(cached_ptr + keys, absent, mask=ok[:, None] & (h < num_kv_heads)[None, :])
+
+
+def invalidate(cached: torch.Tensor, loc: torch.Tensor, num_kv_heads: int, block: int = 256) -> None:
+    """Logical slots ``loc`` hold new K/V: none of their ``num_kv_heads`` kv heads is cached any
+    more. A cell that still names one of them keeps it as its owner, and losing the cell later
+    leaves a newer entry alone, since only an entry naming that cell is cleared. One launch, no
+    allocation (it runs in every layer's KV write, inside the decode graph)."""
+    n = loc.shape[0]
+    if n == 0:
+        return
+    assert cached.dtype == torch.int32 and cached.is_contiguous() and loc.is_contiguous()
+    _invalidate_kernel[(triton.cdiv(n, block),)](cached, loc, n, num_kv_heads, BLOCK=block,
+                                                  HEADS_P2=triton.next_power_of_2(num_kv_heads))
 
 
 def fetch_shared(

@@ -57,6 +57,8 @@ CASES = {
     "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
     "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,
                                     {"BLOCK": 128, "BLOCK_D": 128, "BLOCK_COPY": 16, "COUNT": True}, 8, 0, 64),
+    "shared cache invalidation": ("shared_cache", "_invalidate_kernel", {"cached_ptr": "*i32", "loc_ptr": "*i64"},
+                                  {"BLOCK": 256, "HEADS_P2": 8}, 4, 0, 64),
     "lookup table, 64 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 16, **LUT}, 8, 0, 168),
     "lookup table, 32 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 8, **LUT}, 8, 0, 128),
 }

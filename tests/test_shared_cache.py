@@ -136,10 +136,27 @@ def test_a_rewritten_slot_is_read_anew() -> None:
     slot = int(c.req_to_token[1, 2])
     c.host_k[slot] = -c.host_k[slot]  # SGLang handed the slot to a new token
     c.host_v[slot] = 7.0
-    invalidate(c.cached, torch.tensor([slot], device=DEVICE), torch.arange(c.kv_heads, device=DEVICE))
+    invalidate(c.cached, torch.tensor([slot], device=DEVICE), c.kv_heads)
     idx, stats = check_step(c, picks)
     assert stats[0].tolist() == [2, 1]  # position 2 is a miss again, the rest hits
 
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_invalidation_clears_every_kv_head_of_the_written_slots_and_nothing_else(dtype: torch.dtype) -> None:
+    kv_heads, logical = 3, 700  # not a power of two; more slots than one program's block
+    g = torch.Generator().manual_seed(11)
+    cached = torch.randint(0, 50, (logical * kv_heads + 1,), generator=g, dtype=torch.int32)
+    cached[-1] = SENTINEL
+    loc = torch.randint(1, logical, (300,), generator=g)
+    loc[:10] = loc[10:20]  # a batch may write a slot twice (its layers' chunks)
+    expect = cached.clone()
+    for s in loc.tolist():
+        expect[s * kv_heads : (s + 1) * kv_heads] = -1
+    got = cached.to(DEVICE)
+    invalidate(got, loc.to(dtype).to(DEVICE), kv_heads, block=64)
+    assert torch.equal(got.cpu(), expect)
+    invalidate(got, loc[:0].to(dtype).to(DEVICE), kv_heads)  # an empty write changes nothing
+    assert torch.equal(got.cpu(), expect)
 
 
 def test_many_requests_missing_the_same_tokens_at_once_copy_each_once() -> None:

@@ -38,7 +38,6 @@ class SharedCache:
         self.hand = torch.zeros(num_layers, 1, dtype=torch.int64, device=device)
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
         self.scratch = torch.zeros(max_rows, 3 * width, dtype=torch.int32, device=device)
-        self.heads = torch.arange(num_kv_heads, dtype=torch.int64, device=device)
         self.counters = torch.zeros(3, dtype=torch.int64, device=device)  # hits, misses, copies from host since start
 
     def begin_step(self) -> None:
@@ -50,7 +49,7 @@ class SharedCache:
 
     def invalidate(self, layer: int, loc: torch.Tensor) -> None:
         """Logical slots ``loc`` get new K/V in ``layer``: their cached copies are stale."""
-        invalidate(self.cached[layer], loc, self.heads)
+        invalidate(self.cached[layer], loc, self.num_kv_heads)
 
     def fetch(
         self, layer: int, picks: torch.Tensor, counts: torch.Tensor, scores: torch.Tensor,
