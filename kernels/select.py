@@ -135,10 +135,13 @@ def _topk_kernel(
         prefix = tl.zeros([], tl.int32)
         remaining = k  # how many of the keys matching the prefix to take
         ties = k
+        resolved = tl.zeros([], tl.int32)  # the chosen bin holds exactly the keys still to take
         for p in tl.static_range(4):
-            digit, above, ties = _pick_digit(_digit_histogram(base, 0, L, prefix, p, BLOCK), remaining)
-            remaining -= above
-            prefix = prefix | (digit << (24 - 8 * p))
+            if resolved == 0:  # else every key at or above the prefix is picked: no more passes
+                digit, above, ties = _pick_digit(_digit_histogram(base, 0, L, prefix, p, BLOCK), remaining)
+                remaining -= above
+                prefix = prefix | (digit << (24 - 8 * p))
+                resolved = (ties == remaining).to(tl.int32)
         b = row // num_kv_heads
         g = row % num_kv_heads
         pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
@@ -151,7 +154,7 @@ def _topk_kernel(
 
 
 HIST_INTS = 4 * 256  # per split: one 256-bin histogram per radix pass
-STATE_INTS = 4  # per split: the choices so far (prefix, still to take, above in earlier splits)
+STATE_INTS = 4  # per split: the choices so far (prefix, still to take, above in earlier splits, resolved)
 MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
 ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS)
 ATOMIC_FROM_PASS: tl.constexpr = tl.constexpr(2)  # passes ≥ this count their (few) matching keys by atomics
@@ -192,17 +195,35 @@ def _decide(ws_row, P: tl.constexpr, SPLITS: tl.constexpr, split, prefix, remain
 @triton.jit
 def _state_after(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
     """The choices of passes ``≤ P``: the previous launch left those of passes ``< P`` in this
-    split's state slot (each pass reads one pass of histograms, not all before it)."""
+    split's state slot (each pass reads one pass of histograms, not all before it).
+
+    A row is resolved once its chosen bin holds exactly the keys still to take: every key at or
+    above the prefix is picked, whatever its lower digits, so the later passes read nothing and
+    the compaction takes ``key ≥ prefix`` (the same set, ties all taken). Its choices then stay
+    those of the resolving pass, with ``above_before`` counting every key picked in the splits
+    before (the ties there included) and ``ties_before`` 0. With fp32 scores a row usually
+    resolves at pass 2, where a bin holds about one key near the threshold.
+
+    Returns prefix, still to take, picked before this split (above the threshold), ties at the
+    threshold in the row and in the splits before, and whether the row is resolved."""
     if P == 0:
         prefix = tl.zeros([], tl.int32)
         remaining = k
         above_before = tl.zeros([], tl.int32)
+        resolved = tl.zeros([], tl.int32)
     else:
         slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
         prefix = tl.load(slot)
         remaining = tl.load(slot + 1)
         above_before = tl.load(slot + 2)
-    return _decide(ws_row, P, SPLITS, split, prefix, remaining, above_before)
+        resolved = tl.load(slot + 3)
+    # (a resolved row's skipped passes left their bins empty or stale: the decision is dropped)
+    new_prefix, new_remaining, new_above, ties, ties_before = _decide(ws_row, P, SPLITS, split, prefix, remaining, above_before)
+    keep = resolved != 0
+    now = ~keep & (ties == new_remaining)
+    return (tl.where(keep, prefix, new_prefix), tl.where(keep, remaining, new_remaining),
+            tl.where(keep, above_before, tl.where(now, new_above + ties_before, new_above)),
+            tl.where(keep, remaining, ties), tl.where(keep | now, 0, ties_before), (keep | now).to(tl.int32))
 
 
 SPLIT_ALIGN = 512  # the score kernel's block: each of its programs counts into one split
@@ -240,18 +261,21 @@ def _split_hist_kernel(
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
         prefix = tl.zeros([], tl.int32)
+        resolved = tl.zeros([], tl.int32)
         if P > 0:
-            prefix, remaining, above_before, _, _ = _state_after(ws_row, k, P - 1, SPLITS, split)
+            prefix, remaining, above_before, _, _, resolved = _state_after(ws_row, k, P - 1, SPLITS, split)
             slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
             tl.store(slot, prefix)
             tl.store(slot + 1, remaining)
             tl.store(slot + 2, above_before)
+            tl.store(slot + 3, resolved)
         base = scores_ptr + row.to(tl.int64) * stride_sr
         hist_ptr = ws_row + P * _MAX_SPLITS * 256 + split * 256
-        if P >= ATOMIC_FROM_PASS:
-            _count_digits(base, lo, hi, prefix, hist_ptr, P, BLOCK)
-        else:
-            tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
+        if resolved == 0:  # a resolved row's keys are not read again before the compaction
+            if P >= ATOMIC_FROM_PASS:
+                _count_digits(base, lo, hi, prefix, hist_ptr, P, BLOCK)
+            else:
+                tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
         if P == 1:  # nothing reads the counted passes' bins now: zero them for this step's atomics
             for q in tl.static_range(ATOMIC_FROM_PASS, 4):
                 tl.store(ws_row + q * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
@@ -269,7 +293,7 @@ def _split_compact_kernel(
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix, remaining, above_before, ties, ties_before = _state_after(ws_row, k, 3, SPLITS, split)
+        prefix, remaining, above_before, ties, ties_before, _ = _state_after(ws_row, k, 3, SPLITS, split)
         b = row // num_kv_heads
         g = row % num_kv_heads
         pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0

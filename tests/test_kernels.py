@@ -412,6 +412,44 @@ def test_topk_rows_selects_the_largest(split: bool, monkeypatch: pytest.MonkeyPa
     assert (out[8] == -1).all()
 
 
+def resolving_scores(L: int, k: int, seed: int) -> torch.Tensor:
+    """Rows whose ``k`` largest sit alone in the bin of radix pass 0, of pass 1, neither (random:
+    usually pass 2) and never (four distinct values: every pass's bin holds more ties)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.empty(4, L)
+    s[0] = torch.rand(L, generator=g)  # top byte 0x3E or 0x3F
+    s[0, torch.randperm(L, generator=g)[:k]] = 512 + 400 * torch.rand(k, generator=g)  # 0x44
+    s[1] = 600 + 100 * torch.rand(L, generator=g)  # exponent 137: pass-1 digits 21 to 40
+    s[1, torch.randperm(L, generator=g)[:k]] = 1000 + 3 * torch.rand(k, generator=g)  # pass-1 digit 122
+    s[2] = torch.randn(L, generator=g)
+    s[3] = torch.randint(0, 4, (L,), generator=g).float()
+    return s
+
+
+def test_rows_resolved_early_skip_their_later_passes_and_pick_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row whose chosen bin holds exactly the keys still to take needs no more passes: the
+    split top-K records it in each split's state and takes ``key ≥ prefix``; the picks are the
+    exact top-K either way (and the single-program kernel's, which stops the same way)."""
+    L, k = 700, 100
+    scores = resolving_scores(L, k, seed=21)
+    counts = torch.full((4,), k, dtype=torch.int32)
+    monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
+    splits = select.topk_splits(4, L)
+    assert splits > 1
+    workspace = topk_workspace(4, DEVICE)
+    for ws in (workspace, None):
+        out = torch.full((4, k), -1, dtype=torch.int32, device=DEVICE)
+        topk_rows(scores.to(DEVICE), counts.to(DEVICE), 4, out, workspace=ws, block=64)
+        for r in range(4):
+            assert out[r].tolist() == topk_reference(scores[r], k), (r, ws is None)  # ascending columns
+    state = workspace.cpu().view(4, select.ROW_INTS)[:, 4 * select.MAX_SPLITS * 256:].view(4, select.MAX_SPLITS, -1)
+    resolved = state[:, :splits, 3]
+    assert (resolved[0] == 1).all() and (resolved[1] == 1).all(), "resolved at pass 0 and at pass 1"
+    assert (resolved[3] == 0).all(), "a row of ties is never resolved"
+    # the prefix is kept in unsigned key order (sign bit flipped): pass 0's byte 0x44, then zeros
+    assert state[0, :splits, 0].unique().tolist() == [(0xC4 << 24) - (1 << 32)], "no digit of a later pass"
+
+
 def test_topk_rows_whole_row() -> None:
     """``counts = L``: every column, and counts above ``L`` or ``kmax`` are clamped."""
     L = 130
