@@ -59,6 +59,9 @@ def step_parser(prog: str, doc: str) -> argparse.ArgumentParser:
                         "context_len (default: --context + 64)")
     p.add_argument("--layers", type=int, default=None, help="layers per step (default: the model's)")
     p.add_argument("--iters", type=int, default=20, help="graph replays timed per variant")
+    p.add_argument("--candidates", action="store_true",
+                   help="top-K among the tokens beating a threshold carried between steps (kernels/candidates.py); "
+                        "every replay repeats one step, so the thresholds fit at once: a best case")
     return p
 
 
@@ -159,7 +162,9 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     scale = m.head_dim**-0.5
 
     buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dec.num_buckets, dev,
-                                  layers=dec.num_layers)
+                                  layers=dec.num_layers, candidates=args.candidates)
+    if args.candidates:
+        dec.use_candidates(bs + 1)
     wrapper = dec.new_wrapper(workspace, buffers, bs)
     buffers.set_counts(seq_lens, dec.budget)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
@@ -170,18 +175,17 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     # the encode launch covers the model's layers (the codebook's), each reading this one pool
     key_pointers = torch.full((dec.num_layers,), k_pool.data_ptr(), dtype=torch.int64, device=dev)
 
-    def score(fused: bool = False) -> None:  # fused: counts the top-K's first radix pass too
+    def score() -> None:  # without the top-K's first-pass counting
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
-                     dec.budget.window, buffers.scores, pad=False, topk_workspace=buffers.topk_ws if fused else None)
+                     dec.budget.window, buffers.scores, pad=False)
 
-    def topk(fused: bool = False) -> None:  # fused: skips that pass (the counts must be there)
+    def topk() -> None:  # with its first pass: alone, the counts would be missing
         select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
                          m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
-                         seq_lens=seq_lens, first_pass_done=fused)
+                         seq_lens=seq_lens)
 
-    def score_topk() -> None:  # the serving pair: apart, the counts would pile up or be missing
-        score(fused=True)
-        topk(fused=True)
+    def score_topk() -> None:  # the serving pair, as the decoder picks (with --candidates, among them)
+        dec.pick(0, lut, req_to_token, rpi, seq_lens, buffers)
 
     def encode(due) -> None:  # the step's due keys of every layer, in one launch after the last layer
         dec.encode_pool_layers(key_pointers, k_pool, due, buffers.encode_ws)
@@ -289,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         rows.append(row)
-    workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size")}
+    workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
+                                               "candidates")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 
