@@ -1,10 +1,11 @@
-"""Top-K among candidates: the tokens that beat a threshold carried from the previous step.
+"""Top-K among candidates: the tokens scoring at least a threshold carried from the previous step.
 
 The score kernel, given a threshold ``T`` per (request slot, kv head), appends to each row the
-columns whose score beats ``T`` (:func:`~a2ats_sglang.kernels.score.score_tokens` with
-``candidates``). If at least ``k`` do, the ``k``-th largest score beats ``T`` too, so the exact
-top-``k`` (ties toward the lower column) lies among the candidates, whatever ``T`` was: a
-stale or a first step's threshold changes the speed, never the picks.
+columns whose score is at least ``T`` (:func:`~a2ats_sglang.kernels.score.score_tokens` with
+``candidates``). If at least ``k`` are, the ``k``-th largest score is at least ``T`` too, so the
+exact top-``k`` (ties toward the lower column, every tie of the ``k``-th included) lies among
+the candidates, whatever ``T`` was: a stale or a first step's threshold changes the speed,
+never the picks.
 :func:`candidate_topk` then selects among at most ``CAP`` candidates in registers (sorted by
 column, a radix select over their keys, the compaction in column order), instead of four
 passes over the row's scores. Rows with too few candidates, or too many to hold, are flagged
@@ -93,7 +94,7 @@ def _candidate_topk_kernel(
             slot = tl.load(req_to_token_ptr + pool * stride_rr + col, mask=take, other=0)
             tl.store(out_indices_ptr + tl.load(indptr_ptr + row) + pos, slot * num_kv_heads + g, mask=take)
     # the next step's threshold: the margin·k-th largest held (at most halfway from k to CAP, so
-    # that a step whose scores rise a little still fits), or −inf after too few
+    # that a step whose scores rise a little still fits; ≥ keeps it and its ties), or −inf after too few
     m = tl.minimum(held, tl.maximum(k, tl.minimum(margin * k, (k + CAP) // 2)))
     bits = tl.full([], -8388608, tl.int32)  # −inf's bits
     if (n >= k) & (m > 0):
@@ -114,7 +115,7 @@ def candidate_topk(
     """The top-``counts[r]`` columns of each row ``r < rows`` from its candidates, where they suffice.
 
     ``candidates`` ``[rows_cap, CAP]`` int32 columns (``cand_n[r]`` appended, the first ``CAP``
-    kept) of scores above the row's threshold, ``thresh`` ``[R·Hkv]`` float32 by (request slot
+    kept) of scores at or above the row's threshold, ``thresh`` ``[R·Hkv]`` float32 by (request slot
     ``req_pool_indices[b]``, kv head). Rows with at least ``counts[r]`` candidates and at most
     ``CAP`` get ``out_idx[r, :counts[r]]`` in ascending order, as
     :func:`~a2ats_sglang.kernels.select.topk_rows` would, and, with ``write = (indptr,

@@ -68,8 +68,8 @@ def _score_kernel(
                           + code.to(tl.int64) * stride_lc, mask=scored)
             res = tl.where(protected, float("inf"), acc)
             tl.store(out_ptr + row.to(tl.int64) * stride_or + t, res, mask=visible)
-            if CANDIDATES:  # columns beating the row's threshold, appended (kernels/candidates.py)
-                over = visible & (res > tl.load(thresh_ptr + pool * num_kv_heads + g))
+            if CANDIDATES:  # columns at or above the row's threshold, appended (kernels/candidates.py)
+                over = visible & (res >= tl.load(thresh_ptr + pool * num_kv_heads + g))
                 n_over = tl.sum(over.to(tl.int32), axis=0)
                 if n_over > 0:
                     first = tl.atomic_add(cand_n_ptr + row, n_over, sem="relaxed")
@@ -134,7 +134,7 @@ def score_tokens(
     the counts do not depend on the order), and the top-K called with ``first_pass_done`` skips
     that pass over the scores. With ``candidates = (thresh, cand, cand_n)`` (``[R·Hkv]`` float32
     by request slot and kv head, ``[rows_cap, CAP]`` and ``[rows_cap]`` int32) each row's columns
-    whose score beats its threshold are appended to ``cand`` (the first ``CAP``; ``cand_n`` counts
+    whose score is at least its threshold are appended to ``cand`` (the first ``CAP``; ``cand_n`` counts
     them all) for :func:`~a2ats_sglang.kernels.candidates.candidate_topk`. Each program scores :func:`program_heads` kv heads of one request
     over a run of blocks (:func:`score_runs`): one block per program while the GPU needs every
     program it can get (batch 1), longer runs once the rows alone fill it. No host

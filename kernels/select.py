@@ -416,7 +416,7 @@ def _launch_topk(
     num_warps, default_block = SINGLE_CONFIG if splits == 1 else SPLIT_CONFIG
     block = min(block or default_block, triton.next_power_of_2(triton.cdiv(L, splits)))
     assert not first_pass_done or (workspace is not None and seq_lens is not None), "pass 0 is counted per length"
-    if splits == 1 and not first_pass_done:
+    if workspace is None:  # one program a row; with a workspace the split kernels run, one split or more
         _topk_kernel[(rows,)](
             scores, counts, out_idx,
             indptr, req_to_token, req_pool, out_indices, lens, done_flags,

@@ -36,14 +36,14 @@ def test_server_info_names_the_shared_cache(server) -> None:
 
 
 def answers(url: str, prompts: list[list[int]], new_tokens: int = 96) -> list[list[int]]:
-    """Greedy answers, four requests at a time (deterministic inference: batching changes nothing)."""
+    """Greedy answers, eight requests at a time (deterministic inference: batching changes nothing)."""
     def one(prompt: list[int]) -> list[int]:
         body = {"input_ids": prompt, "sampling_params": {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}}
         r = requests.post(f"{url}/generate", json=body, timeout=600)
         assert r.status_code == 200, r.text
         return r.json()["output_ids"]
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, prompts))
 
 

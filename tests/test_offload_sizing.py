@@ -116,6 +116,20 @@ def test_a_shared_cache_plan_limited_by_the_gpu_leaves_one_request_its_cache_and
     assert roomy.logical_slots == 9_999 and roomy.max_running > plan.max_running
 
 
+def test_a_shared_cache_plan_without_room_for_one_request_and_its_scratch_is_refused() -> None:
+    """Room for two rows' cache (a request's and row 0's) but not for both rows' claim scratch:
+    no request could run, so the plan refuses rather than planning zero of them."""
+    from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, OffloadSizingError, plan_shared_offload
+    from a2ats_sglang.runtime.shared_cache import cell_table_bytes
+
+    kv, codes, width, staging, layers, heads = 131072, 512, 1056, 64, 32, 8
+    cache_row = SHARED_SLOTS_PER_PICK * width * (kv + heads * cell_table_bytes(layers))
+    scratch_row = heads * 3 * width * 4
+    budget = staging * kv + 2 * cache_row + scratch_row + scratch_row // 2
+    with pytest.raises(OffloadSizingError, match="does not hold"):
+        plan_shared_offload(budget, kv, codes, 0, 1, width, staging, layers, heads)
+
+
 def test_without_offload_the_pool_is_sglangs(kvc) -> None:
     from a2ats_sglang.patches import kv_pool
 

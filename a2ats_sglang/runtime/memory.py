@@ -211,7 +211,7 @@ def plan_shared_offload(
             f"--max-running-requests {max_running} needs a shared cache of {SHARED_SLOTS_PER_PICK * width} slots a "
             f"request; the GPU holds {cache} slots next to the codes of {logical} tokens, enough for {max(fit, 0)}"
         )
-    if fit < 1:
+    if fit < 1 or running < 1:
         raise OffloadSizingError(
             f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
             f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens and a shared cache "

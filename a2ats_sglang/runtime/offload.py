@@ -55,8 +55,8 @@ class Offload:
             if plan.hot_tokens < width:
                 raise ValueError(f"hot buffers of {plan.hot_tokens} tokens cannot hold a decode step's {width} picks")
             self.hot = HotBuffers(num_layers, plan.hot_buffers, heads, plan.hot_tokens, plan.hot_base, device)
-        per_miss = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
-        self.metrics = OffloadMetrics(self.hot.counters, per_miss, host_used, plan.logical_slots,
+        per_copy = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
+        self.metrics = OffloadMetrics(self.hot.counters, per_copy, host_used, plan.logical_slots,
                                       self.staging.in_use, prometheus)
         # this extend's cached-prefix copies (host pool → staging) by layer: their completion events
         self.prefix_ready: dict[int, torch.cuda.Event | None] = {}

@@ -202,7 +202,7 @@ class SparseDecoder:
         ``candidates``: one threshold per (layer, request slot, kv head), carried between steps.
         (Not yet timed on a GPU, so no server turns it on.)"""
         self.thresh = torch.full((self.codes.shape[0], request_rows * self.num_kv_heads), float("-inf"),
-                                 device=self.codes.device)
+                                 dtype=torch.float32, device=self.codes.device)
 
     def encode(
         self, layer: int, k_post: torch.Tensor, loc: torch.Tensor, tables: Tables,
@@ -313,6 +313,7 @@ class SparseDecoder:
         rows = req_pool_indices.shape[0] * self.num_kv_heads
         candidates = self.thresh is not None and buffers.cand is not None
         thresh = self.thresh[layer] if candidates else None
+        assert not candidates or req_to_token.shape[0] * self.num_kv_heads <= thresh.shape[0], "a threshold per request slot"
         score_tokens(
             lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges, self.budget.sinks,
             self.budget.window, buffers.scores, pad=False,
