@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from a2ats_sglang.kernels.select import _SIGN, _ordered_key, _pick_digit, _row_len
+from a2ats_sglang.kernels.select import _SIGN, _ordered_key, _pick_digit, _row_k, _row_len
 
 MARGIN = 2  # the next threshold keeps about this many times k candidates (at most halfway to CAP)
 MAX_CAP = 4096  # candidates a row holds at most: 8,192 spill registers on sm_90 at any warp count
@@ -70,7 +70,7 @@ def _candidate_topk_kernel(
     b = row // num_kv_heads
     g = row % num_kv_heads
     n_row = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
-    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), n_row)
+    k = _row_k(counts_ptr, counts_ptr, row, kmax, n_row, False)
     n = tl.load(cand_n_ptr + row)
     held = tl.minimum(n, CAP)
     j = tl.arange(0, CAP)

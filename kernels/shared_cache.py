@@ -38,7 +38,7 @@ import triton.language as tl
 
 from a2ats_sglang.kernels.hot_buffer import copy_vectors
 
-ABSENT = -1
+ABSENT: tl.constexpr = tl.constexpr(-1)  # a cached entry naming no cell
 SENTINEL = -2  # the value of cached's last entry, which masked compare-and-swaps target
 COPY_ROWS = 16  # vectors copied from the host at once: their K and V tiles stay in registers
 
@@ -159,8 +159,8 @@ def _invalidate_kernel(cached_ptr, loc_ptr, n, num_kv_heads, BLOCK: tl.constexpr
     slot = tl.load(loc_ptr + i, mask=ok, other=0).to(tl.int64)
     h = tl.arange(0, HEADS_P2)
     keys = slot[:, None] * num_kv_heads + h[None, :]
-    absent = tl.full([BLOCK, HEADS_P2], -1, tl.int32)  # ABSENT
-    tl.store(cached_ptr + keys, absent, mask=ok[:, None] & (h < num_kv_heads)[None, :])
+    tl.store(cached_ptr + keys, tl.full([BLOCK, HEADS_P2], ABSENT, tl.int32),
+             mask=ok[:, None] & (h < num_kv_heads)[None, :])
 
 
 def invalidate(cached: torch.Tensor, loc: torch.Tensor, num_kv_heads: int, block: int = 256) -> None:
