@@ -96,6 +96,7 @@ def _score_kernel(
 
 RUN_TARGET = 32  # programs per SM the runs are sized for: enough warps in flight for the gathers
 HEADS_PER_PROGRAM = 1  # kv heads a program scores (the largest power of two up to this dividing Hkv)
+SCORE_WARPS = 4  # warps a program runs (Triton's default; benchmarks/score_probe.py sweeps it)
 
 
 def program_heads(kv_heads: int) -> int:
@@ -169,4 +170,5 @@ def score_tokens(
         out.stride(0), cand.stride(0),
         BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass, HEADS=heads,
         CANDIDATES=candidates is not None, CAP=cand.shape[1] if candidates is not None else 1,
+        num_warps=SCORE_WARPS,
     )

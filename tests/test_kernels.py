@@ -218,14 +218,17 @@ def fold(lut: torch.Tensor, kv_heads: int, reduce: str) -> torch.Tensor:
 
 def run_score(
     lut: torch.Tensor, batch: Batch, edges: list[int], sinks: int, window: int, L: int, reduce: str, rows_cap: int,
-    strided: bool = False,
+    strided: bool = False, head_major_codes: bool = False,
 ) -> torch.Tensor:
     out = torch.full((rows_cap, L), 123.0, device=DEVICE)
     table = fold(lut, batch.codes.shape[1], reduce).to(DEVICE)
     if strided:  # a [bs, nb, Hkv, C] view of a [bs, Hkv, nb, C] buffer
         table = table.transpose(1, 2).contiguous().transpose(1, 2)
+    codes = batch.codes.to(DEVICE)
+    if head_major_codes:  # a [slots, Hkv] view of [Hkv, slots] memory: each kv head's codes contiguous
+        codes = codes.t().contiguous().t()
     score_tokens(
-        table, batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        table, codes, batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
         batch.lens.to(DEVICE), torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, out, block=64,
     )
     return out.cpu()
@@ -256,6 +259,19 @@ def test_score_matches_reference(edges: list[int], group: int, reduce: str, stri
     expected = score_reference(lut, batch, edges, sinks, window, L, reduce)
     torch.testing.assert_close(got[: len(lens) * kv_heads], expected, rtol=1e-6, atol=1e-6)
     assert (got[len(lens) * kv_heads :] == 123.0).all()  # rows past bs·Hkv untouched
+
+
+@pytest.mark.parametrize("warps", [4, 8])
+def test_score_of_head_major_codes_matches_reference(warps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score kernel reads codes through their strides: a head-major code pool (and any warp
+    count) scores the same as the reference."""
+    monkeypatch.setattr(score, "SCORE_WARPS", warps)
+    edges, kv_heads, size, L, sinks, window = [8, 16, 32], 4, 4096, 150, 4, 8
+    lens = [140, 13, 150]
+    batch = Batch(lens, kv_heads, size, max_ctx=160, seed=7)
+    lut = torch.randn(len(lens), len(edges), 2 * kv_heads, size, generator=torch.Generator().manual_seed(8))
+    got = run_score(lut, batch, edges, sinks, window, L, "max", rows_cap=len(lens) * kv_heads, head_major_codes=True)
+    torch.testing.assert_close(got, score_reference(lut, batch, edges, sinks, window, L, "max"), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("target, runs", [(0, 1), (1000, 3)])  # a run of every block per row; a block per run

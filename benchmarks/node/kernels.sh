@@ -5,7 +5,9 @@
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh candidates # candidate top-K: its GPU test, decode_step at 32K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32
-# Writes $OUT/decode-step-h200{,-graph128k,-candidates}.json, $OUT/kernel-tuning-h200.json and $OUT/one-batch-h200.json.
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh probe      # the score kernel alone: slot/code layouts, grids
+# Writes $OUT/decode-step-h200{,-graph128k,-candidates}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
+# and $OUT/one-batch-h200.json.
 source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
@@ -22,6 +24,9 @@ case "${1:-step}" in
   step128k)
     timeout 580 python3 -m benchmarks.decode_step --context 131072 --graph-context 131072 --batch 1 4 8 --profile \
       --out $OUT/decode-step-h200-graph128k.json 2>&1 | grep -v Warn | tail -4 ;;
+  probe)
+    timeout 580 python3 -m benchmarks.score_probe --batch 8 32 --with-candidates --out $OUT/score-probe-h200.json 2>&1 \
+      | grep -v Warn | tee $OUT/score-probe.log | tail -60 ;;
   tune)
     timeout 580 python3 -m benchmarks.kernel_tuning --batch 1 8 32 --out $OUT/kernel-tuning-h200.json 2>&1 | grep -v Warn | tail -4 ;;
   one-batch)
