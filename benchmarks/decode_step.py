@@ -59,6 +59,9 @@ def step_parser(prog: str, doc: str) -> argparse.ArgumentParser:
                         "context_len (default: --context + 64)")
     p.add_argument("--layers", type=int, default=None, help="layers per step (default: the model's)")
     p.add_argument("--iters", type=int, default=20, help="graph replays timed per variant")
+    p.add_argument("--slots", choices=["contiguous", "random"], default="contiguous",
+                   help="where each request's KV slots lie: one run each, as a server's prefills get them, "
+                        "or scattered (results before 2026-12-03 were measured so)")
     p.add_argument("--candidates", action="store_true",
                    help="top-K among the tokens beating a threshold carried between steps (kernels/candidates.py); "
                         "every replay repeats one step, so the thresholds fit at once: a best case")
@@ -132,6 +135,17 @@ class Step:
     replan: Callable[[bool], None]  # FlashInfer's plan again, with split KV off (True) or on
 
 
+def slot_table(layout: str, bs: int, n: int, context_len: int, dev: str) -> torch.Tensor:
+    """``req_to_token`` ``[bs + 1, context_len]``: request slot ``b`` (from 1) holds ``n`` KV slots,
+    ``contiguous`` as one run each (SGLang's allocator hands a prefill the lowest free slots,
+    sorted, so a long prompt's KV lies in long runs) or ``random`` (every slot anywhere: the
+    worst case for the code loads, no different for stock's 256-byte KV rows)."""
+    out = torch.zeros(bs + 1, context_len, dtype=torch.int32, device=dev)
+    order = torch.arange(bs * n, device=dev) if layout == "contiguous" else torch.randperm(bs * n, device=dev)
+    out[1:, :n] = (order + 1).view(bs, n).int()
+    return out
+
+
 def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     from a2ats_sglang.kernels.score import score_tokens
     from a2ats_sglang.kernels.select import select_and_write
@@ -152,8 +166,7 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     dec.codes[0].random_(0, args.codebook_size)
     k_pool = torch.randn(slots, m.num_kv_heads, m.head_dim, dtype=torch.bfloat16, device=dev)
     v_pool = torch.randn_like(k_pool)
-    req_to_token = torch.zeros(bs + 1, context_len, dtype=torch.int32, device=dev)
-    req_to_token[1:, :n] = (torch.randperm(slots - 1, device=dev)[: bs * n] + 1).view(bs, n).int()
+    req_to_token = slot_table(args.slots, bs, n, context_len, dev)
     rpi = torch.arange(1, bs + 1, device=dev)
     seq_lens = torch.full((bs,), n, device=dev)
     positions = seq_lens - 1
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
-                                               "candidates")}
+                                               "candidates", "slots")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 

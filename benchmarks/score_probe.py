@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.decode_step import ROOT, prepare, step_parser, time_graph
+from benchmarks.decode_step import ROOT, prepare, slot_table, step_parser, time_graph
 from benchmarks.kernel_tuning import patched
 from benchmarks.meta import write_results
 
@@ -44,14 +44,6 @@ def head_major(codes: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def contiguous_slots(req_to_token: torch.Tensor, n: int) -> torch.Tensor:
-    """Request slot ``b`` (from 1) holds KV slots ``(b − 1)·n + 1 …`` in order."""
-    out = torch.zeros_like(req_to_token)
-    bs = req_to_token.shape[0] - 1
-    out[1:, :n] = (torch.arange(bs * n, device=req_to_token.device, dtype=torch.int32) + 1).view(bs, n)
-    return out
-
-
 def run_batch(args, config: dict, bs: int) -> dict:
     from a2ats_sglang.kernels.score import score_tokens
 
@@ -60,7 +52,7 @@ def run_batch(args, config: dict, bs: int) -> dict:
     lut = st.stages["lookup_table"]()
     dec.codes.random_(0, args.codebook_size)
     codes = {"token": dec.codes, "head": head_major(dec.codes)}
-    r2t = {"random": st.req_to_token, "contiguous": contiguous_slots(st.req_to_token, n)}
+    r2t = {layout: slot_table(layout, bs, n, st.req_to_token.shape[1], "cuda") for layout in args.slot_layouts}
     rpi = torch.arange(1, bs + 1, device="cuda")
     seq_lens = torch.full((bs,), n, device="cuda")
     heads = dec.num_kv_heads
@@ -83,7 +75,7 @@ def run_batch(args, config: dict, bs: int) -> dict:
     cands = (thresh, torch.zeros(rows, 4096, dtype=torch.int32, device="cuda"),
              torch.zeros(rows, dtype=torch.int32, device="cuda"))
     results = []
-    for slots, layout, run_target, warps in itertools.product(args.slots, args.codes, args.run_target, args.warps):
+    for slots, layout, run_target, warps in itertools.product(args.slot_layouts, args.codes, args.run_target, args.warps):
         with patched(SCORE, "RUN_TARGET", run_target), patched(SCORE, "SCORE_WARPS", warps):
             row = {"slots": slots, "codes": layout, "run_target": run_target, "warps": warps}
             try:
@@ -104,7 +96,7 @@ def run_batch(args, config: dict, bs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = step_parser("python -m benchmarks.score_probe", __doc__)
-    p.add_argument("--slots", nargs="+", default=["random", "contiguous"], choices=["random", "contiguous"])
+    p.add_argument("--slot-layouts", nargs="+", default=["random", "contiguous"], choices=["random", "contiguous"])
     p.add_argument("--codes", nargs="+", default=["token", "head"], choices=["token", "head"])
     p.add_argument("--run-target", type=int, nargs="+", default=[32, 4, 1])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
@@ -117,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_batch(args, config, bs))
         torch.cuda.empty_cache()
     workload = {k: getattr(args, k) for k in ("context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
-                                               "slots", "codes", "run_target", "warps", "with_candidates")}
+                                               "slot_layouts", "codes", "run_target", "warps", "with_candidates")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 

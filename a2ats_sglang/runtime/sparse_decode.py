@@ -194,7 +194,11 @@ class SparseDecoder:
         self.half_norm = torch.stack([h for _, h in pairs])  # [layers, Hkv, C] float32
         # codewords in key space for the lookup-table GEMM  # [layers, Hkv, C, d] bf16
         self.decoded = book.decoded.to(device=device, dtype=torch.bfloat16).contiguous()
-        self.codes = torch.zeros(model.num_layers, slots, self.num_kv_heads, dtype=torch.int16, device=device)
+        # [layers, slots, Hkv] viewed over [layers, Hkv, slots] memory: a kv head's codes are
+        # contiguous, so the score kernel's loads (one head a program) use every byte they fetch
+        # (score-probe-h200.json: −19% at batch 32, −10% at batch 8, contiguous slots)
+        self.codes = torch.zeros(model.num_layers, self.num_kv_heads, slots, dtype=torch.int16,
+                                 device=device).transpose(1, 2)
         self.thresh: torch.Tensor | None = None  # see use_candidates
 
     def use_candidates(self, request_rows: int) -> None:
