@@ -62,9 +62,6 @@ def step_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--slots", choices=["contiguous", "random"], default="contiguous",
                    help="where each request's KV slots lie: one run each, as a server's prefills get them, "
                         "or scattered (results before 2026-12-03 were measured so)")
-    p.add_argument("--candidates", action="store_true",
-                   help="top-K among the tokens beating a threshold carried between steps (kernels/candidates.py); "
-                        "every replay repeats one step, so the thresholds fit at once: a best case")
     return p
 
 
@@ -175,9 +172,7 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     scale = m.head_dim**-0.5
 
     buffers = SparseDecodeBuffers(bs, m.num_kv_heads, context_len, dec.width, args.codebook_size, dec.num_buckets, dev,
-                                  layers=dec.num_layers, candidates=args.candidates)
-    if args.candidates:
-        dec.use_candidates(bs + 1)
+                                  layers=dec.num_layers)
     wrapper = dec.new_wrapper(workspace, buffers, bs)
     buffers.set_counts(seq_lens, dec.budget)
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
@@ -197,7 +192,7 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
                          m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
                          seq_lens=seq_lens)
 
-    def score_topk() -> None:  # the serving pair, as the decoder picks (with --candidates, among them)
+    def score_topk() -> None:  # the serving pair, as the decoder picks
         dec.pick(0, lut, req_to_token, rpi, seq_lens, buffers)
 
     def encode(due) -> None:  # the step's due keys of every layer, in one launch after the last layer
@@ -307,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
-                                               "candidates", "slots")}
+                                               "slots")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 

@@ -12,9 +12,7 @@ graph of every layer's score launch (no top-K) and changes one thing:
 - ``codes``: ``token`` is today's ``[slots, Hkv]`` rows (a kv head's load uses 2 bytes of
   each 16), ``head`` a ``[Hkv, slots]`` layout viewed through the same strides;
 - ``run_target`` and ``warps``: programs per SM (``kernels.score.RUN_TARGET``) and warps per
-  program (``SCORE_WARPS``): few, long programs keep a row's bucket table in one SM's L1;
-- ``candidates``: the score kernel also appends the columns at or above each row's threshold
-  (set at its ``2k``-th score), as the candidate top-K runs it.
+  program (``SCORE_WARPS``): few, long programs keep a row's bucket table in one SM's L1.
 
 Every layer reads its own codes, as a model's do, and the one lookup table the decoder refills
 a layer. The scores are the same bits in every variant (a test checks the layouts).
@@ -59,21 +57,12 @@ def run_batch(args, config: dict, bs: int) -> dict:
     rows = bs * heads
     layer = [0]
 
-    def score(c: torch.Tensor, t: torch.Tensor, cands=None) -> None:
-        if cands is not None:
-            cands[2].zero_()
+    def score(c: torch.Tensor, t: torch.Tensor) -> None:
         score_tokens(lut, c[layer[0] % st.layers], t, rpi, seq_lens, dec.edges, dec.budget.sinks, dec.budget.window,
-                     buffers.scores, pad=False, candidates=cands)
+                     buffers.scores, pad=False)
         layer[0] += 1
 
-    # each row's threshold at its 2k-th score, so ~2k columns are appended (a settled row)
-    score(codes["token"], r2t["contiguous"])
     k = int(buffers.counts[0])
-    top = torch.topk(buffers.scores[:rows, :n], 2 * k, dim=1).values[:, -1]
-    thresh = torch.full(((bs + 1) * heads,), float("-inf"), device="cuda")
-    thresh[heads:] = top
-    cands = (thresh, torch.zeros(rows, 4096, dtype=torch.int32, device="cuda"),
-             torch.zeros(rows, dtype=torch.int32, device="cuda"))
     results = []
     for slots, layout, run_target, warps in itertools.product(args.slot_layouts, args.codes, args.run_target, args.warps):
         with patched(SCORE, "RUN_TARGET", run_target), patched(SCORE, "SCORE_WARPS", warps):
@@ -81,10 +70,6 @@ def run_batch(args, config: dict, bs: int) -> dict:
             try:
                 layer[0] = 0
                 row["ms"] = round(time_graph(lambda: score(codes[layout], r2t[slots]), st.layers, args.iters), 4)
-                if args.with_candidates:
-                    layer[0] = 0
-                    row["ms_candidates"] = round(time_graph(lambda: score(codes[layout], r2t[slots], cands),
-                                                            st.layers, args.iters), 4)
             except Exception as e:  # a grid the GPU cannot launch: recorded, the sweep goes on
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
         print(json.dumps({"batch": bs, **row}), flush=True)
@@ -100,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codes", nargs="+", default=["token", "head"], choices=["token", "head"])
     p.add_argument("--run-target", type=int, nargs="+", default=[32, 4, 1])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
-    p.add_argument("--with-candidates", action="store_true", help="also time each variant appending candidates")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/score-probe.json"))
     args = p.parse_args(argv)
     config = json.loads(Path(args.config).read_text())
@@ -109,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_batch(args, config, bs))
         torch.cuda.empty_cache()
     workload = {k: getattr(args, k) for k in ("context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
-                                               "slot_layouts", "codes", "run_target", "warps", "with_candidates")}
+                                               "slot_layouts", "codes", "run_target", "warps")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 

@@ -9,9 +9,6 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
   the bucketed, group-reduced lookup table);
 - :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
   KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
-- :mod:`.candidates` — ``candidate_topk`` (the top-K among the tokens that beat a threshold
-  carried from the previous step, exact whatever the threshold; rows it cannot settle are left
-  to ``topk_rows``);
 - :mod:`.lut` — ``folded_lookup_table`` (WRoPE queries rotated in registers, times the codebook,
   reduced over each GQA group; a fixed tiling: batch-invariant, as SGLang's deterministic
   inference wants);

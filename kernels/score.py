@@ -21,14 +21,12 @@ from a2ats_sglang.kernels.select import _ROW_INTS, _SIGN, _SPLIT_ALIGN, SPLIT_AL
 @triton.jit
 def _score_kernel(
     lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, ws_ptr,
-    thresh_ptr, cand_ptr, cand_n_ptr,
     num_kv_heads, num_buckets, L, sinks, window, runs,
     stride_lb, stride_lk, stride_lg, stride_lc,
     stride_cs, stride_ch,
     stride_rr,
-    stride_or, stride_candr,
+    stride_or,
     BLOCK: tl.constexpr, PAD: tl.constexpr, SPLITS: tl.constexpr, FIRST_PASS: tl.constexpr, HEADS: tl.constexpr,
-    CANDIDATES: tl.constexpr, CAP: tl.constexpr,
 ):
     """One program per (request, ``HEADS`` kv heads, run): a run is a ``1/runs`` share of one
     top-K split of the request's own length, walked ``BLOCK`` columns at a time. With one head
@@ -68,13 +66,6 @@ def _score_kernel(
                           + code.to(tl.int64) * stride_lc, mask=scored)
             res = tl.where(protected, float("inf"), acc)
             tl.store(out_ptr + row.to(tl.int64) * stride_or + t, res, mask=visible)
-            if CANDIDATES:  # columns at or above the row's threshold, appended (kernels/candidates.py)
-                over = visible & (res >= tl.load(thresh_ptr + pool * num_kv_heads + g))
-                n_over = tl.sum(over.to(tl.int32), axis=0)
-                if n_over > 0:
-                    first = tl.atomic_add(cand_n_ptr + row, n_over, sem="relaxed")
-                    rank = first + tl.cumsum(over.to(tl.int32), axis=0) - 1
-                    tl.store(cand_ptr + row.to(tl.int64) * stride_candr + rank, t, mask=over & (rank < CAP))
             if FIRST_PASS:  # the top-K's pass 0: the top digits of these scores, into their split's counts
                 counts = tl.histogram(((_ordered_key(res) ^ _SIGN) >> 24) & 0xFF, 256, mask=visible)
                 if HEADS == 1:
@@ -119,7 +110,6 @@ def score_tokens(
     lut: torch.Tensor, codes: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor, edges: torch.Tensor, sinks: int, window: int, out: torch.Tensor,
     block: int = 512, pad: bool = True, topk_workspace: torch.Tensor | None = None,
-    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Score tokens ``[0, L)`` of each row ``b·Hkv + g`` into ``out[:bs·Hkv, :L]`` (float32).
 
@@ -133,10 +123,7 @@ def score_tokens(
     With ``topk_workspace`` (:func:`~a2ats_sglang.kernels.select.topk_workspace`) each program
     also counts the top digits of its scores into the top-K's pass-0 histograms (integer atomics:
     the counts do not depend on the order), and the top-K called with ``first_pass_done`` skips
-    that pass over the scores. With ``candidates = (thresh, cand, cand_n)`` (``[R·Hkv]`` float32
-    by request slot and kv head, ``[rows_cap, CAP]`` and ``[rows_cap]`` int32) each row's columns
-    whose score is at least its threshold are appended to ``cand`` (the first ``CAP``; ``cand_n`` counts
-    them all) for :func:`~a2ats_sglang.kernels.candidates.candidate_topk`. Each program scores :func:`program_heads` kv heads of one request
+    that pass over the scores. Each program scores :func:`program_heads` kv heads of one request
     over a run of blocks (:func:`score_runs`): one block per program while the GPU needs every
     program it can get (batch 1), longer runs once the rows alone fill it. No host
     synchronisation, no allocation.
@@ -150,11 +137,6 @@ def score_tokens(
     assert out.stride(1) == 1 and req_to_token.stride(1) == 1
     assert out.shape[0] >= bs * kv_heads and out.dtype == torch.float32 and lut.dtype == torch.float32
     first_pass = topk_workspace is not None
-    if candidates is not None:
-        thresh, cand, cand_n = candidates
-        assert thresh.dtype == torch.float32 and cand.dtype == cand_n.dtype == torch.int32 and cand.stride(1) == 1
-    else:
-        thresh, cand, cand_n = out, out, out  # unused
     if first_pass:  # runs of whole blocks inside one split of the top-K
         assert SPLIT_ALIGN % block == 0, (block, SPLIT_ALIGN)
     splits = topk_splits(bs * kv_heads, L) if first_pass else 1
@@ -162,13 +144,11 @@ def score_tokens(
     runs = score_runs(bs * kv_heads // heads, splits, L, block, sm_count(out))
     _score_kernel[(bs * kv_heads // heads, splits * runs)](
         lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out, topk_workspace if first_pass else out,
-        thresh, cand, cand_n,
         kv_heads, num_buckets, L, sinks, window, runs,
         *lut.stride(),
         codes.stride(0), codes.stride(1),
         req_to_token.stride(0),
-        out.stride(0), cand.stride(0),
+        out.stride(0),
         BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass, HEADS=heads,
-        CANDIDATES=candidates is not None, CAP=cand.shape[1] if candidates is not None else 1,
         num_warps=SCORE_WARPS,
     )

@@ -119,26 +119,23 @@ def _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS: tl.constexpr):
 
 
 @triton.jit
-def _row_k(counts_ptr, done_ptr, row, kmax, L, HAS_DONE: tl.constexpr):
-    """Picks of a row: its count, clamped; 0 where ``done`` says another kernel picked them."""
-    k = tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
-    if HAS_DONE:
-        k = tl.where(tl.load(done_ptr + row) != 0, 0, k)
-    return k
+def _row_k(counts_ptr, row, kmax, L):
+    """Picks of a row: its count, clamped."""
+    return tl.minimum(tl.minimum(tl.load(counts_ptr + row), kmax), L)
 
 
 @triton.jit
 def _topk_kernel(
     scores_ptr, counts_ptr, out_idx_ptr,
-    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr, done_ptr,
+    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
-    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr, HAS_DONE: tl.constexpr,
+    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
     """One program per row: four histogram passes, then the compaction."""
     row = tl.program_id(0)
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
-    k = _row_k(counts_ptr, done_ptr, row, kmax, L, HAS_DONE)
+    k = _row_k(counts_ptr, row, kmax, L)
     if k > 0:
         base = scores_ptr + row.to(tl.int64) * stride_sr
         prefix = tl.zeros([], tl.int32)
@@ -250,26 +247,24 @@ def _split_bounds(row_len, split, SPLITS: tl.constexpr):
 
 
 @triton.jit
-def _split_row(counts_ptr, done_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS: tl.constexpr,
-               HAS_LENS: tl.constexpr, HAS_DONE: tl.constexpr):
+def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS: tl.constexpr, HAS_LENS: tl.constexpr):
     """A split program's row: its columns, how many to pick, and its workspace."""
     L = _row_len(lens_ptr, row, num_kv_heads, L, HAS_LENS)
-    k = _row_k(counts_ptr, done_ptr, row, kmax, L, HAS_DONE)
+    k = _row_k(counts_ptr, row, kmax, L)
     lo, hi = _split_bounds(L, split, SPLITS)
     return lo, hi, k, _workspace_row(ws_ptr, row)
 
 
 @triton.jit
 def _split_hist_kernel(
-    scores_ptr, counts_ptr, ws_ptr, lens_ptr, done_ptr, L, kmax, num_kv_heads, stride_sr,
-    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr, HAS_DONE: tl.constexpr,
+    scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, num_kv_heads, stride_sr,
+    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
     """Pass ``P`` for one split of a row: its digit histogram into the workspace (empty for a
     split wholly past the row's length)."""
     row = tl.program_id(0)
     split = tl.program_id(1)
-    lo, hi, k, ws_row = _split_row(counts_ptr, done_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS,
-                                   HAS_LENS, HAS_DONE)
+    lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
         prefix = tl.zeros([], tl.int32)
         resolved = tl.zeros([], tl.int32)
@@ -295,16 +290,14 @@ def _split_hist_kernel(
 @triton.jit
 def _split_compact_kernel(
     scores_ptr, counts_ptr, ws_ptr, out_idx_ptr,
-    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr, done_ptr,
+    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
     SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
-    HAS_DONE: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
-    lo, hi, k, ws_row = _split_row(counts_ptr, done_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS,
-                                   HAS_LENS, HAS_DONE)
+    lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
         prefix, remaining, above_before, ties, ties_before, _ = _state_after(ws_row, k, 3, SPLITS, split)
         b = row // num_kv_heads
@@ -350,7 +343,6 @@ def topk_rows(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     workspace: torch.Tensor | None = None, block: int | None = None,
     seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1, first_pass_done: bool = False,
-    done: torch.Tensor | None = None,
 ) -> None:
     """Columns of the ``counts[r]`` largest scores of each row ``r < rows`` into ``out_idx[r, :counts[r]]``.
 
@@ -368,24 +360,21 @@ def topk_rows(
     the histograms of one pass and the choices so far), which is what few long rows need.
     ``first_pass_done``: :func:`~a2ats_sglang.kernels.score.score_tokens` counted pass 0 into
     ``workspace`` while writing the scores, so that pass is skipped (needs ``seq_lens``).
-    ``done`` (``[rows_cap]`` int32): rows flagged non-zero were picked already
-    (:func:`~a2ats_sglang.kernels.candidates.candidate_topk`) and are skipped.
     H100, CUDA graph, 32 layers, k = 1056 of 32768: 8 rows 0.76 ms, 64 rows 2.3 ms, 128 rows
     3.6 ms per step.
     """
-    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads, first_pass_done, done)
+    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads, first_pass_done)
 
 
 def select_and_write(
     scores: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor, num_kv_heads: int, rows: int, scratch_idx: torch.Tensor,
     out_indices: torch.Tensor, workspace: torch.Tensor | None = None, block: int | None = None,
-    seq_lens: torch.Tensor | None = None, first_pass_done: bool = False, done: torch.Tensor | None = None,
+    seq_lens: torch.Tensor | None = None, first_pass_done: bool = False,
 ) -> None:
     """:func:`topk_rows` into ``scratch_idx`` fused with :func:`write_selected` into ``out_indices``."""
     write = (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices)
-    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads, first_pass_done,
-                 done)
+    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads, first_pass_done)
 
 
 def _launch_topk(
@@ -393,7 +382,6 @@ def _launch_topk(
     write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None,
     workspace: torch.Tensor | None, block: int | None,
     seq_lens: torch.Tensor | None, num_kv_heads: int, first_pass_done: bool = False,
-    done: torch.Tensor | None = None,
 ) -> None:
     L = scores.shape[1]
     kmax = out_idx.shape[1]
@@ -410,8 +398,6 @@ def _launch_topk(
         assert out_indices.dtype == torch.int32 and req_to_token.stride(1) == 1
         stride_rr = req_to_token.stride(0)
     lens = seq_lens if seq_lens is not None else counts  # unused without seq_lens
-    assert done is None or (done.dtype == torch.int32 and done.shape[0] >= rows)
-    done_flags = done if done is not None else counts  # unused without done
     splits = topk_splits(rows, L) if workspace is not None else 1
     num_warps, default_block = SINGLE_CONFIG if splits == 1 else SPLIT_CONFIG
     block = min(block or default_block, triton.next_power_of_2(triton.cdiv(L, splits)))
@@ -419,28 +405,26 @@ def _launch_topk(
     if workspace is None:  # one program a row; with a workspace the split kernels run, one split or more
         _topk_kernel[(rows,)](
             scores, counts, out_idx,
-            indptr, req_to_token, req_pool, out_indices, lens, done_flags,
+            indptr, req_to_token, req_pool, out_indices, lens,
             L, kmax, kv_heads,
             scores.stride(0), out_idx.stride(0), stride_rr,
-            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, HAS_DONE=done is not None,
-            num_warps=num_warps,
+            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
         )
         return
     assert workspace is not None and workspace.dtype == torch.int32
     assert workspace.numel() >= ROW_INTS * rows
     for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
-            scores, counts, workspace, lens, done_flags, L, kmax, kv_heads, scores.stride(0),
-            P=p, SPLITS=splits, BLOCK=block, HAS_LENS=seq_lens is not None, HAS_DONE=done is not None,
-            num_warps=num_warps,
+            scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),
+            P=p, SPLITS=splits, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
         )
     _split_compact_kernel[(rows, splits)](
         scores, counts, workspace, out_idx,
-        indptr, req_to_token, req_pool, out_indices, lens, done_flags,
+        indptr, req_to_token, req_pool, out_indices, lens,
         L, kmax, kv_heads,
         scores.stride(0), out_idx.stride(0), stride_rr,
         SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None,
-        HAS_DONE=done is not None, num_warps=num_warps,
+        num_warps=num_warps,
     )
 
 

@@ -33,16 +33,13 @@ print(k.metadata.shared)
 """
 
 SCORE_PTRS = {"lut_ptr": "*fp32", "codes_ptr": "*i16", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
-              "seq_lens_ptr": "*i64", "edges_ptr": "*i32", "out_ptr": "*fp32", "ws_ptr": "*i32",
-              "thresh_ptr": "*fp32", "cand_ptr": "*i32", "cand_n_ptr": "*i32"}
+              "seq_lens_ptr": "*i64", "edges_ptr": "*i32", "out_ptr": "*fp32", "ws_ptr": "*i32"}
 TOPK_PTRS = {"scores_ptr": "*fp32", "counts_ptr": "*i32", "ws_ptr": "*i32", "lens_ptr": "*i64", "out_idx_ptr": "*i32",
-             "indptr_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64", "out_indices_ptr": "*i32",
-             "done_ptr": "*i32"}
-CAND_PTRS = {**TOPK_PTRS, "cand_ptr": "*i32", "cand_n_ptr": "*i32", "thresh_ptr": "*fp32"}
+             "indptr_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64", "out_indices_ptr": "*i32"}
 LUT_PTRS = {"a_ptr": "*bf16", "q_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "out_ptr": "*fp32"}
 LUT = {"REDUCE_MAX": True, "NEOX": True, "BF16_DOT": True, "BLOCK_C": 64, "G_P2": 4, "BLOCK_D": 128}
-TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True, "HAS_DONE": False}
-SCORE = {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "CANDIDATES": False, "CAP": 1}
+TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True}
+SCORE = {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True}
 
 # (kernel, pointer types, constexprs, warps, least shared bytes, most registers a thread)
 CACHE_PTRS = {"picks_ptr": "*i32", "counts_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
@@ -53,17 +50,9 @@ CASES = {
     "score": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 1}, 4, 0, 128),
     "score, 8 kv heads a program": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 8}, 4, 0,
                                     144),  # 142: the heads' loads issued together, 3 programs an SM
-    "score appending candidates": ("score", "_score_kernel", SCORE_PTRS,
-                                   {**SCORE, "FIRST_PASS": False, "CANDIDATES": True, "CAP": 4096, "HEADS": 1}, 4, 0, 128),
-    "top-K among 4,096 candidates": ("candidates", "_candidate_topk_kernel", CAND_PTRS,
-                                     {"CAP": 4096, "WRITE_INDICES": True, "HAS_LENS": True}, 8, 0, 240),
-    "top-K among 2,048 candidates": ("candidates", "_candidate_topk_kernel", CAND_PTRS,
-                                     {"CAP": 2048, "WRITE_INDICES": False, "HAS_LENS": True}, 8, 0, 168),
     "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
     "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 2, **TOPK}, 4, 0, 64),
     "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),
-    "top-K compaction, rows already picked skipped": ("select", "_split_compact_kernel", TOPK_PTRS,
-                                                      {"WRITE_INDICES": True, **TOPK, "HAS_DONE": True}, 4, 0, 128),
     "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
     "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,
                                     {"BLOCK": 128, "BLOCK_D": 128, "BLOCK_COPY": 16, "COUNT": True}, 8, 0, 64),

@@ -18,7 +18,6 @@ import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper
 from flashinfer.decode import fast_decode_plan
 
-from a2ats_sglang.kernels.candidates import candidate_capacity, candidate_topk
 from a2ats_sglang.kernels.encode import (
     SPLIT_CODES,
     encode_keys,
@@ -108,7 +107,7 @@ class SparseDecodeBuffers:
 
     def __init__(
         self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
-        device: torch.device | str, offload: bool = False, layers: int = 1, candidates: bool = False,
+        device: torch.device | str, offload: bool = False, layers: int = 1,
     ) -> None:
         self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
         rows = max_bs * num_kv_heads
@@ -129,22 +128,17 @@ class SparseDecodeBuffers:
         # offload mode's fetch: victim slots, then (GPU slot, logical slot) of each miss; (hits, misses)
         self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if offload else None
         self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if offload else None
-        # top-K among candidates (kernels/candidates.py): their columns and counts, rows it picked
-        self.cand = torch.zeros(rows, candidate_capacity(width), dtype=torch.int32, device=device) if candidates else None
-        self.cand_n = torch.zeros(rows, dtype=torch.int32, device=device) if candidates else None
-        self.done = torch.zeros(rows, dtype=torch.int32, device=device) if candidates else None
 
     @staticmethod
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
-               offload: bool = False, layers: int = 1, candidates: bool = False) -> int:
+               offload: bool = False, layers: int = 1) -> int:
         rows = max_bs * num_kv_heads
         lut = 4 * max_bs * buckets * num_kv_heads * codebook_size
         cols = layers * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * _split_keys(max_bs, cols) * cols
         topk_ws = 4 * topk_workspace_numel(rows)
         fetch = 4 * rows * (2 * width + 2) if offload else 0
-        cand = 4 * rows * (candidate_capacity(width) + 2) if candidates else 0
-        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch + cand
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
@@ -199,14 +193,6 @@ class SparseDecoder:
         # (score-probe-h200.json: −19% at batch 32, −10% at batch 8, contiguous slots)
         self.codes = torch.zeros(model.num_layers, self.num_kv_heads, slots, dtype=torch.int16,
                                  device=device).transpose(1, 2)
-        self.thresh: torch.Tensor | None = None  # see use_candidates
-
-    def use_candidates(self, request_rows: int) -> None:
-        """Pick among candidates (:mod:`a2ats_sglang.kernels.candidates`) with buffers built with
-        ``candidates``: one threshold per (layer, request slot, kv head), carried between steps.
-        (Not yet timed on a GPU, so no server turns it on.)"""
-        self.thresh = torch.full((self.codes.shape[0], request_rows * self.num_kv_heads), float("-inf"),
-                                 dtype=torch.float32, device=self.codes.device)
 
     def encode(
         self, layer: int, k_post: torch.Tensor, loc: torch.Tensor, tables: Tables,
@@ -312,33 +298,22 @@ class SparseDecoder:
              seq_lens: torch.Tensor, buffers: SparseDecodeBuffers, write: bool = True) -> None:
         """Score every token from ``lut`` and pick each row's top-K into ``buffers.picks`` (and,
         with ``write``, their KV-pool indices into ``buffers.indices``): the split radix select,
-        whose first pass the score kernel counts, or, after :meth:`use_candidates`, the top-K
-        among candidates with the split select for the rows they do not suffice for."""
+        whose first pass the score kernel counts."""
         rows = req_pool_indices.shape[0] * self.num_kv_heads
-        candidates = self.thresh is not None and buffers.cand is not None
-        thresh = self.thresh[layer] if candidates else None
-        assert not candidates or req_to_token.shape[0] * self.num_kv_heads <= thresh.shape[0], "a threshold per request slot"
         score_tokens(
             lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges, self.budget.sinks,
             self.budget.window, buffers.scores, pad=False,
-            topk_workspace=None if candidates else buffers.topk_ws,  # else it counts the top-K's first pass
-            candidates=(thresh, buffers.cand, buffers.cand_n) if candidates else None,
+            topk_workspace=buffers.topk_ws,  # the score kernel counts the top-K's first radix pass
         )
-        done = None
-        if candidates:
-            candidate_topk(buffers.scores, buffers.counts, rows, buffers.picks, buffers.cand, buffers.cand_n,
-                           buffers.done, thresh, req_pool_indices, self.num_kv_heads, seq_lens=seq_lens,
-                           write=(buffers.indptr, req_to_token, buffers.indices) if write else None)
-            done = buffers.done
         if write:
             select_and_write(
                 buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
                 self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
-                first_pass_done=not candidates, done=done,
+                first_pass_done=True,
             )
         else:
             topk_rows(buffers.scores, buffers.counts, rows, buffers.picks, buffers.topk_ws, seq_lens=seq_lens,
-                      num_kv_heads=self.num_kv_heads, first_pass_done=not candidates, done=done)
+                      num_kv_heads=self.num_kv_heads, first_pass_done=True)
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
                     bs: int = 0) -> BatchDecodeWithPagedKVCacheWrapper:
