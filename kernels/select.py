@@ -49,17 +49,24 @@ def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr)
 
 
 @triton.jit
-def _count_digits(base, lo, hi, prefix, hist_ptr, P: tl.constexpr, BLOCK: tl.constexpr):
+def _count_digits(base, lo, hi, prefix, hist_ptr, range_ptr, P: tl.constexpr, BLOCK: tl.constexpr,
+                  RANGES: tl.constexpr):
     """:func:`_digit_histogram` for the late passes, where few keys still match the prefix:
     each match adds one to its bin of ``hist_ptr`` (zeroed beforehand) with an integer atomic
     (order-free, so deterministic), and the others cost only their load and compare, not the
-    histogram's per-element ballots over all 256 bins."""
+    histogram's per-element ballots over all 256 bins. With ``RANGES`` each bin's smallest and
+    largest key go to ``range_ptr[bin]`` and ``range_ptr[256 + bin]`` (atomic min and max: as
+    order-free), which tell whether the chosen bin holds one value only."""
     shift: tl.constexpr = 24 - 8 * P
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        u = _ordered_key(tl.load(base + offs, mask=offs < hi, other=0.0)) ^ _SIGN
-        ok = (offs < hi) & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
-        tl.atomic_add(hist_ptr + ((u >> shift) & 0xFF), 1, mask=ok, sem="relaxed")
+        key = _ordered_key(tl.load(base + offs, mask=offs < hi, other=0.0))
+        ok = (offs < hi) & (((key ^ _SIGN) >> (shift + 8)) == (prefix >> (shift + 8)))
+        digit = ((key ^ _SIGN) >> shift) & 0xFF
+        tl.atomic_add(hist_ptr + digit, 1, mask=ok, sem="relaxed")
+        if RANGES:
+            tl.atomic_min(range_ptr + digit, key, mask=ok, sem="relaxed")
+            tl.atomic_max(range_ptr + 256 + digit, key, mask=ok, sem="relaxed")
 
 
 @triton.jit
@@ -160,19 +167,25 @@ def _topk_kernel(
 
 
 HIST_INTS = 4 * 256  # per split: one 256-bin histogram per radix pass
-STATE_INTS = 4  # per split: the choices so far (prefix, still to take, above in earlier splits, resolved)
+# per split: the choices so far (prefix, still to take, above in earlier splits, resolved, and a
+# resolved row's ties at the threshold in the row and in the splits before)
+STATE_INTS = 6
 MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
-ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS)
+RANGE_INTS = 2 * 256  # per row: the smallest and the largest key of each bin of pass ATOMIC_FROM_PASS
+ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS) + RANGE_INTS
 ATOMIC_FROM_PASS: tl.constexpr = tl.constexpr(2)  # passes ≥ this count their (few) matching keys by atomics
 _STATE_INTS: tl.constexpr = tl.constexpr(STATE_INTS)
 _MAX_SPLITS: tl.constexpr = tl.constexpr(MAX_SPLITS)
 _ROW_INTS: tl.constexpr = tl.constexpr(ROW_INTS)
+_RANGES_AT: tl.constexpr = tl.constexpr(MAX_SPLITS * (HIST_INTS + STATE_INTS))  # a row's bin ranges
+_INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 
 
 @triton.jit
 def _workspace_row(ws_ptr, row):
     """A row's workspace, laid out for :data:`MAX_SPLITS` whatever a launch's split count:
-    ``[4 passes][MAX_SPLITS][256]`` histograms, then ``[MAX_SPLITS][STATE_INTS]``. Pass 0's
+    ``[4 passes][MAX_SPLITS][256]`` histograms, ``[MAX_SPLITS][STATE_INTS]``, then pass 2's
+    ``[2][256]`` bin ranges (smallest, largest key). Pass 0's
     histograms are zero between steps (the compaction clears them), so the score kernel can
     count into them, and graphs of different batch sizes sharing the workspace agree on where
     they are."""
@@ -203,33 +216,49 @@ def _state_after(ws_row, k, P: tl.constexpr, SPLITS: tl.constexpr, split):
     """The choices of passes ``≤ P``: the previous launch left those of passes ``< P`` in this
     split's state slot (each pass reads one pass of histograms, not all before it).
 
-    A row is resolved once its chosen bin holds exactly the keys still to take: every key at or
-    above the prefix is picked, whatever its lower digits, so the later passes read nothing and
-    the compaction takes ``key ≥ prefix`` (the same set, ties all taken). Its choices then stay
-    those of the resolving pass, with ``above_before`` counting every key picked in the splits
-    before (the ties there included) and ``ties_before`` 0. With fp32 scores a row usually
-    resolves at pass 2, where a bin holds about one key near the threshold.
+    A row is resolved once its chosen bin needs no more digits, and the later passes read
+    nothing. Either the bin holds exactly the keys still to take: every key at or above the
+    prefix is picked, whatever its lower digits, so the compaction takes ``key ≥ prefix`` (ties
+    all taken, ``above_before`` counting every key picked in the splits before and
+    ``ties_before`` 0). Or, at pass :data:`ATOMIC_FROM_PASS`, the bin's smallest and largest
+    keys are equal: the bin is one value, which is then the threshold exactly, and the
+    compaction takes the keys above it and the first ties, as after the last pass. Scores are
+    lookup-table entries, so tokens with one code in one bucket tie exactly and the first case
+    alone rarely happens before the last pass; the second takes most rows at pass 2.
 
     Returns prefix, still to take, picked before this split (above the threshold), ties at the
     threshold in the row and in the splits before, and whether the row is resolved."""
+    slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
     if P == 0:
         prefix = tl.zeros([], tl.int32)
         remaining = k
         above_before = tl.zeros([], tl.int32)
         resolved = tl.zeros([], tl.int32)
+        kept_ties = tl.zeros([], tl.int32)
+        kept_ties_before = tl.zeros([], tl.int32)
     else:
-        slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
         prefix = tl.load(slot)
         remaining = tl.load(slot + 1)
         above_before = tl.load(slot + 2)
         resolved = tl.load(slot + 3)
+        kept_ties = tl.load(slot + 4)
+        kept_ties_before = tl.load(slot + 5)
     # (a resolved row's skipped passes left their bins empty or stale: the decision is dropped)
     new_prefix, new_remaining, new_above, ties, ties_before = _decide(ws_row, P, SPLITS, split, prefix, remaining, above_before)
     keep = resolved != 0
     now = ~keep & (ties == new_remaining)
+    if P == ATOMIC_FROM_PASS:  # the chosen bin's range: one value is the exact threshold
+        digit = (new_prefix >> (24 - 8 * P)) & 0xFF
+        low = tl.load(ws_row + _RANGES_AT + digit)
+        high = tl.load(ws_row + _RANGES_AT + 256 + digit)
+        single = ~keep & ~now & (ties > 0) & (low == high)
+        new_prefix = tl.where(single, high ^ _SIGN, new_prefix)
+    else:
+        single = tl.zeros([], tl.int1)
     return (tl.where(keep, prefix, new_prefix), tl.where(keep, remaining, new_remaining),
             tl.where(keep, above_before, tl.where(now, new_above + ties_before, new_above)),
-            tl.where(keep, remaining, ties), tl.where(keep | now, 0, ties_before), (keep | now).to(tl.int32))
+            tl.where(keep, kept_ties, tl.where(now, new_remaining, ties)),
+            tl.where(keep, kept_ties_before, tl.where(now, 0, ties_before)), (keep | now | single).to(tl.int32))
 
 
 SPLIT_ALIGN = 512  # the score kernel's block: each of its programs counts into one split
@@ -269,22 +298,27 @@ def _split_hist_kernel(
         prefix = tl.zeros([], tl.int32)
         resolved = tl.zeros([], tl.int32)
         if P > 0:
-            prefix, remaining, above_before, _, _, resolved = _state_after(ws_row, k, P - 1, SPLITS, split)
+            prefix, remaining, above_before, ties, ties_before, resolved = _state_after(ws_row, k, P - 1, SPLITS, split)
             slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
             tl.store(slot, prefix)
             tl.store(slot + 1, remaining)
             tl.store(slot + 2, above_before)
             tl.store(slot + 3, resolved)
+            tl.store(slot + 4, ties)
+            tl.store(slot + 5, ties_before)
         base = scores_ptr + row.to(tl.int64) * stride_sr
         hist_ptr = ws_row + P * _MAX_SPLITS * 256 + split * 256
         if resolved == 0:  # a resolved row's keys are not read again before the compaction
             if P >= ATOMIC_FROM_PASS:
-                _count_digits(base, lo, hi, prefix, hist_ptr, P, BLOCK)
+                _count_digits(base, lo, hi, prefix, hist_ptr, ws_row + _RANGES_AT, P, BLOCK, P == ATOMIC_FROM_PASS)
             else:
                 tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
-        if P == 1:  # nothing reads the counted passes' bins now: zero them for this step's atomics
+        if P == 1:  # nothing reads the counted passes' bins now: reset them for this step's atomics
             for q in tl.static_range(ATOMIC_FROM_PASS, 4):
                 tl.store(ws_row + q * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
+            if split == 0:  # the row's bin ranges: empty
+                tl.store(ws_row + _RANGES_AT + tl.arange(0, 256), tl.full([256], _INT_MAX, tl.int32))
+                tl.store(ws_row + _RANGES_AT + 256 + tl.arange(0, 256), tl.full([256], -_INT_MAX - 1, tl.int32))
 
 
 @triton.jit
@@ -317,6 +351,7 @@ def _split_compact_kernel(
 # (num_warps, block): one program per row, and one per split
 SINGLE_CONFIG = (8, 4096)
 SPLIT_CONFIG = (4, 2048)
+RANGES_BLOCK = 1024  # pass 2's block: its bin ranges' atomics take 80 registers a thread at 2,048, 40 at 1,024
 MIN_SPLIT_COLUMNS = 2048  # below this a split's histogram passes cost more than they save
 MAX_PROGRAMS = 1024  # rows × splits: enough to fill an H100 several times over
 
@@ -416,7 +451,8 @@ def _launch_topk(
     for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
             scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),
-            P=p, SPLITS=splits, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
+            P=p, SPLITS=splits, BLOCK=min(block, RANGES_BLOCK) if p == ATOMIC_FROM_PASS else block,
+            HAS_LENS=seq_lens is not None, num_warps=num_warps,
         )
     _split_compact_kernel[(rows, splits)](
         scores, counts, workspace, out_idx,

@@ -51,7 +51,8 @@ CASES = {
     "score, 8 kv heads a program": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 8}, 4, 0,
                                     144),  # 142: the heads' loads issued together, 3 programs an SM
     "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
-    "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 2, **TOPK}, 4, 0, 64),
+    "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {**TOPK, "P": 2, "BLOCK": 1024}, 4, 0, 64),
+    "top-K pass 3, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 3, **TOPK}, 4, 0, 64),
     "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),
     "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
     "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,

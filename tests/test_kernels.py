@@ -430,7 +430,8 @@ def test_topk_rows_selects_the_largest(split: bool, monkeypatch: pytest.MonkeyPa
 
 def resolving_scores(L: int, k: int, seed: int) -> torch.Tensor:
     """Rows whose ``k`` largest sit alone in the bin of radix pass 0, of pass 1, neither (random:
-    usually pass 2) and never (four distinct values: every pass's bin holds more ties)."""
+    usually pass 2) and never (four distinct values: every pass's bin holds more ties, until pass
+    2's holds one value only)."""
     g = torch.Generator().manual_seed(seed)
     s = torch.empty(4, L)
     s[0] = torch.rand(L, generator=g)  # top byte 0x3E or 0x3F
@@ -458,12 +459,44 @@ def test_rows_resolved_early_skip_their_later_passes_and_pick_the_same(monkeypat
         topk_rows(scores.to(DEVICE), counts.to(DEVICE), 4, out, workspace=ws, block=64)
         for r in range(4):
             assert out[r].tolist() == topk_reference(scores[r], k), (r, ws is None)  # ascending columns
-    state = workspace.cpu().view(4, select.ROW_INTS)[:, 4 * select.MAX_SPLITS * 256:].view(4, select.MAX_SPLITS, -1)
+    states = 4 * select.MAX_SPLITS * 256
+    state = workspace.cpu().view(4, select.ROW_INTS)[:, states : states + select.MAX_SPLITS * select.STATE_INTS]
+    state = state.view(4, select.MAX_SPLITS, select.STATE_INTS)
     resolved = state[:, :splits, 3]
     assert (resolved[0] == 1).all() and (resolved[1] == 1).all(), "resolved at pass 0 and at pass 1"
-    assert (resolved[3] == 0).all(), "a row of ties is never resolved"
     # the prefix is kept in unsigned key order (sign bit flipped): pass 0's byte 0x44, then zeros
     assert state[0, :splits, 0].unique().tolist() == [(0xC4 << 24) - (1 << 32)], "no digit of a later pass"
+    # four values: pass 2's bin holds only 3.0, whose ties straddle the k-th; its exact key is the threshold
+    threes = int((scores[3] == 3.0).sum())
+    assert threes > k and (resolved[3] == 1).all(), "a bin of one value is resolved at pass 2"
+    three_key = 0x40400000 - (1 << 31)  # 3.0's bits with the sign bit flipped, as an int32
+    assert state[3, :splits, 0].unique().tolist() == [three_key] and (state[3, :splits, 4] == threes).all()
+
+
+def test_rows_of_lookup_table_entries_resolve_at_pass_2_and_pick_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode scores are lookup-table entries: tokens sharing a code tie exactly, so the ``k``-th
+    largest usually sits inside a group of ties and no bin ever holds just the keys to take.
+    Pass 2's bin ranges see that the chosen bin is one value: those rows skip pass 3 and still
+    pick the exact top-K, ties toward the lower columns."""
+    rows, L, k = 8, 1500, 90
+    g = torch.Generator().manual_seed(33)
+    table = torch.randn(rows, 64, generator=g) * 3
+    scores = torch.gather(table, 1, torch.randint(0, 64, (rows, L), generator=g))  # ~23 tokens a value
+    counts = torch.full((rows,), k, dtype=torch.int32)
+    monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
+    splits = select.topk_splits(rows, L)
+    assert splits > 1
+    workspace = topk_workspace(rows, DEVICE)
+    out = torch.full((rows, k), -1, dtype=torch.int32, device=DEVICE)
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), rows, out, workspace=workspace, block=64)
+    for r in range(rows):
+        assert out[r].tolist() == topk_reference(scores[r], k), r
+    states = 4 * select.MAX_SPLITS * 256
+    state = workspace.cpu().view(rows, select.ROW_INTS)[:, states : states + select.MAX_SPLITS * select.STATE_INTS]
+    resolved = state.view(rows, select.MAX_SPLITS, select.STATE_INTS)[:, :splits, 3]
+    assert (resolved == resolved[:, :1]).all(), "every split of a row agrees"
+    straddling = [r for r in range(rows) if (scores[r] == scores[r].sort(descending=True).values[k - 1]).sum() > 1]
+    assert straddling and all(bool(resolved[r, 0]) for r in straddling), "ties at the k-th: resolved by one value"
 
 
 def test_topk_rows_whole_row() -> None:
