@@ -6,7 +6,8 @@ what ``launch_server`` does before SGLang parses them (codebook, config export, 
 ``a2ats_sglang.launch_server.prepare``). The benchmark builds its ModelRunner directly and never
 calls SGLang's ``load_plugins()``, so the plugin entry point does not reach it: this module
 installs the backend itself, at import, so that the workers it spawns for ``--tp-size > 1``
-(which re-import this module as ``__mp_main__``) install it too.
+(which re-import this module as ``__mp_main__``) install it too. It also prefills the batch in
+groups of requests (``patches/one_batch_prefill.py``), so that batch 16 at 32K fits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from a2ats_sglang.patches import one_batch_prefill as _prefill_in_groups
 from a2ats_sglang.runtime.config import enabled
 
 PROG = "python -m a2ats_sglang.bench_one_batch"
@@ -22,6 +24,7 @@ if enabled():  # true in spawned workers: the parent exported the config before 
     from a2ats_sglang.runtime.plugin import install
 
     install()
+_prefill_in_groups.install()  # as benchmarks.one_batch_stock does: long batches fit, both sides alike
 
 
 def main(argv: Sequence[str] | None = None) -> int:

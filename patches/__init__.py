@@ -12,7 +12,9 @@ The convention, for a module ``patches/<name>.py``:
 - ``install() -> None``: applies the patch; idempotent (a second call changes nothing).
 
 Modules are discovered, not listed: adding a file here is all it takes for :func:`install_all`
-(called by ``a2ats_sglang.runtime.plugin.install``) and the signature test to pick it up.
+(called by ``a2ats_sglang.runtime.plugin.install``) and the signature test to pick it up. A
+module with ``ON_DEMAND = True`` hooks a target only some entry points import (a benchmark):
+:func:`install_all` skips it, and those entry points install it themselves.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def install_around(module: ModuleType, hook: Any) -> None:
 
 
 def install_all() -> None:
-    """Install every patch module (each is idempotent, so calling this twice is harmless)."""
+    """Install every patch module but the on-demand ones (each is idempotent, so calling this
+    twice is harmless)."""
     for name in module_names():
-        load(name).install()
+        module = load(name)
+        if not getattr(module, "ON_DEMAND", False):
+            module.install()

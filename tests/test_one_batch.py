@@ -12,18 +12,20 @@ import pytest
 from benchmarks import one_batch
 
 FAKE = '''
-import json, sys
+import json, os, sys
 argv = sys.argv[1:]
 module = argv[1]
 flags = dict(zip(argv[2::2], argv[3::2]))
+stock = module == "benchmarks.one_batch_stock"
 if module.startswith("a2ats") and "{fail}" == "a2ats":
     sys.exit("error: no codebook")
-if "--attention-backend" in flags and not module.startswith("sglang"):
+if "--attention-backend" in flags and not stock:
     sys.exit("a2ats got a backend flag")
-decode = 0.040 if module.startswith("sglang") else 0.016
+decode = 0.040 if stock else 0.016
 row = {{"run_name": flags["--run-name"], "batch_size": int(flags["--batch-size"]),
        "input_len": int(flags["--input-len"]), "output_len": int(flags["--output-len"]),
-       "prefill_latency": 9.0, "median_decode_latency": decode, "ignored": 1}}
+       "prefill_latency": float(os.environ["A2ATS_ONE_BATCH_PREFILL_TOKENS"]) / 1e4,
+       "median_decode_latency": decode, "ignored": 1}}
 with open(flags["--result-filename"], "a") as f:
     f.write(json.dumps(row) + "\\n")
 '''
@@ -45,7 +47,7 @@ def test_both_sides_and_the_ratio(tmp_path: Path) -> None:
             "--out", str(out), "--python", fake_python(tmp_path)]
     assert one_batch.main(argv) == 0
     data = json.loads(out.read_text())
-    assert data["meta"]["workload"] == {"batch_size": 16, "input_len": 32768, "output_len": 8}
+    assert data["meta"]["workload"] == {"batch_size": 16, "input_len": 32768, "output_len": 8, "prefill_tokens": 65536}
     assert data["meta"]["model"] == "llama (dummy weights)"
     stock, a2ats = data["results"]["stock"], data["results"]["a2ats"]
     assert stock["median_decode_latency"] == 0.040 and a2ats["median_decode_latency"] == 0.016
@@ -53,6 +55,17 @@ def test_both_sides_and_the_ratio(tmp_path: Path) -> None:
     assert "ignored" not in stock
     assert "--attention-backend flashinfer" in stock["command"] and "--attention-backend" not in a2ats["command"]
     assert "--context-length 32840" in a2ats["command"]
+    assert stock["prefill_latency"] == a2ats["prefill_latency"] == 6.5536  # both prefill in the same groups
+
+
+def test_the_prefill_group_size_reaches_both_sides_and_must_be_positive(tmp_path: Path) -> None:
+    out = tmp_path / "one-batch.json"
+    argv = ["--model-path", "/m/x", "--prefill-tokens", "32768", "--out", str(out), "--python", fake_python(tmp_path)]
+    assert one_batch.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["results"]["stock"]["prefill_latency"] == data["results"]["a2ats"]["prefill_latency"] == 3.2768
+    with pytest.raises(SystemExit, match="positive"):
+        one_batch.main(["--model-path", "/m/x", "--prefill-tokens", "0", "--out", str(out)])
 
 
 def test_a_failed_side_is_recorded_and_fails_the_run(tmp_path: Path) -> None:
