@@ -1,5 +1,5 @@
 """Layering rules: method never imports sglang, kernels never import the runtime, the package
-never imports benchmarks."""
+never imports benchmarks, and the backend and the decoder never ask where the K/V live."""
 
 from __future__ import annotations
 
@@ -61,3 +61,23 @@ def test_kernels_and_patches_ship_inside_the_package() -> None:
 
     assert Path(a2ats_sglang.kernels.__file__).parent == ROOT / "kernels"
     assert Path(a2ats_sglang.patches.__file__).parent == ROOT / "patches"
+
+
+def mode_names(path: Path) -> set[str]:
+    """Identifiers and attributes of a module that name offload mode or its parts."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name)
+    return {n for n in names if "offload" in n.lower() or n in ("TieredStore", "OffloadKVPool", "host_kv", "staging", "hot")}
+
+
+def test_the_backend_and_the_decoder_never_ask_which_store_runs() -> None:
+    """Where the K/V live is one seam (runtime/kv_store.py): the backend and the decoder call
+    the store's hooks, and only ``open_store`` tells the modes apart."""
+    for module in ("backend.py", "sparse_decode.py"):
+        assert mode_names(ROOT / "a2ats_sglang/runtime" / module) == set(), module

@@ -1,4 +1,4 @@
-"""Offload mode's per-step bookkeeping (:class:`a2ats_sglang.runtime.offload.Offload`) over a
+"""Offload mode's per-step bookkeeping (:class:`a2ats_sglang.runtime.offload.TieredStore`) over a
 request's life: chunked prefill keeps its staging across chunks, decode releases it, a request
 that ends or is aborted during prefill releases it at the next extend, a new request starts with
 an empty hot buffer, and the staging count returns to its start value."""
@@ -10,7 +10,7 @@ import torch
 
 from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
 from a2ats_sglang.runtime.memory import OffloadPlan
-from a2ats_sglang.runtime.offload import Offload
+from a2ats_sglang.runtime.offload import TieredStore
 from a2ats_sglang.runtime.staging import Staging, StagingFull
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,7 +41,7 @@ def loaded(monkeypatch):  # noqa: ANN201
     return take
 
 
-def make_offload() -> Offload:
+def make_offload() -> TieredStore:
     from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 
     layers, heads, dim = 2, 2, 16
@@ -53,10 +53,10 @@ def make_offload() -> Offload:
                          head_dim=dim, layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0,
                          end_layer=layers)  # exclusive, as a server passes it
     pool.plan = plan
-    return Offload(pool, layers, width=8, device=DEVICE)
+    return TieredStore(pool, layers, width=8, device=DEVICE)
 
 
-def extend(o: Offload, rids: list[str], rows: list[int], prefix: list[int], lens: list[int], first_slot: int,
+def extend(o: TieredStore, rids: list[str], rows: list[int], prefix: list[int], lens: list[int], first_slot: int,
            req_to_token: torch.Tensor | None = None) -> None:
     loc = torch.arange(first_slot, first_slot + sum(lens), device=DEVICE)
     if req_to_token is None:
@@ -112,7 +112,7 @@ def test_a_cached_prefix_is_staged_from_the_host_pool_layer_by_layer(loaded) -> 
     assert mapped == list(range(100, 105)), "only the new tokens' logical slots are mapped"
     assert loaded() == 14, "no scheduler keys: each request stages its own copy"
     for layer in range(2):
-        o.wait_prefix(layer)  # the forward stream waits for the layer's copy (on a GPU)
+        o.wait_layer(layer)  # the forward stream waits for the layer's copy (on a GPU)
         dev_k, dev_v = o.pool.get_kv_buffer(layer)
         host_k, host_v = o.pool.host.layer(layer)
         for row in (1, 2):

@@ -14,11 +14,27 @@ from a2ats_sglang.method.codebook import Codebook, ModelIdentity
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
 from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.kv_store import KVStore
+from a2ats_sglang.runtime.offload import fetch_picks
 from a2ats_sglang.runtime.shared_cache import SharedCache
-from a2ats_sglang.runtime.sparse_decode import Budget, OffloadStep, SparseDecodeBuffers, SparseDecoder
+from a2ats_sglang.runtime.sparse_decode import Budget, SparseDecodeBuffers, SparseDecoder
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIGS = Path(__file__).parent / "configs"
+
+
+class HostStore(KVStore):
+    """The tiered store's decode side alone: one layer's host pool and GPU slots, fetched as
+    :class:`~a2ats_sglang.runtime.offload.TieredStore` fetches (without its pool and staging)."""
+
+    fetches = True
+
+    def __init__(self, hot, host_kv, dev_kv) -> None:
+        super().__init__(None)
+        self.hot, self.host_kv, self.dev_kv = hot, host_kv, dev_kv
+
+    def resolve(self, layer_id, buffers, req_to_token, req_pool_indices, seq_lens) -> None:
+        fetch_picks(self.hot, layer_id, buffers, req_to_token, req_pool_indices, seq_lens, self.host_kv, self.dev_kv)
 
 
 @pytest.mark.parametrize("cache", ["buffers", "shared"])  # one hot buffer per request row; one cache for all
@@ -54,18 +70,18 @@ def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
         hot = SharedCache(1, slots, hkv, cells=3 * (width + 8) * hkv, base_cell=hkv, max_rows=rows, width=width, device=DEVICE)
     dev_k = torch.zeros(1 + 3 * (width + 8), hkv, dim, dtype=torch.bfloat16, device=DEVICE)
     dev_v = torch.zeros_like(dev_k)
-    offload = OffloadStep(hot, host_k, host_v, dev_k, dev_v, torch.zeros(rows, 2 * width, dtype=torch.int32, device=DEVICE),
-                          torch.zeros(rows, 2, dtype=torch.int32, device=DEVICE))
+    store = HostStore(hot, (host_k, host_v), (dev_k, dev_v))
     hits = 0
     for step in range(4):  # each step one token longer
         seq_lens = torch.tensor([n + step for n in lens], device=DEVICE)
         hot.begin_step()
         q = torch.randn(len(lens), m.num_attention_heads, dim, generator=g).bfloat16().to(DEVICE)
         tables = dec.step_tables(seq_lens - 1, req_to_token, rpi)
-        resident, offloaded = (SparseDecodeBuffers(2, hkv, context, width, 64, dec.num_buckets, DEVICE) for _ in range(2))
-        for buffers, mode in ((resident, None), (offloaded, offload)):
+        resident, offloaded = (SparseDecodeBuffers(2, hkv, context, width, 64, dec.num_buckets, DEVICE, fetch=fetch)
+                               for fetch in (False, True))
+        for buffers, mode in ((resident, None), (offloaded, store)):
             buffers.set_counts(seq_lens, dec.budget)
-            dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers, offload=mode)
+            dec.select(0, q, tables.queries, req_to_token, rpi, seq_lens, buffers, mode)
         indptr = resident.indptr.cpu()
         for r in range(rows):
             b, kv = divmod(r, hkv)
@@ -92,5 +108,5 @@ def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
                 src = int(req_to_token[rpi[b], t])
                 assert torch.equal(dev_k[s, kv].cpu(), host_k[src, kv].cpu())
                 assert torch.equal(dev_v[s, kv].cpu(), host_v[src, kv].cpu())
-        hits += int(offload.stats[:rows, 0].sum())
+        hits += int(offloaded.stats[:rows, 0].sum())
     assert hits > 0 and int(hot.counters[0]) == hits, "later steps find most picks resident"

@@ -143,7 +143,7 @@ def test_a_shared_cache_takes_what_is_left_and_caps_running_by_its_size(kvc, mon
 
     from a2ats_sglang.patches import kv_pool, max_running, pool_sizing
     from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, OffloadSizingError, footprint
-    from a2ats_sglang.runtime.offload import Offload
+    from a2ats_sglang.runtime.offload import TieredStore
     from a2ats_sglang.runtime.shared_cache import SharedCache, cell_table_bytes, table_bytes_per_slot
 
     kvc, _ = kvc
@@ -176,7 +176,7 @@ def test_a_shared_cache_takes_what_is_left_and_caps_running_by_its_size(kvc, mon
                               layer_num=LAYERS, device="cpu", enable_memory_saver=False, start_layer=0, end_layer=LAYERS)
 
     pool = kv_pool.build(original, kvc, max_total_num_tokens=config.max_total_num_tokens, mha_pool_class=MHATokenToKVPool)
-    off = Offload(pool, LAYERS, width, "cpu")
+    off = TieredStore(pool, LAYERS, width, "cpu")
     assert isinstance(off.hot, SharedCache) and off.hot.cells == plan.cache_slots * HEADS
     assert off.hot.base_cell + off.hot.cells <= pool.get_key_buffer(0).shape[0] * HEADS  # inside the GPU tensors
     assert pool.on_write is not None  # a written slot drops its cached copies

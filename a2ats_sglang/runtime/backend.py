@@ -9,8 +9,9 @@ from the pool; a newer key sits in the local window, which is never scored), the
 keeps sinks + window + top-K per (request, kv head), and FlashInfer decodes over exactly those.
 Everything in :meth:`forward_decode` is static-shape GPU work, so SGLang's decode CUDA graphs
 capture it; the only host work (the FlashInfer plan) runs in ``init_forward_metadata_out_graph``.
-With ``--a2ats-offload`` the KV pool is an :class:`OffloadKVPool` and
-:class:`~a2ats_sglang.runtime.offload.Offload` adds prefill staging and the hot-buffer fetch.
+Where the K/V live is one seam, a :class:`~a2ats_sglang.runtime.kv_store.KVStore` (SGLang's GPU
+pool, or with ``--a2ats-offload`` the tiered store: host pool, prefill staging, the fetch of
+the picks): every hook below calls it, none asks which one runs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from a2ats_sglang.method.codebook import Codebook, CodebookError
 from a2ats_sglang.runtime.config import A2ATSConfig, current_config
+from a2ats_sglang.runtime.kv_store import open_store
 from a2ats_sglang.runtime.memory import distance_buckets, resolve_budget
-from a2ats_sglang.runtime.offload import Offload
-from a2ats_sglang.runtime.offload_pool import OffloadKVPool
-from a2ats_sglang.runtime.server_state import describe
 from a2ats_sglang.runtime.sparse_decode import (
     PoolKeys,
     SparseDecodeBuffers,
@@ -80,25 +79,21 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             )
         self.device = model_runner.device
         self.codebook_path = str(cfg.codebook)
-        offload = isinstance(pool, OffloadKVPool)
-        slots = pool.logical_slots if offload else pool.size + pool.page_size
         # --enable-deterministic-inference promises batch-invariant results: fixed tilings in the
         # decoder's kernels, extends through SGLang's unified Triton kernel (unified_extend.py)
         self.deterministic = model_runner.server_args.enable_deterministic_inference
-        self.decoder = build_decoder(cfg, book, slots, mc.context_len, self.device, batch_invariant=self.deterministic)
-        self.offload: Offload | None = None
-        if offload:
-            self.offload = Offload(
-                pool, self.decoder.num_layers, self.decoder.width, self.device,
-                host_used=lambda: pool.plan.logical_slots - model_runner.token_to_kv_pool_allocator.available_size(),
-                prometheus=model_runner.server_args.enable_metrics,
-            )
-            # the prefill's paged attention reads GPU slots: staging's table, not req_to_token
-            assert pool.staging.table.shape[0] >= self.req_to_token_pool.req_to_token.shape[0]
-            self.indices_updater_prefill.req_to_token = pool.staging.table
-        # each layer's key pool address (the host pool's in offload mode): one launch encodes a
-        # decode step's due keys in every layer
-        keys = [pool.host_kv(i)[0] if offload else pool.get_key_buffer(i) for i in range(self.decoder.num_layers)]
+        allocator = model_runner.token_to_kv_pool_allocator
+        self.store, self.decoder = open_store(
+            pool, lambda slots: build_decoder(cfg, book, slots, mc.context_len, self.device,
+                                              batch_invariant=self.deterministic),
+            self.device, host_used=lambda: pool.plan.logical_slots - allocator.available_size(),
+            prometheus=model_runner.server_args.enable_metrics,
+        )
+        # the slots the extend's paged attention reads (staging's GPU slots in offload mode)
+        updater = self.indices_updater_prefill
+        updater.req_to_token = self.store.prefill_table(updater.req_to_token)
+        # each layer's keys by logical slot: one launch encodes a decode step's due keys in every layer
+        keys = [self.store.keys(i) for i in range(self.decoder.num_layers)]
         self.key_pointers = torch.tensor([k.data_ptr() for k in keys], dtype=torch.int64, device=self.device)
         self.graph_buffers: SparseDecodeBuffers | None = None
         self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}
@@ -120,13 +115,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
 
     def a2ats_state(self, free_tokens: int) -> dict:
         """This backend's part of ``/server_info`` (:mod:`~a2ats_sglang.runtime.server_state`)."""
-        pool, off = self.token_to_kv_pool, self.offload
-        kv_tokens = pool.logical_slots - 1 if off is not None else pool.size
-        if off is None:
-            return describe(self.decoder, self.codebook_path, kv_tokens, free_tokens)
-        m = off.metrics
-        return describe(self.decoder, self.codebook_path, kv_tokens, free_tokens, off.plan, pool.host.nbytes,
-                        off.staging.in_use(), m.last, m.bytes_per_copy)
+        return self.store.state(self.decoder, self.codebook_path, free_tokens)
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -137,26 +126,24 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def _buffers(self, bs: int) -> SparseDecodeBuffers:
         d = self.decoder
         return SparseDecodeBuffers(bs, d.num_kv_heads, d.context_len, d.width, d.codebook_size, d.num_buckets,
-                                   self.device, offload=self.offload is not None, layers=d.num_layers)
+                                   self.device, fetch=self.store.fetches, layers=d.num_layers)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
             prefix_lens = forward_batch.extend_prefix_lens
-            if self.offload is not None:
-                fb = forward_batch
-                self.offload.begin_extend(fb.rids, fb.req_pool_indices, fb.extend_prefix_lens_cpu,
-                                          fb.extend_seq_lens_cpu, fb.out_cache_loc, self.req_to_token_pool.req_to_token)
+            fb = forward_batch
+            self.store.begin_extend(fb.rids, fb.req_pool_indices, fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu,
+                                    fb.out_cache_loc, self.req_to_token_pool.req_to_token)
             self.extend_tails = None if prefix_lens is None else self.decoder.prefix_tails(
                 self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, prefix_lens)
             if not self.deterministic:
                 return super().init_forward_metadata(forward_batch)
-            fb = forward_batch  # the table the prefill reads: staging's in offload mode
+            # the table the prefill reads: the store's (staging's in offload mode)
             self.unified = UnifiedExtend.plan(
                 self.indices_updater_prefill.req_to_token, fb.req_pool_indices, fb.seq_lens, fb.extend_prefix_lens,
                 fb.extend_seq_lens, fb.seq_lens_sum, max(fb.extend_seq_lens_cpu))
             return
-        if self.offload is not None:
-            self.offload.begin_decode(forward_batch.rids)
+        self.store.begin_decode(forward_batch.rids)
         bs = forward_batch.batch_size
         if bs == 0:
             self.step = None
@@ -169,8 +156,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         if not forward_batch.forward_mode.is_decode_or_idle():
             return super().init_forward_metadata_out_graph(forward_batch, in_capture)
-        if self.offload is not None:  # a replay's view has no request ids
-            self.offload.begin_decode(getattr(forward_batch, "rids", None), capture=in_capture)
+        self.store.begin_decode(getattr(forward_batch, "rids", None), capture=in_capture)  # a replay's view has no ids
         bs = forward_batch.batch_size
         buffers = self.graph_buffers
         assert buffers is not None, "init_cuda_graph_state was not called"
@@ -200,8 +186,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         """Device side of a decode step, shared by every layer: row budgets and offsets, the keys
         due for encoding and the rotation tables (recorded into the decode graph)."""
         bs = forward_batch.batch_size
-        if self.offload is not None:
-            self.offload.hot.begin_step()  # the shared cache's step number (in the graph)
+        self.store.begin_step()
         self.step[0].set_counts(forward_batch.seq_lens[:bs], self.decoder.budget)
         self.tables = self.decoder.step_tables(
             forward_batch.positions[:bs], self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs])
@@ -209,18 +194,14 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
     # -- forward --------------------------------------------------------------------------
 
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True, **kwargs):
-        if self.offload is not None:
-            self.offload.wait_prefix(layer.layer_id)
+        self.store.wait_layer(layer.layer_id)
         out = (super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache) if self.unified is None
                else self._extend_unified(q, k, v, layer, forward_batch, save_kv_cache))
         if k is not None:
             tables = self.decoder.rotary.key_tables(forward_batch.positions)
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
-            if self.extend_tails is not None:  # by logical slot: the host pool in offload mode
-                pool = self.token_to_kv_pool
-                k_pool = (pool.host_kv(layer.layer_id)[0] if self.offload is not None
-                          else pool.get_key_buffer(layer.layer_id))
-                self.decoder.encode_pool(layer.layer_id, k_pool, self.extend_tails)
+            if self.extend_tails is not None:  # reused-prefix keys, by logical slot
+                self.decoder.encode_pool(layer.layer_id, self.store.keys(layer.layer_id), self.extend_tails)
         return out
 
     def _extend_unified(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache: bool):
@@ -242,17 +223,16 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         assert self.step is not None, "decode metadata was not initialised"
         buffers, wrapper = self.step
         k_pool, v_pool = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        offload = None if self.offload is None else self.offload.layer(layer.layer_id, buffers)
         if k is not None and layer.layer_id == self.decoder.num_layers - 1:
             # every layer's K of the step is in the pool now: one launch encodes the due groups of
             # all layers (the new keys wait in the window, which scoring never reads)
-            keys = k_pool if offload is None else offload.host_k
-            self.decoder.encode_pool_layers(self.key_pointers, keys, self.tables.due, buffers.encode_ws)
+            self.decoder.encode_pool_layers(self.key_pointers, self.store.keys(layer.layer_id), self.tables.due,
+                                            buffers.encode_ws)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(
             layer.layer_id, q, self.tables.queries, self.req_to_token_pool.req_to_token,
-            forward_batch.req_pool_indices, forward_batch.seq_lens, buffers, offload,
+            forward_batch.req_pool_indices, forward_batch.seq_lens, buffers, self.store,
         )
         out = self.decoder.attend(
             wrapper, q, k_pool, v_pool, layer.scaling, logits_soft_cap=layer.logit_cap,

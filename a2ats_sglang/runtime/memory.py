@@ -62,7 +62,7 @@ def footprint(
     buckets = len(distance_buckets(cfg, budget.window, 0, context_len).edges)
     per_pair = size * (head_dim * 4 + 4 + head_dim * 2)
     scratch = SparseDecodeBuffers.nbytes(
-        graph_max_bs, num_kv_heads, context_len, width, size, buckets, offload=cfg.offload,
+        graph_max_bs, num_kv_heads, context_len, width, size, buckets, fetch=cfg.offload,
         layers=num_layers) if graph_max_bs else 0
     return Footprint(num_layers * num_kv_heads * CODE_BYTES, num_layers * num_kv_heads * per_pair + scratch)
 

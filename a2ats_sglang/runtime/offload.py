@@ -1,5 +1,5 @@
-"""Offload mode inside the ``a2ats`` backend: what an extend and a decode step do besides the
-GPU-resident path.
+"""Offload mode's :class:`~a2ats_sglang.runtime.kv_store.KVStore`: what an extend and a decode
+step do when every token's K/V live in the pinned host pool.
 
 - Extend: requests seen for the first time get empty hot buffers; staging slots of requests no
   longer prefilling are released; the new tokens get staging slots, and the prefill's attention
@@ -9,8 +9,8 @@ GPU-resident path.
   the requests that match the same tree node; every layer's copy from the host pool is queued
   on the pool's side stream, and each layer's attention waits for its own.
 - Decode: K/V writes go to the host pool only; keys due for encoding are read from the host
-  pool; after the top-K, :meth:`HotBuffers.fetch` makes the picks resident and writes GPU-slot
-  indices for the attention.
+  pool; after the top-K, :func:`fetch_picks` makes the picks resident (hot buffers or the
+  shared cache) and writes GPU-slot indices for the attention.
 
 The host-side bookkeeping runs where SGLang prepares a step's metadata, outside CUDA graphs.
 """
@@ -24,10 +24,12 @@ import torch
 
 from a2ats_sglang.kernels.hot_buffer import load_from_host
 from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.kv_store import KVStore
 from a2ats_sglang.runtime.offload_metrics import OffloadMetrics
 from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+from a2ats_sglang.runtime.server_state import describe
 from a2ats_sglang.runtime.shared_cache import SharedCache
-from a2ats_sglang.runtime.sparse_decode import OffloadStep, SparseDecodeBuffers
+from a2ats_sglang.runtime.sparse_decode import SparseDecodeBuffers, SparseDecoder
 from a2ats_sglang.runtime.staging import StagingFull
 
 
@@ -40,11 +42,26 @@ def prefix_slots(req_to_token: torch.Tensor, rows: torch.Tensor, lengths: list[i
     return req_to_token[token_rows, positions.to(rows.device, non_blocking=True)].long()
 
 
-class Offload:
+def fetch_picks(hot: HotBuffers | SharedCache, layer_id: int, buffers: SparseDecodeBuffers, req_to_token: torch.Tensor,
+                req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, host_kv: tuple[torch.Tensor, torch.Tensor],
+                dev_kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Make a layer's picks resident: the misses copied from the host pool ``host_kv`` into GPU
+    slots of ``dev_kv`` (``[slots, Hkv, d]`` each), ``buffers.indices`` set to the GPU rows
+    attention reads, this layer's hits and misses per row in ``buffers.stats``."""
+    hot.fetch(
+        layer_id, buffers.picks, buffers.counts, buffers.scores, req_to_token, req_pool_indices, seq_lens,
+        *host_kv, *dev_kv, buffers.indptr, buffers.indices, buffers.victims, buffers.stats,
+    )
+
+
+class TieredStore(KVStore):
+    fetches = True
+
     def __init__(self, pool: OffloadKVPool, num_layers: int, width: int, device: torch.device | str,
                  host_used: Callable[[], int] = lambda: 0, prometheus: bool = False) -> None:
+        super().__init__(pool)
         plan = pool.plan
-        self.pool, self.staging, self.plan = pool, pool.staging, plan
+        self.staging, self.plan = pool.staging, plan
         heads = pool.head_num
         if plan.shared:  # cells: one kv head of one token each, after staging in the [slots·Hkv, d] view
             self.hot: HotBuffers | SharedCache = SharedCache(
@@ -112,7 +129,16 @@ class Offload:
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
         self.pool.stage_writes = True
 
-    def wait_prefix(self, layer_id: int) -> None:
+    def prefill_table(self, req_to_token: torch.Tensor) -> torch.Tensor:
+        """Staging's table (GPU slots by row and position): the prefill's attention reads
+        staging, not the logical slots of ``req_to_token``."""
+        assert self.staging.table.shape[0] >= req_to_token.shape[0]
+        return self.staging.table
+
+    def keys(self, layer_id: int) -> torch.Tensor:
+        return self.pool.host_kv(layer_id)[0]
+
+    def wait_layer(self, layer_id: int) -> None:
         """The forward stream waits for this layer's cached-prefix K/V to reach staging (before
         the layer's attention reads them)."""
         ready = self.prefix_ready.pop(layer_id, None)
@@ -132,7 +158,15 @@ class Offload:
             self.staging.release(rids)
         self.metrics.step()
 
-    def layer(self, layer_id: int, buffers: SparseDecodeBuffers) -> OffloadStep:
-        host_k, host_v = self.pool.host_kv(layer_id)
-        dev_k, dev_v = self.pool.get_kv_buffer(layer_id)
-        return OffloadStep(self.hot, host_k, host_v, dev_k, dev_v, buffers.victims, buffers.stats)
+    def begin_step(self) -> None:
+        self.hot.begin_step()  # the shared cache's step number (in the graph)
+
+    def resolve(self, layer_id: int, buffers: SparseDecodeBuffers, req_to_token: torch.Tensor,
+                req_pool_indices: torch.Tensor, seq_lens: torch.Tensor) -> None:
+        fetch_picks(self.hot, layer_id, buffers, req_to_token, req_pool_indices, seq_lens,
+                    self.pool.host_kv(layer_id), self.pool.get_kv_buffer(layer_id))
+
+    def state(self, decoder: SparseDecoder, codebook_path: str, free_tokens: int) -> dict:
+        m = self.metrics
+        return describe(decoder, codebook_path, self.pool.logical_slots - 1, free_tokens, self.plan,
+                        self.pool.host.nbytes, self.staging.in_use(), m.last, m.bytes_per_copy)

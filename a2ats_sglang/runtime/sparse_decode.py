@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper
@@ -32,8 +32,10 @@ from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.selection import budget_tokens
 from a2ats_sglang.method.wrope import DistanceBuckets
-from a2ats_sglang.runtime.hot_buffers import HotBuffers
 from a2ats_sglang.runtime.rotary import DeviceRotary, Tables
+
+if TYPE_CHECKING:
+    from a2ats_sglang.runtime.kv_store import KVStore
 
 
 class PoolKeys(NamedTuple):
@@ -41,18 +43,6 @@ class PoolKeys(NamedTuple):
 
     slots: torch.Tensor  # [n] int64, −1 where there is nothing to encode
     tables: Tables  # un-rotation by each key's own position
-
-
-class OffloadStep(NamedTuple):
-    """What an offload-mode decode step fetches with, for one layer."""
-
-    hot: HotBuffers  # or a SharedCache: the same fetch
-    host_k: torch.Tensor  # [logical slots, Hkv, d] this layer's host pool (pinned)
-    host_v: torch.Tensor
-    dev_k: torch.Tensor  # [GPU slots, Hkv, d] this layer's GPU KV tensor
-    dev_v: torch.Tensor
-    victims: torch.Tensor  # [rows_cap, 2·width] int32 scratch
-    stats: torch.Tensor  # [rows_cap, 2] int32: this layer's hits and misses per row
 
 
 class StepTables(NamedTuple):
@@ -107,7 +97,7 @@ class SparseDecodeBuffers:
 
     def __init__(
         self, max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
-        device: torch.device | str, offload: bool = False, layers: int = 1,
+        device: torch.device | str, fetch: bool = False, layers: int = 1,
     ) -> None:
         self.max_bs, self.num_kv_heads, self.width = max_bs, num_kv_heads, width
         rows = max_bs * num_kv_heads
@@ -125,20 +115,21 @@ class SparseDecodeBuffers:
         self.encode_ws = encode_workspace(_split_keys(max_bs, layers * num_kv_heads), layers * num_kv_heads,
                                           codebook_size, device)
         self.topk_ws = topk_workspace(rows, device)
-        # offload mode's fetch: victim slots, then (GPU slot, logical slot) of each miss; (hits, misses)
-        self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if offload else None
-        self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if offload else None
+        # a store that resolves picks after the top-K (KVStore.fetches, offload mode): victim
+        # slots, then (GPU slot, logical slot) of each miss; (hits, misses)
+        self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if fetch else None
+        self.stats = torch.zeros(rows, 2, dtype=torch.int32, device=device) if fetch else None
 
     @staticmethod
     def nbytes(max_bs: int, num_kv_heads: int, context_len: int, width: int, codebook_size: int, buckets: int,
-               offload: bool = False, layers: int = 1) -> int:
+               fetch: bool = False, layers: int = 1) -> int:
         rows = max_bs * num_kv_heads
         lut = 4 * max_bs * buckets * num_kv_heads * codebook_size
         cols = layers * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * _split_keys(max_bs, cols) * cols
         topk_ws = 4 * topk_workspace_numel(rows)
-        fetch = 4 * rows * (2 * width + 2) if offload else 0
-        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch
+        fetch_scratch = 4 * rows * (2 * width + 2) if fetch else 0
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch_scratch
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
@@ -278,21 +269,17 @@ class SparseDecoder:
     def select(
         self, layer: int, q: torch.Tensor, tables: Tables, req_to_token: torch.Tensor,
         req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, buffers: SparseDecodeBuffers,
-        offload: OffloadStep | None = None,
+        store: KVStore | None = None,
     ) -> None:
-        """Write this layer's picks as KV-pool row indices into ``buffers.indices``. Columns past
-        a request's length are neither scored nor read by the top-K. With ``offload`` the K/V
-        live in host memory: the picks are fetched into the hot buffers and the indices name
-        GPU slots of ``offload.dev_k``/``dev_v``."""
+        """Write this layer's picks as the KV rows attention reads into ``buffers.indices``.
+        Columns past a request's length are neither scored nor read by the top-K. The top-K
+        writes the picks' pool rows itself, unless ``store`` resolves them (its ``fetches``: K/V
+        in host memory, fetched into GPU slots)."""
         lut = self.lookup_table(layer, q, tables, buffers.lut)
-        self.pick(layer, lut, req_to_token, req_pool_indices, seq_lens, buffers, write=offload is None)
-        if offload is None:
-            return
-        offload.hot.fetch(
-            layer, buffers.picks, buffers.counts, buffers.scores, req_to_token, req_pool_indices, seq_lens,
-            offload.host_k, offload.host_v, offload.dev_k, offload.dev_v, buffers.indptr, buffers.indices,
-            offload.victims, offload.stats,
-        )
+        fetches = store is not None and store.fetches
+        self.pick(layer, lut, req_to_token, req_pool_indices, seq_lens, buffers, write=not fetches)
+        if fetches:
+            store.resolve(layer, buffers, req_to_token, req_pool_indices, seq_lens)
 
     def pick(self, layer: int, lut: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
              seq_lens: torch.Tensor, buffers: SparseDecodeBuffers, write: bool = True) -> None:
