@@ -281,7 +281,8 @@ def decode_step_block(results: Path) -> Block:
                          f"{row['stock_ms'] / step['mean']:.2f}×", f"{s['encode_idle']:.2f} / {s['encode_due']:.2f}",
                          f"{s['lookup_table']:.2f}", f"{s['score']:.2f}", f"{s['topk']:.2f}", f"{s['attention']:.2f}"])
         gpu, commit = r["meta"].get("device", "GPU unknown"), str(r["meta"].get("commit", "?"))[:7]
-        caption = (f"**`{path.name}`** ({gpu}, commit {commit}): {w['context']:,}-token contexts{sized}; {first['layers']} layers, "
+        caption = (f"**`{path.name}`** ({gpu}, commit {commit}): {w['context']:,}-token contexts{sized}, "
+                   f"KV slots {w.get('slots', 'random')}; {first['layers']} layers, "
                    f"{first['kept_tokens_per_kv_head']:,} tokens kept per kv head, keys encoded in groups of "
                    f"{first['encode_group']}")
         table = _table(["batch", "stock FlashInfer", "A²ATS (idle / due)", "stock / A²ATS", "encode idle / due",
