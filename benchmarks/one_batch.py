@@ -61,7 +61,8 @@ def run_side(args: argparse.Namespace, side: str) -> dict[str, Any]:
         result_file = Path(tmp) / "result.jsonl"
         argv = side_argv(args, side, result_file)
         print(f"[one_batch] {side}: {' '.join(argv[1:])}", flush=True)
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        env = {**os.environ, one_batch_prefill.ENV: str(args.prefill_tokens)}  # both sides' processes read it
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
         lines = result_file.read_text().splitlines() if result_file.exists() else []
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.prefill_tokens <= 0:
         raise SystemExit(f"--prefill-tokens {args.prefill_tokens}: expected a positive number of tokens")
-    os.environ[one_batch_prefill.ENV] = str(args.prefill_tokens)  # both sides' processes read it
     results = {side: run_side(args, side) for side in args.sides}
     stock, a2ats = results.get("stock", {}), results.get("a2ats", {})
     if "median_decode_latency" in stock and "median_decode_latency" in a2ats:

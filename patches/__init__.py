@@ -64,6 +64,7 @@ def install_around(module: ModuleType, hook: Any) -> None:
     from sglang.srt.plugins import hook_registry
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    original = resolve(module.TARGET)
     HookRegistry.register(module.TARGET, hook, HookType.AROUND)
     # the registry logs "Applied 1 hook(s) ..." at INFO for every patch, in every process
     registry_log = hook_registry.logger
@@ -73,6 +74,8 @@ def install_around(module: ModuleType, hook: Any) -> None:
         HookRegistry.apply_hooks()
     finally:
         registry_log.setLevel(level)
+    if resolve(module.TARGET) is original:  # the registry logs a failure instead of raising
+        raise RuntimeError(f"{module.__name__}: SGLang's HookRegistry did not wrap {module.TARGET}")
     logger.debug("patched %s", module.TARGET)
     module._installed = True
 

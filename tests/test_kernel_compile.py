@@ -53,6 +53,9 @@ CASES = {
     "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
     "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {**TOPK, "P": 2, "BLOCK": 1024}, 4, 0, 64),
     "top-K pass 3, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 3, **TOPK}, 4, 0, 64),
+    # one split a row (over 512 rows): SINGLE_CONFIG's 8 warps, pass 2 at its 1,024-column block
+    "top-K pass 2, atomics, one split": ("select", "_split_hist_kernel", TOPK_PTRS,
+                                         {**TOPK, "P": 2, "SPLITS": 1, "BLOCK": 1024}, 8, 0, 64),
     "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),
     "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
     "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,

@@ -82,12 +82,10 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         # --enable-deterministic-inference promises batch-invariant results: fixed tilings in the
         # decoder's kernels, extends through SGLang's unified Triton kernel (unified_extend.py)
         self.deterministic = model_runner.server_args.enable_deterministic_inference
-        allocator = model_runner.token_to_kv_pool_allocator
         self.store, self.decoder = open_store(
             pool, lambda slots: build_decoder(cfg, book, slots, mc.context_len, self.device,
                                               batch_invariant=self.deterministic),
-            self.device, host_used=lambda: pool.plan.logical_slots - allocator.available_size(),
-            prometheus=model_runner.server_args.enable_metrics,
+            self.device, model_runner.token_to_kv_pool_allocator, prometheus=model_runner.server_args.enable_metrics,
         )
         # the slots the extend's paged attention reads (staging's GPU slots in offload mode)
         updater = self.indices_updater_prefill

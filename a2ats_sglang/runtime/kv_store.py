@@ -77,14 +77,18 @@ class ResidentStore(KVStore):
 
 
 def open_store(pool: Any, make_decoder: Callable[[int], SparseDecoder], device: torch.device | str,
-               host_used: Callable[[], int], prometheus: bool) -> tuple[KVStore, SparseDecoder]:
+               allocator: Any, prometheus: bool) -> tuple[KVStore, SparseDecoder]:
     """The store SGLang's KV pool calls for, and the decoder built for its logical slots (the
     one place that tells the modes apart: offload mode's pool is an ``OffloadKVPool``).
-    ``host_used``: host-pool slots in use, for the metrics; ``prometheus``: export them."""
+    ``allocator``: SGLang's slot allocator (the host slots in use, for the metrics);
+    ``prometheus``: export them."""
     from a2ats_sglang.runtime.offload import TieredStore
     from a2ats_sglang.runtime.offload_pool import OffloadKVPool
 
     if isinstance(pool, OffloadKVPool):
         decoder = make_decoder(pool.logical_slots)
+        def host_used() -> int:
+            return pool.plan.logical_slots - allocator.available_size()
+
         return TieredStore(pool, decoder.num_layers, decoder.width, device, host_used, prometheus), decoder
     return ResidentStore(pool), make_decoder(pool.size + pool.page_size)
