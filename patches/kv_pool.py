@@ -3,7 +3,7 @@
 Target: ``sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_mha_kv_pool``
 (SGLang 0.5.17), where the MHA token-to-KV pool is constructed with ``max_total_num_tokens``
 slots. With ``--a2ats-offload`` that number is the host pool's logical slots; the pool built
-instead is an :class:`~a2ats_sglang.runtime.offload_pool.OffloadKVPool` whose GPU tensors hold
+instead is an :class:`~a2ats_sglang.runtime.tiered.pool.OffloadKVPool` whose GPU tensors hold
 only the plan's staging and hot-buffer slots, with the host pool and staging attached.
 """
 
@@ -21,7 +21,7 @@ _installed = False  # set by install_around
 
 
 def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, quant_method=None):
-    from a2ats_sglang.runtime.offload_plan import current_plan
+    from a2ats_sglang.runtime.tiered.plan import current_plan
 
     plan = current_plan()
     if plan is None:
@@ -29,10 +29,10 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
                         quant_method=quant_method)
     import torch
 
-    from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
-    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
-    from a2ats_sglang.runtime.offload_plan import set_staging
-    from a2ats_sglang.runtime.staging import Staging
+    from a2ats_sglang.runtime.tiered.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
+    from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
+    from a2ats_sglang.runtime.tiered.plan import set_staging
+    from a2ats_sglang.runtime.tiered.staging import Staging
 
     if quant_method is not None or kvc.kv_cache_dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"--a2ats-offload keeps K/V in bf16/fp16, not {kvc.kv_cache_dtype}: use --kv-cache-dtype auto")

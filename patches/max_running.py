@@ -19,7 +19,7 @@ _installed = False  # set by install_around
 
 
 def cap(original, kvc, token_capacity: int) -> int:
-    from a2ats_sglang.runtime.offload_plan import current_plan
+    from a2ats_sglang.runtime.tiered.plan import current_plan
 
     rows = original(kvc, token_capacity)
     plan = current_plan()

@@ -92,9 +92,9 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
 
 def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
-    from a2ats_sglang.runtime.host_pool import plan_host_pool
+    from a2ats_sglang.runtime.tiered.host_pool import plan_host_pool
     from a2ats_sglang.runtime.memory import decode_budget, hot_table_bytes, plan_offload, plan_shared_offload
-    from a2ats_sglang.runtime.offload_plan import set_plan, staging_tokens
+    from a2ats_sglang.runtime.tiered.plan import set_plan, staging_tokens
     from a2ats_sglang.runtime.preflight import check_offload
 
     mc, sa = kvc.model_config, kvc.server_args

@@ -10,7 +10,7 @@ that match the same radix-tree node share its prefix, staged once (the key is re
 backend in ``Staging.prefix_keys``). A request whose (unshared) prefix and first chunk do not fit
 what the batch has left is not added (SGLang takes it in a later batch); the first request of a
 batch always fits, since staging holds a context plus a chunk
-(:func:`~a2ats_sglang.runtime.offload_plan.staging_tokens`).
+(:func:`~a2ats_sglang.runtime.tiered.plan.staging_tokens`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def sharing_key(req):
 
 
 def admit(original, adder, req, has_chunked_req: bool, truncation_align_size):
-    from a2ats_sglang.runtime.offload_plan import current_staging
+    from a2ats_sglang.runtime.tiered.plan import current_staging
 
     staging = current_staging()
     if staging is None:

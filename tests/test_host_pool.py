@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from a2ats_sglang.runtime.host_pool import (
+from a2ats_sglang.runtime.tiered.host_pool import (
     GiB,
     HostKVPool,
     HostPoolPlan,
@@ -76,7 +76,7 @@ def test_a_freed_pool_unpins_its_memory() -> None:
 
 
 def test_prefault_touches_every_chunk() -> None:
-    from a2ats_sglang.runtime.host_pool import prefault
+    from a2ats_sglang.runtime.tiered.host_pool import prefault
 
     t = torch.full((3, 1001, 7), 5, dtype=torch.bfloat16)  # 42,042 bytes: 11 chunks of 4,000, the last short
     prefault(t, chunk_bytes=4000)

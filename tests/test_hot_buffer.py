@@ -179,7 +179,7 @@ def test_load_from_host_gathers_logical_slots_into_gpu_slots() -> None:
 
 
 def test_hot_buffers_own_disjoint_slots_and_reset_per_request() -> None:
-    from a2ats_sglang.runtime.hot_buffers import HotBuffers
+    from a2ats_sglang.runtime.tiered.hot_buffers import HotBuffers
 
     slots = HotBuffers(2, max_reqs=3, num_kv_heads=2, hot_tokens=8, base_slot=100, device=DEVICE).slots.cpu()
     assert slots.unique().numel() == 24 and int(slots.min()) == 100 and int(slots.max()) == 123
@@ -200,7 +200,7 @@ def test_hot_buffers_own_disjoint_slots_and_reset_per_request() -> None:
 
 
 def test_hot_buffers_refuse_a_top_k_wider_than_themselves() -> None:
-    from a2ats_sglang.runtime.hot_buffers import HotBuffers
+    from a2ats_sglang.runtime.tiered.hot_buffers import HotBuffers
 
     hb = HotBuffers(1, 2, 2, hot_tokens=8, base_slot=0, device=DEVICE)
     picks = torch.zeros(2, 9, dtype=torch.int32, device=DEVICE)

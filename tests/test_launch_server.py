@@ -287,7 +287,7 @@ def test_launchers_hand_sglang_an_a2ats_configuration(tmp_path: Path) -> None:
 
 def test_offload_serves_with_its_radix_cache_unless_told_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from a2ats_sglang.runtime import plugin
-    from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND
+    from a2ats_sglang.runtime.tiered.radix import RADIX_BACKEND
 
     monkeypatch.setattr(plugin, "install", lambda: None)  # SGLang itself is not needed here
     monkeypatch.setattr(preflight, "cuda_device_count", lambda: 1)

@@ -9,7 +9,7 @@ import pytest
 from a2ats_sglang.runtime.config import A2ATSConfig, ConfigError
 from a2ats_sglang.runtime.flags import split_argv
 from a2ats_sglang.runtime.memory import OffloadPlan
-from a2ats_sglang.runtime.offload_plan import set_plan, staging_tokens
+from a2ats_sglang.runtime.tiered.plan import set_plan, staging_tokens
 from a2ats_sglang.runtime.preflight import Unsupported, check_settings
 
 

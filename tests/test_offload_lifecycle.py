@@ -1,4 +1,4 @@
-"""Offload mode's per-step bookkeeping (:class:`a2ats_sglang.runtime.offload.TieredStore`) over a
+"""Offload mode's per-step bookkeeping (:class:`a2ats_sglang.runtime.tiered.store.TieredStore`) over a
 request's life: chunked prefill keeps its staging across chunks, decode releases it, a request
 that ends or is aborted during prefill releases it at the next extend, a new request starts with
 an empty hot buffer, and the staging count returns to its start value."""
@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
+from a2ats_sglang.runtime.tiered.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
 from a2ats_sglang.runtime.memory import OffloadPlan
-from a2ats_sglang.runtime.offload import TieredStore
-from a2ats_sglang.runtime.staging import Staging, StagingFull
+from a2ats_sglang.runtime.tiered.store import TieredStore
+from a2ats_sglang.runtime.tiered.staging import Staging, StagingFull
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -20,7 +20,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def loaded(monkeypatch):  # noqa: ANN201
     """Cached-prefix tokens the extends since the last call copied back from the host pool, read
     from the copies themselves (each layer's must move the same tokens)."""
-    from a2ats_sglang.runtime import offload
+    from a2ats_sglang.runtime.tiered import store as offload
 
     calls: list[int] = []
     real = offload.load_from_host
@@ -42,7 +42,7 @@ def loaded(monkeypatch):  # noqa: ANN201
 
 
 def make_offload() -> TieredStore:
-    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+    from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
 
     layers, heads, dim = 2, 2, 16
     plan = OffloadPlan(logical_slots=199, max_running=3, hot_tokens=8, staging_tokens=40)

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from a2ats_sglang.runtime.offload_metrics import OffloadMetrics
+from a2ats_sglang.runtime.tiered.metrics import OffloadMetrics
 
 
 def test_samples_turn_counters_into_rates_and_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -15,7 +15,7 @@ def test_samples_turn_counters_into_rates_and_a_log_line(caplog: pytest.LogCaptu
     used = {"host": 100, "staging": 7}
     m = OffloadMetrics(counters, bytes_per_copy=256, host_used=lambda: used["host"], host_total=1000,
                        staging_used=lambda: used["staging"], prometheus=False, log_every_s=0.0, sample_every_s=0.0)
-    with caplog.at_level(logging.INFO, logger="a2ats_sglang.runtime.offload_metrics"):
+    with caplog.at_level(logging.INFO, logger="a2ats_sglang.runtime.tiered.metrics"):
         for hits, misses in ((30, 90), (90, 30)):  # a decode step's fetches, then the step's host call
             counters += torch.tensor([hits, misses])
             m.step()
@@ -32,7 +32,7 @@ def test_with_a_third_counter_bytes_follow_the_copies_and_the_hit_rate_the_misse
     counters = torch.zeros(3, dtype=torch.int64)
     m = OffloadMetrics(counters, bytes_per_copy=256, host_used=lambda: 0, host_total=1000,
                        staging_used=lambda: 0, prometheus=False, log_every_s=0.0, sample_every_s=0.0)
-    with caplog.at_level(logging.INFO, logger="a2ats_sglang.runtime.offload_metrics"):
+    with caplog.at_level(logging.INFO, logger="a2ats_sglang.runtime.tiered.metrics"):
         counters += torch.tensor([100, 300, 10])
         m.step()
     assert m.last == (100, 300, 10, 1)

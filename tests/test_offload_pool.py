@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from a2ats_sglang.runtime.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
-from a2ats_sglang.runtime.staging import Staging
+from a2ats_sglang.runtime.tiered.host_pool import HostKVPool, HostPoolPlan, kv_bytes_per_token
+from a2ats_sglang.runtime.tiered.staging import Staging
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -21,7 +21,7 @@ def sync() -> None:
 
 
 def make_pool():
-    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+    from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
 
     layers, heads, dim, logical = 2, 2, 16, 200
     host = HostKVPool(HostPoolPlan(logical, kv_bytes_per_token(layers, heads, dim, torch.bfloat16)), layers, heads, dim,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from a2ats_sglang.runtime.offload_radix import RADIX_BACKEND, create_offload_radix_cache, register
+from a2ats_sglang.runtime.tiered.radix import RADIX_BACKEND, create_offload_radix_cache, register
 
 
 def context(**kw) -> SimpleNamespace:

@@ -13,10 +13,10 @@ import torch
 from a2ats_sglang.method.codebook import Codebook, ModelIdentity
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.wrope import DistanceBuckets
-from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.tiered.hot_buffers import HotBuffers
 from a2ats_sglang.runtime.kv_store import KVStore
-from a2ats_sglang.runtime.offload import fetch_picks
-from a2ats_sglang.runtime.shared_cache import SharedCache
+from a2ats_sglang.runtime.tiered.store import fetch_picks
+from a2ats_sglang.runtime.tiered.shared_cache import SharedCache
 from a2ats_sglang.runtime.sparse_decode import Budget, SparseDecodeBuffers, SparseDecoder
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -25,7 +25,7 @@ CONFIGS = Path(__file__).parent / "configs"
 
 class HostStore(KVStore):
     """The tiered store's decode side alone: one layer's host pool and GPU slots, fetched as
-    :class:`~a2ats_sglang.runtime.offload.TieredStore` fetches (without its pool and staging)."""
+    :class:`~a2ats_sglang.runtime.tiered.store.TieredStore` fetches (without its pool and staging)."""
 
     fetches = True
 

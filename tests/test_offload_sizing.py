@@ -11,7 +11,7 @@ import torch
 
 from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.memory import decode_budget
-from a2ats_sglang.runtime.offload_plan import current_plan, current_staging, set_plan, set_staging
+from a2ats_sglang.runtime.tiered.plan import current_plan, current_staging, set_plan, set_staging
 
 LAYERS, HEADS, DIM, CONTEXT = 2, 2, 16, 512
 CELL = 2 * LAYERS * HEADS * DIM * 2
@@ -45,7 +45,7 @@ def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
     from a2ats_sglang.patches import kv_pool, max_running, pool_sizing
-    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+    from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
 
     kvc, cfg = kvc
     config = pool_sizing.charge(lambda *a, **k: pytest.fail("offload sizes the pool itself"), kvc, 64 * 2**20)
@@ -103,7 +103,7 @@ def test_a_shared_cache_plan_limited_by_the_gpu_leaves_one_request_its_cache_and
     """Codes of 10M host slots do not fit 8 GiB: the logical slots give way to one request's cache
     (two top-K widths for it and for row 0) and its claim scratch, which were counted after."""
     from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, plan_shared_offload
-    from a2ats_sglang.runtime.shared_cache import cell_table_bytes, table_bytes_per_slot
+    from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes, table_bytes_per_slot
 
     budget, kv, codes, width, staging, layers, heads = 8 * 2**30, 131072, 512, 1056, 8192, 32, 8
     plan = plan_shared_offload(budget, kv, codes, 0, 10**7, width, staging, layers, heads)
@@ -120,7 +120,7 @@ def test_a_shared_cache_plan_without_room_for_one_request_and_its_scratch_is_ref
     """Room for two rows' cache (a request's and row 0's) but not for both rows' claim scratch:
     no request could run, so the plan refuses rather than planning zero of them."""
     from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, OffloadSizingError, plan_shared_offload
-    from a2ats_sglang.runtime.shared_cache import cell_table_bytes
+    from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes
 
     kv, codes, width, staging, layers, heads = 131072, 512, 1056, 64, 32, 8
     cache_row = SHARED_SLOTS_PER_PICK * width * (kv + heads * cell_table_bytes(layers))
@@ -143,8 +143,8 @@ def test_a_shared_cache_takes_what_is_left_and_caps_running_by_its_size(kvc, mon
 
     from a2ats_sglang.patches import kv_pool, max_running, pool_sizing
     from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, OffloadSizingError, footprint
-    from a2ats_sglang.runtime.offload import TieredStore
-    from a2ats_sglang.runtime.shared_cache import SharedCache, cell_table_bytes, table_bytes_per_slot
+    from a2ats_sglang.runtime.tiered.store import TieredStore
+    from a2ats_sglang.runtime.tiered.shared_cache import SharedCache, cell_table_bytes, table_bytes_per_slot
 
     kvc, _ = kvc
     cfg = A2ATSConfig(offload=True, host_kv_gb=0.001, budget_ratio=0.1, budget_min=16, budget_max=None,

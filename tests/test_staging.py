@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from a2ats_sglang.runtime.staging import Staging, StagingFull
+from a2ats_sglang.runtime.tiered.staging import Staging, StagingFull
 
 
 def test_chunks_accumulate_then_release_returns_every_slot() -> None:

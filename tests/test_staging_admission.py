@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from a2ats_sglang.runtime.offload_plan import set_staging
-from a2ats_sglang.runtime.staging import Staging
+from a2ats_sglang.runtime.tiered.plan import set_staging
+from a2ats_sglang.runtime.tiered.staging import Staging
 
 
 @pytest.fixture

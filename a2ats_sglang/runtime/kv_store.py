@@ -4,7 +4,7 @@ The backend and the decoder ask a :class:`KVStore` what a step needs and never b
 store runs:
 
 - :class:`ResidentStore`: SGLang's own GPU KV pool. The top-K writes its picks as pool rows.
-- :class:`~a2ats_sglang.runtime.offload.TieredStore` (``--a2ats-offload``): every token in the
+- :class:`~a2ats_sglang.runtime.tiered.store.TieredStore` (``--a2ats-offload``): every token in the
   pinned host pool, its codes on the GPU; prefills read staging slots, and a decode step's
   picks are resolved to GPU rows afterwards (hot buffers or the shared cache, filled from host
   memory inside the decode graph).
@@ -82,8 +82,8 @@ def open_store(pool: Any, make_decoder: Callable[[int], SparseDecoder], device: 
     one place that tells the modes apart: offload mode's pool is an ``OffloadKVPool``).
     ``allocator``: SGLang's slot allocator (the host slots in use, for the metrics);
     ``prometheus``: export them."""
-    from a2ats_sglang.runtime.offload import TieredStore
-    from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+    from a2ats_sglang.runtime.tiered.store import TieredStore
+    from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
 
     if isinstance(pool, OffloadKVPool):
         decoder = make_decoder(pool.logical_slots)

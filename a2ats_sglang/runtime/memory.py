@@ -125,7 +125,7 @@ class OffloadPlan:
 
 def hot_table_bytes(num_layers: int, num_kv_heads: int, hot_tokens: int) -> int:
     """GPU bytes per request row besides its K/V slots: which token each (layer, kv head) holds
-    in each slot and its clock hand (:class:`~a2ats_sglang.runtime.hot_buffers.HotBuffers`), and
+    in each slot and its clock hand (:class:`~a2ats_sglang.runtime.tiered.hot_buffers.HotBuffers`), and
     the row's slot ids. (The fetch's scratch is per graph row, in :class:`SparseDecodeBuffers`.)"""
     return 4 * num_layers * num_kv_heads * (hot_tokens + 1) + 4 * hot_tokens
 
@@ -191,7 +191,7 @@ def plan_shared_offload(
     and cache table entries, fixed tensors, staging, then the cache takes the rest. Running
     requests are not capped by buffers but by the cache's size: a step's picks must fit it with
     room to spare, :data:`SHARED_SLOTS_PER_PICK` top-K widths a request (and ``running_cap``)."""
-    from a2ats_sglang.runtime.shared_cache import cell_table_bytes, table_bytes_per_slot
+    from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes, table_bytes_per_slot
 
     per_logical = code_bytes_per_token + 4 + table_bytes_per_slot(num_layers, num_kv_heads)
     per_slot = kv_bytes_per_token + num_kv_heads * cell_table_bytes(num_layers)

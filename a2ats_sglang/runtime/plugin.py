@@ -77,7 +77,7 @@ def install() -> None:
     if BACKEND_NAME not in RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND:
         add_radix_supported_deterministic_attention_backend_choices([BACKEND_NAME])
     register_attention_backend(BACKEND_NAME)(create_a2ats_backend)
-    from a2ats_sglang.runtime.offload_radix import register as register_radix_cache
+    from a2ats_sglang.runtime.tiered.radix import register as register_radix_cache
 
     register_radix_cache()
     from a2ats_sglang.runtime.warmup import register as register_warmup

@@ -21,7 +21,7 @@ from a2ats_sglang.runtime.config import A2ATSConfig
 GiB = 2**30
 DEFAULT_RAM_FRACTION = 0.6  # of the RAM free at start-up: the OS, page cache and SGLang need the rest
 MAX_RAM_FRACTION = 0.9  # an explicit host pool beyond this fraction of free RAM is refused
-RADIX_BACKEND = "a2ats-offload"  # offload mode's prefix cache (runtime/offload_radix.py)
+RADIX_BACKEND = "a2ats-offload"  # offload mode's prefix cache (runtime/tiered/radix.py)
 KV_DTYPES = (None, "auto", "bf16", "bfloat16", "float16", "fp16")  # the codes are encoded from 16-bit keys read back
 PARALLEL = (  # (field, flag): layouts a2ats does not serve yet, all on one GPU
     ("tp_size", "--tp-size"),

@@ -25,7 +25,7 @@ def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: in
              bytes_per_copy: int = 0) -> dict[str, Any]:
     """The backend's state. ``kv_tokens``/``free_tokens``: SGLang's pool (logical slots in
     offload mode, whose homes are all host rows today); ``offload_totals``: hits, misses,
-    copies from host memory and decode steps read so far (:class:`~a2ats_sglang.runtime.offload_metrics.OffloadMetrics`)."""
+    copies from host memory and decode steps read so far (:class:`~a2ats_sglang.runtime.tiered.metrics.OffloadMetrics`)."""
     budget = decoder.budget
     layers, heads = decoder.codes.shape[0], decoder.codes.shape[2]
     out: dict[str, Any] = {

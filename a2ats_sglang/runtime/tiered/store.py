@@ -23,14 +23,14 @@ from functools import partial
 import torch
 
 from a2ats_sglang.kernels.hot_buffer import load_from_host
-from a2ats_sglang.runtime.hot_buffers import HotBuffers
+from a2ats_sglang.runtime.tiered.hot_buffers import HotBuffers
 from a2ats_sglang.runtime.kv_store import KVStore
-from a2ats_sglang.runtime.offload_metrics import OffloadMetrics
-from a2ats_sglang.runtime.offload_pool import OffloadKVPool
+from a2ats_sglang.runtime.tiered.metrics import OffloadMetrics
+from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
 from a2ats_sglang.runtime.server_state import describe
-from a2ats_sglang.runtime.shared_cache import SharedCache
+from a2ats_sglang.runtime.tiered.shared_cache import SharedCache
 from a2ats_sglang.runtime.sparse_decode import SparseDecodeBuffers, SparseDecoder
-from a2ats_sglang.runtime.staging import StagingFull
+from a2ats_sglang.runtime.tiered.staging import StagingFull
 
 
 def prefix_slots(req_to_token: torch.Tensor, rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:

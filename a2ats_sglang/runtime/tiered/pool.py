@@ -23,8 +23,8 @@ import torch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc, MHATokenToKVPool, unwrap_write_loc
 
 from a2ats_sglang.kernels.hot_buffer import store_to_host
-from a2ats_sglang.runtime.host_pool import HostKVPool
-from a2ats_sglang.runtime.staging import Staging
+from a2ats_sglang.runtime.tiered.host_pool import HostKVPool
+from a2ats_sglang.runtime.tiered.staging import Staging
 
 
 class OffloadKVPool(MHATokenToKVPool):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 from a2ats_sglang.runtime.memory import OffloadPlan
-from a2ats_sglang.runtime.staging import Staging
+from a2ats_sglang.runtime.tiered.staging import Staging
 
 _plan: OffloadPlan | None = None
 _staging: Staging | None = None

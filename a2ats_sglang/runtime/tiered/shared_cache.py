@@ -1,6 +1,6 @@
 """Offload mode's shared cache: host-homed K/V cached on the GPU for every request at once.
 
-The alternative to :class:`~a2ats_sglang.runtime.hot_buffers.HotBuffers` (one buffer per
+The alternative to :class:`~a2ats_sglang.runtime.tiered.hot_buffers.HotBuffers` (one buffer per
 request row) behind ``--a2ats-offload-cache shared``: a pool of cells per layer keyed by
 (logical slot, kv head), so requests that share a radix prefix share what is cached of it and
 a request row owns nothing (:mod:`a2ats_sglang.kernels.shared_cache`). Same interface as
