@@ -1,11 +1,12 @@
 # Issue "decode kernels near their byte roofline", on the GPU node after install (suite.sh or
 # gpu_check.sh installed the wheelhouse and the package); one call each:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step       # kernel GPU tests + decode_step at 32K
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step-random  # decode_step at 32K, slots at random (the old layout)
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step128k   # decode_step with graphs sized for 128K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh probe      # the score kernel alone: slot/code layouts, grids
-# Writes $OUT/decode-step-h200{,-graph128k}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
+# Writes $OUT/decode-step-h200{,-random,-graph128k}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
 # and $OUT/one-batch-h200.json.
 source benchmarks/node/env.sh
 case "${1:-step}" in
@@ -16,6 +17,9 @@ case "${1:-step}" in
     echo "tests done at $SECONDS s"
     timeout $((590 - SECONDS)) python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --out $OUT/decode-step-h200.json 2>&1 | grep -v Warn | tail -5
     echo "32K done at $SECONDS s" ;;
+  step-random)
+    timeout 580 python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --slots random \
+      --out $OUT/decode-step-h200-random.json 2>&1 | grep -v Warn | tail -5 ;;
   step128k)
     timeout 580 python3 -m benchmarks.decode_step --context 131072 --graph-context 131072 --batch 1 4 8 --profile \
       --out $OUT/decode-step-h200-graph128k.json 2>&1 | grep -v Warn | tail -4 ;;
