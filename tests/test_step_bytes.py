@@ -66,3 +66,21 @@ def test_roofline_of_a_measured_step() -> None:
     assert out["a2ats_vs_roofline"] == round(4.0 / out["a2ats_roofline_ms"], 2)
     assert "a2ats_roofline_ms" not in roofline(s, LAYERS, {"a2ats_stages_ms": stages, "a2ats_ms": 4.0, "stock_ms": 8.0},
                                                "some other GPU")
+
+
+def test_kernel_times_split_the_top_k_passes_by_launch_rank() -> None:
+    """Two replays of two layers: each layer launches score, passes 1-3 and the compaction; the
+    passes share one kernel name and are told apart by their rank in the layer."""
+    from benchmarks.decode_step import per_kernel
+
+    layer = [("_score_kernel", 10.0), ("_split_hist_kernel", 4.0), ("_split_hist_kernel", 2.0),
+             ("_split_hist_kernel", 1.0), ("_split_compact_kernel", 3.0)]
+    launches, t = [], 0.0
+    for _ in range(2 * 2):  # replays × layers
+        for name, us in layer:
+            launches.append((name, t, us))
+            t += us
+    launches.reverse()  # whatever order the profiler lists them in, the start times decide
+    got = per_kernel(launches, iters=2)
+    assert got == {"_score_kernel ×2": 20.0, "_split_hist_kernel pass 1 ×2": 8.0, "_split_compact_kernel ×2": 6.0,
+                   "_split_hist_kernel pass 2 ×2": 4.0, "_split_hist_kernel pass 3 ×2": 2.0}
