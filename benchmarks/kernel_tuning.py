@@ -30,6 +30,8 @@ KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     ("a2ats_sglang.kernels.lut", "MIN_TILES", (1, 2, 4), "lookup_table"),
     # 64 columns need 165 registers a thread at 8 warps (one program per SM), 32 need 91 (two)
     ("a2ats_sglang.kernels.lut", "COLUMNS", (32, 64), "lookup_table"),
+    # 128 codewords a tile: 222 registers a thread at 8 warps against 165 (one program per SM either way)
+    ("a2ats_sglang.kernels.lut", "BLOCK_C", (64, 128), "lookup_table"),
     ("a2ats_sglang.kernels.score", "RUN_TARGET", (4, 8, 16, 32, 64), "score_topk"),
     ("a2ats_sglang.kernels.score", "HEADS_PER_PROGRAM", (1, 2, 4, 8), "score_topk"),
     ("a2ats_sglang.kernels.select", "MAX_PROGRAMS", (512, 1024, 2048, 4096), "score_topk"),

@@ -64,6 +64,8 @@ CASES = {
                                   {"BLOCK": 256, "HEADS_P2": 8}, 4, 0, 64),
     "lookup table, 64 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 16, **LUT}, 8, 0, 168),
     "lookup table, 32 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 8, **LUT}, 8, 0, 128),
+    "lookup table, 128 codewords a tile": ("lut", "_folded_lut_kernel", LUT_PTRS, {**LUT, "BLOCK_J": 16, "BLOCK_C": 128},
+                                           8, 0, 232),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from a2ats_sglang.kernels import lut
 from a2ats_sglang.kernels.lut import codeword_runs, folded_lookup_table
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,6 +81,14 @@ def test_partial_and_interleaved_rotation() -> None:
     c, s = cos[:, :, None], sin[:, :, None]
     x[..., 0:16:2], x[..., 1:16:2] = ev * c - od * s, od * c + ev * s
     torch.testing.assert_close(got, reference(decoded, (x * 1.5).bfloat16(), 2, "max"), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("block_c", [64, 128])  # the tuning sweep's tiles (benchmarks.kernel_tuning)
+def test_every_codeword_tile_gives_the_same_table(block_c: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lut, "BLOCK_C", block_c)
+    decoded, q, cos, sin = inputs(3, 5, 2, 4, 64, 300, seed=3)  # 300 codewords: a partial last tile either way
+    got = folded_lookup_table(decoded.to(DEVICE), q.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), 4, True, 0.9).cpu()
+    torch.testing.assert_close(got, reference(decoded, rotated(q, cos, sin, 0.9), 4, "max"), rtol=1e-5, atol=1e-4)
 
 
 def test_long_codeword_runs_cover_every_tile_once() -> None:
