@@ -337,6 +337,32 @@ def kernel_tuning_block(results: Path) -> Block:
     return Block("\n\n".join(out) + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
 
 
+def score_probe_block(results: Path) -> Block:
+    """The score kernel alone (``benchmarks.score_probe``): ms a step by slot and code layout at
+    the default grid, and the fastest variant of each slot layout."""
+    files = _load(results, "score-probe*.json")
+    if not files:
+        return _none("score-probe")
+    out = []
+    for path, r in files:
+        rows = []
+        for batch in r["results"]:
+            timed = [v for v in batch["variants"] if "ms" in v]
+            default = {(v["slots"], v["codes"]): v["ms"] for v in timed if v["run_target"] == 32 and v["warps"] == 4}
+            for slots in dict.fromkeys(v["slots"] for v in timed):
+                best = min((v for v in timed if v["slots"] == slots), key=lambda v: v["ms"])
+                rows.append([batch["batch"], slots, *(f"{default[(slots, c)]:.2f}" if (slots, c) in default else "—"
+                                                     for c in ("token", "head")),
+                             f"{best['ms']:.2f} ({best['codes']} codes, run target {best['run_target']}, "
+                             f"{best['warps']} warps)"])
+        m = r["meta"]
+        out.append(f"**`{path.name}`** ({m.get('device', '?')}, commit {str(m.get('commit', '?'))[:7]}): "
+                   f"{m['workload']['context']:,}-token contexts, ms a step (all layers, each its own codes) at run "
+                   "target 32 and 4 warps\n\n"
+                   + _table(["batch", "KV slots", "codes [slots, Hkv]", "codes [Hkv, slots]", "fastest, these slots"], rows))
+    return Block("\n\n".join(out) + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
 # ---------------------------------------------------------------------------------------------
 # serving throughput (benchmarks.throughput)
 
@@ -561,6 +587,7 @@ BLOCKS: dict[str, Callable[[Path], Block]] = {
     "equality": equality_block,
     "decode_step": decode_step_block,
     "kernel_tuning": kernel_tuning_block,
+    "score_probe": score_probe_block,
     "throughput": throughput_block,
     "offload_throughput": offload_throughput_block,
     "prefix_llama": prefix_llama_block,

@@ -179,3 +179,18 @@ def test_kernel_tuning_marks_the_fastest_value_and_shows_failures(tmp_path: Path
     assert "| 8 | `WAVES` | lookup_table | 4 | 1: 0.600, **4: 0.500**, 8: 0.700 |" in text
     assert "**[128, 64, 8, 2]: 50.100**, [64, 64, 8, 3]: error: OutOfResources: shared memory" in text
     assert "`kernel-tuning-h200.json`: NVIDIA H200" in text
+
+
+def test_score_probe_pivots_layouts_and_names_the_fastest_per_slot_layout(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    res.mkdir()
+    variants = [{"slots": s, "codes": c, "run_target": rt, "warps": w, "ms": ms} for s, c, rt, w, ms in (
+        ("random", "token", 32, 4, 3.3), ("random", "head", 32, 4, 3.5), ("random", "token", 4, 8, 2.9),
+        ("contiguous", "token", 32, 4, 1.9), ("contiguous", "head", 32, 4, 1.6), ("contiguous", "head", 1, 8, 3.0))]
+    variants.append({"slots": "random", "codes": "head", "run_target": 1, "warps": 4, "error": "OutOfResources"})
+    write(res / "score-probe-h200.json", {"meta": {**META, "device": "NVIDIA H200", "workload": {"context": 32768}},
+                                          "results": [{"batch": 32, "variants": variants}]})
+    text = report.score_probe_block(res).text
+    assert "| 32 | random | 3.30 | 3.50 | 2.90 (token codes, run target 4, 8 warps) |" in text
+    assert "| 32 | contiguous | 1.90 | 1.60 | 1.60 (head codes, run target 32, 4 warps) |" in text
+    assert "`score-probe-h200.json`: NVIDIA H200" in text
