@@ -15,9 +15,13 @@ size 1 and one kv head.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+from a2ats_sglang.kernels.grid import sm_count
 
 _SIGN: tl.constexpr = tl.constexpr(-2147483648)  # 0x80000000 as int32
 
@@ -172,12 +176,14 @@ HIST_INTS = 4 * 256  # per split: one 256-bin histogram per radix pass
 STATE_INTS = 6
 MAX_SPLITS = 16  # each pass re-reads every split's histogram of the passes before it
 RANGE_INTS = 2 * 256  # per row: the smallest and the largest key of each bin of pass ATOMIC_FROM_PASS
-ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS) + RANGE_INTS
+BARRIER_INTS = 1  # per row: the fused top-K's arrival counter (zero between launches)
+ROW_INTS = MAX_SPLITS * (HIST_INTS + STATE_INTS) + RANGE_INTS + BARRIER_INTS
 ATOMIC_FROM_PASS: tl.constexpr = tl.constexpr(2)  # passes ≥ this count their (few) matching keys by atomics
 _STATE_INTS: tl.constexpr = tl.constexpr(STATE_INTS)
 _MAX_SPLITS: tl.constexpr = tl.constexpr(MAX_SPLITS)
 _ROW_INTS: tl.constexpr = tl.constexpr(ROW_INTS)
 _RANGES_AT: tl.constexpr = tl.constexpr(MAX_SPLITS * (HIST_INTS + STATE_INTS))  # a row's bin ranges
+_BARRIER_AT: tl.constexpr = tl.constexpr(MAX_SPLITS * (HIST_INTS + STATE_INTS) + RANGE_INTS)
 _INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 
 
@@ -185,7 +191,7 @@ _INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 def _workspace_row(ws_ptr, row):
     """A row's workspace, laid out for :data:`MAX_SPLITS` whatever a launch's split count:
     ``[4 passes][MAX_SPLITS][256]`` histograms, ``[MAX_SPLITS][STATE_INTS]``, then pass 2's
-    ``[2][256]`` bin ranges (smallest, largest key). Pass 0's
+    ``[2][256]`` bin ranges (smallest, largest key), then the fused top-K's barrier counter. Pass 0's
     histograms are zero between steps (the compaction clears them), so the score kernel can
     count into them, and graphs of different batch sizes sharing the workspace agree on where
     they are."""
@@ -285,40 +291,74 @@ def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, 
 
 
 @triton.jit
+def _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr,
+               P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass ``P`` for one split of a row (``k > 0``): the choices of the passes before into the
+    split's state slot, then its digit histogram into the workspace (empty for a split wholly
+    past the row's length)."""
+    prefix = tl.zeros([], tl.int32)
+    resolved = tl.zeros([], tl.int32)
+    if P > 0:
+        prefix, remaining, above_before, ties, ties_before, resolved = _state_after(ws_row, k, P - 1, SPLITS, split)
+        slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
+        tl.store(slot, prefix)
+        tl.store(slot + 1, remaining)
+        tl.store(slot + 2, above_before)
+        tl.store(slot + 3, resolved)
+        tl.store(slot + 4, ties)
+        tl.store(slot + 5, ties_before)
+    base = scores_ptr + row.to(tl.int64) * stride_sr
+    hist_ptr = ws_row + P * _MAX_SPLITS * 256 + split * 256
+    if resolved == 0:  # a resolved row's keys are not read again before the compaction
+        if P >= ATOMIC_FROM_PASS:
+            _count_digits(base, lo, hi, prefix, hist_ptr, ws_row + _RANGES_AT, P, BLOCK, P == ATOMIC_FROM_PASS)
+        else:
+            tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
+    if P == 1:  # nothing reads the counted passes' bins now: reset them for this step's atomics
+        for q in tl.static_range(ATOMIC_FROM_PASS, 4):
+            tl.store(ws_row + q * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
+        if split == 0:  # the row's bin ranges: empty
+            tl.store(ws_row + _RANGES_AT + tl.arange(0, 256), tl.full([256], _INT_MAX, tl.int32))
+            tl.store(ws_row + _RANGES_AT + 256 + tl.arange(0, 256), tl.full([256], -_INT_MAX - 1, tl.int32))
+
+
+@triton.jit
+def _compact_pass(
+    scores_ptr, ws_row, out_idx_ptr, indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
+    row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr,
+    SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The compaction for one split of a row (``k > 0``), from the choices of all four passes."""
+    prefix, remaining, above_before, ties, ties_before, _ = _state_after(ws_row, k, 3, SPLITS, split)
+    b = row // num_kv_heads
+    g = row % num_kv_heads
+    pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
+    dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
+    _compact(
+        scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix ^ _SIGN, remaining,
+        ties == remaining, ties_before, above_before + tl.minimum(ties_before, remaining), k,
+        out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
+        out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
+    )
+
+
+@triton.jit
+def _clear_first_pass(ws_row, split):
+    """Pass 0's counts are read: clear them for the next layer's (which may come from the score kernel)."""
+    tl.store(ws_row + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
+
+
+@triton.jit
 def _split_hist_kernel(
     scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, num_kv_heads, stride_sr,
     P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
 ):
-    """Pass ``P`` for one split of a row: its digit histogram into the workspace (empty for a
-    split wholly past the row's length)."""
+    """Pass ``P`` for one split of a row."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix = tl.zeros([], tl.int32)
-        resolved = tl.zeros([], tl.int32)
-        if P > 0:
-            prefix, remaining, above_before, ties, ties_before, resolved = _state_after(ws_row, k, P - 1, SPLITS, split)
-            slot = ws_row + 4 * _MAX_SPLITS * 256 + split * _STATE_INTS
-            tl.store(slot, prefix)
-            tl.store(slot + 1, remaining)
-            tl.store(slot + 2, above_before)
-            tl.store(slot + 3, resolved)
-            tl.store(slot + 4, ties)
-            tl.store(slot + 5, ties_before)
-        base = scores_ptr + row.to(tl.int64) * stride_sr
-        hist_ptr = ws_row + P * _MAX_SPLITS * 256 + split * 256
-        if resolved == 0:  # a resolved row's keys are not read again before the compaction
-            if P >= ATOMIC_FROM_PASS:
-                _count_digits(base, lo, hi, prefix, hist_ptr, ws_row + _RANGES_AT, P, BLOCK, P == ATOMIC_FROM_PASS)
-            else:
-                tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
-        if P == 1:  # nothing reads the counted passes' bins now: reset them for this step's atomics
-            for q in tl.static_range(ATOMIC_FROM_PASS, 4):
-                tl.store(ws_row + q * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
-            if split == 0:  # the row's bin ranges: empty
-                tl.store(ws_row + _RANGES_AT + tl.arange(0, 256), tl.full([256], _INT_MAX, tl.int32))
-                tl.store(ws_row + _RANGES_AT + 256 + tl.arange(0, 256), tl.full([256], -_INT_MAX - 1, tl.int32))
+        _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr, P, SPLITS, BLOCK)
 
 
 @triton.jit
@@ -333,19 +373,54 @@ def _split_compact_kernel(
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        prefix, remaining, above_before, ties, ties_before, _ = _state_after(ws_row, k, 3, SPLITS, split)
-        b = row // num_kv_heads
-        g = row % num_kv_heads
-        pool = tl.load(req_pool_ptr + b).to(tl.int64) if WRITE_INDICES else 0
-        dst = tl.load(indptr_ptr + row) if WRITE_INDICES else 0
-        _compact(
-            scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix ^ _SIGN, remaining,
-            ties == remaining, ties_before, above_before + tl.minimum(ties_before, remaining), k,
-            out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
-            out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
-        )
-    # pass 0's counts are read: clear them for the next layer's (which may come from the score kernel)
-    tl.store(ws_row + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
+        _compact_pass(scores_ptr, ws_row, out_idx_ptr, indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
+                      row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr, SPLITS, WRITE_INDICES, BLOCK)
+    _clear_first_pass(ws_row, split)
+
+
+@triton.jit
+def _row_barrier(counter_ptr, arrivals):
+    """Wait until ``arrivals`` programs of this row have arrived, this one included.
+
+    The CTA barrier orders every thread's workspace writes before the arrival, the release
+    atomic publishes them at GPU scope and the acquire polls make the other splits' writes
+    visible here; it only terminates when every program of the row is resident at once
+    (:func:`fused_topk_fits`)."""
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    while tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu") < arrivals:
+        pass
+    tl.debug_barrier()
+
+
+@triton.jit
+def _split_fused_kernel(
+    scores_ptr, counts_ptr, ws_ptr, out_idx_ptr,
+    indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
+    L, kmax, num_kv_heads,
+    stride_sr, stride_or, stride_rr,
+    FIRST: tl.constexpr, SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+    RANGES_BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
+):
+    """Passes ``FIRST``..3 and the compaction in one launch: what :func:`_split_hist_kernel`
+    and :func:`_split_compact_kernel` do in four or five, the splits of a row meeting at a
+    barrier after each pass (a counter in the row's workspace). The last program to leave
+    resets the counter, so the next layer's launch, or the next graph replay, starts at 0."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
+    if k > 0:  # (k is the row's: all its splits take this branch or none)
+        counter = ws_row + _BARRIER_AT
+        for p in tl.static_range(FIRST, 4):
+            _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr, p, SPLITS,
+                       RANGES_BLOCK if p == ATOMIC_FROM_PASS else BLOCK)
+            _row_barrier(counter, (p - FIRST + 1) * SPLITS)
+        _compact_pass(scores_ptr, ws_row, out_idx_ptr, indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
+                      row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr, SPLITS, WRITE_INDICES, BLOCK)
+        # every split is past its last wait once it arrives here: the last one resets the counter
+        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == (4 - FIRST + 1) * SPLITS - 1:
+            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+    _clear_first_pass(ws_row, split)
 
 
 # (num_warps, block): one program per row, and one per split
@@ -354,6 +429,9 @@ SPLIT_CONFIG = (4, 2048)
 RANGES_BLOCK = 1024  # pass 2's block: its bin ranges' atomics take 80 registers a thread at 2,048, 40 at 1,024
 MIN_SPLIT_COLUMNS = 2048  # below this a split's histogram passes cost more than they save
 MAX_PROGRAMS = 1024  # rows × splits: enough to fill an H100 several times over
+# the fused top-K (one launch a layer) while rows × splits ≤ this × SMs: its barriers need every
+# program of a row resident at once, which one program an SM guarantees; 0 turns it off
+FUSED_PROGRAMS_PER_SM = 1
 
 
 def topk_splits(rows: int, L: int) -> int:
@@ -362,6 +440,14 @@ def topk_splits(rows: int, L: int) -> int:
     while splits < MAX_SPLITS and splits * 2 * MIN_SPLIT_COLUMNS <= L and rows * splits * 2 <= MAX_PROGRAMS:
         splits *= 2
     return splits
+
+
+def fused_topk_fits(rows: int, splits: int, t: torch.Tensor) -> bool:
+    """Whether the fused top-K may run: on a GPU (the interpreter runs programs one after another,
+    so a split would wait for the next forever) with every program resident at once."""
+    if not t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return rows * splits <= FUSED_PROGRAMS_PER_SM * sm_count(t)
 
 
 def topk_workspace(rows_cap: int, device: torch.device | str) -> torch.Tensor:
@@ -378,6 +464,7 @@ def topk_rows(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     workspace: torch.Tensor | None = None, block: int | None = None,
     seq_lens: torch.Tensor | None = None, num_kv_heads: int = 1, first_pass_done: bool = False,
+    fused: bool | None = None,
 ) -> None:
     """Columns of the ``counts[r]`` largest scores of each row ``r < rows`` into ``out_idx[r, :counts[r]]``.
 
@@ -395,28 +482,31 @@ def topk_rows(
     the histograms of one pass and the choices so far), which is what few long rows need.
     ``first_pass_done``: :func:`~a2ats_sglang.kernels.score.score_tokens` counted pass 0 into
     ``workspace`` while writing the scores, so that pass is skipped (needs ``seq_lens``).
+    ``fused``: the passes and the compaction in one launch, a row's splits meeting at barriers
+    in the workspace; by default (``None``) where :func:`fused_topk_fits`, the small grids whose
+    cost is their launches. The picks are the same bits either way.
     H100, CUDA graph, 32 layers, k = 1056 of 32768: 8 rows 0.76 ms, 64 rows 2.3 ms, 128 rows
     3.6 ms per step.
     """
-    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads, first_pass_done)
+    _launch_topk(scores, counts, rows, out_idx, None, workspace, block, seq_lens, num_kv_heads, first_pass_done, fused)
 
 
 def select_and_write(
     scores: torch.Tensor, counts: torch.Tensor, indptr: torch.Tensor, req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor, num_kv_heads: int, rows: int, scratch_idx: torch.Tensor,
     out_indices: torch.Tensor, workspace: torch.Tensor | None = None, block: int | None = None,
-    seq_lens: torch.Tensor | None = None, first_pass_done: bool = False,
+    seq_lens: torch.Tensor | None = None, first_pass_done: bool = False, fused: bool | None = None,
 ) -> None:
     """:func:`topk_rows` into ``scratch_idx`` fused with :func:`write_selected` into ``out_indices``."""
     write = (indptr, req_to_token, req_pool_indices, num_kv_heads, out_indices)
-    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads, first_pass_done)
+    _launch_topk(scores, counts, rows, scratch_idx, write, workspace, block, seq_lens, num_kv_heads, first_pass_done, fused)
 
 
 def _launch_topk(
     scores: torch.Tensor, counts: torch.Tensor, rows: int, out_idx: torch.Tensor,
     write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor] | None,
     workspace: torch.Tensor | None, block: int | None,
-    seq_lens: torch.Tensor | None, num_kv_heads: int, first_pass_done: bool = False,
+    seq_lens: torch.Tensor | None, num_kv_heads: int, first_pass_done: bool = False, fused: bool | None = None,
 ) -> None:
     L = scores.shape[1]
     kmax = out_idx.shape[1]
@@ -448,6 +538,19 @@ def _launch_topk(
         return
     assert workspace is not None and workspace.dtype == torch.int32
     assert workspace.numel() >= ROW_INTS * rows
+    if fused is None:
+        fused = fused_topk_fits(rows, splits, scores)
+    if fused:
+        assert splits == 1 or os.environ.get("TRITON_INTERPRET") != "1", "the interpreter cannot run a row's splits at once"
+        _split_fused_kernel[(rows, splits)](
+            scores, counts, workspace, out_idx,
+            indptr, req_to_token, req_pool, out_indices, lens,
+            L, kmax, kv_heads,
+            scores.stride(0), out_idx.stride(0), stride_rr,
+            FIRST=1 if first_pass_done else 0, SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block,
+            RANGES_BLOCK=min(block, RANGES_BLOCK), HAS_LENS=seq_lens is not None, num_warps=num_warps,
+        )
+        return
     for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
             scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),

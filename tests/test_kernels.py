@@ -499,6 +499,54 @@ def test_rows_of_lookup_table_entries_resolve_at_pass_2_and_pick_the_same(monkey
     assert straddling and all(bool(resolved[r, 0]) for r in straddling), "ties at the k-th: resolved by one value"
 
 
+@pytest.mark.parametrize("first_pass_done", [False, True])
+def test_fused_topk_picks_what_the_launch_per_pass_picks(first_pass_done: bool) -> None:
+    """The fused top-K (every pass and the compaction in one launch) against the launch per pass,
+    on one split a row (the interpreter runs programs one after another: a row's splits cannot
+    meet at a barrier here; the GPU tests run many), layer after layer on one workspace: its
+    barrier counter and pass-0 counts are zero after each."""
+    rows, L, kmax = 8, 700, 300
+    counts = torch.tensor([300, 250, 233, 100, 299, 1, 0, 300], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([700, 650, 700, 1], device=DEVICE)  # two kv heads a request
+    assert select.topk_splits(rows, L) == 1
+    workspace = topk_workspace(rows, DEVICE)
+    for layer in range(3):
+        scores = tricky_scores(rows, L, seed=50 + layer).to(DEVICE)
+        picks = []
+        for fused in (True, False):
+            if first_pass_done:  # what the score kernel counts: pass 0's digits over each length
+                keys = scores.view(torch.int32)
+                keys = torch.where(scores == 0, 0, keys)
+                top = ((keys ^ ((keys >> 31) & 0x7FFFFFFF)) >> 24).add(128) & 0xFF
+                for r in range(rows):
+                    n = int(lens[r // 2])
+                    workspace.view(rows, -1)[r, :256] = torch.bincount(top[r, :n], minlength=256).int()
+            out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+            topk_rows(scores, counts, rows, out, workspace=workspace, block=64, seq_lens=lens, num_kv_heads=2,
+                      first_pass_done=first_pass_done, fused=fused)
+            picks.append(out.cpu())
+            ws = workspace.view(rows, select.ROW_INTS).cpu()
+            assert not ws[:, : select.MAX_SPLITS * 256].any(), "pass-0 counts cleared"
+            assert not ws[:, -select.BARRIER_INTS :].any(), "barrier counters back at zero"
+        assert torch.equal(picks[0], picks[1]), layer
+        for r in range(rows):
+            n, k = int(lens[r // 2]), min(int(counts[r]), int(lens[r // 2]))
+            assert picks[0][r, :k].tolist() == topk_reference(scores[r, :n].cpu(), k), (layer, r)
+
+
+def test_fused_topk_is_for_small_grids_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its barriers hold only while every program of a row is resident: never in the interpreter,
+    never past one program an SM, off at 0."""
+    cpu = torch.empty(1)
+    assert not select.fused_topk_fits(8, 8, cpu)
+    if torch.cuda.is_available():
+        gpu = torch.empty(1, device="cuda")
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        assert select.fused_topk_fits(sms // 8, 8, gpu) and not select.fused_topk_fits(sms, 8, gpu)
+        monkeypatch.setattr(select, "FUSED_PROGRAMS_PER_SM", 0)
+        assert not select.fused_topk_fits(1, 1, gpu)
+
+
 def test_topk_rows_whole_row() -> None:
     """``counts = L``: every column, and counts above ``L`` or ``kmax`` are clamped."""
     L = 130
@@ -664,6 +712,48 @@ def test_topk_rows_large_matches_torch_topk() -> None:
         for r in range(rows):
             k = int(counts[r])
             assert torch.equal(out[r, :k].sort().values.long(), expected[r, :k].sort().values), r
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows, L", [(8, 32768), (16, 32768), (8, 131072)])  # 8 splits a row, 8, 16
+def test_fused_topk_matches_the_launch_per_pass_at_serving_shapes(rows: int, L: int) -> None:
+    """The fused top-K's splits meet at barriers: picks equal to the launch per pass (and to a
+    stable sort), rows of lookup-table entries (ties straddling the k-th) and of distinct scores,
+    replayed from a CUDA graph layer after layer with every counter back at zero."""
+    g = torch.Generator(device="cuda").manual_seed(61)
+    table = torch.randn(rows, 4096, device="cuda", generator=g)
+    scores = torch.gather(table, 1, torch.randint(0, 4096, (rows, L), device="cuda", generator=g))
+    scores[1::2] = torch.randn(rows // 2, L, device="cuda", generator=g)
+    scores[:, :4] = INF
+    lens = torch.full((rows // 8,), L, device="cuda")
+    lens[-1] = L - 3000
+    scores.view(rows // 8, 8, L)[-1, :, L - 3000 :] = INF  # past the last request's length: never read
+    counts = torch.full((rows,), 1124, dtype=torch.int32, device="cuda")
+    counts[3] = 1
+    splits = select.topk_splits(rows, L)
+    assert splits >= 8 and select.fused_topk_fits(rows, splits, scores)
+    workspace = topk_workspace(rows, "cuda")
+    picks = []
+    for fused in (False, True):
+        out = torch.full((rows, 1124), -1, dtype=torch.int32, device="cuda")
+        topk_rows(scores, counts, rows, out, workspace=workspace, seq_lens=lens, num_kv_heads=8, fused=fused)
+        picks.append(out)
+    assert torch.equal(picks[0], picks[1])
+    for r in range(rows):
+        n = int(lens[r // 8])
+        want = torch.sort(scores[r, :n], descending=True, stable=True).indices[: int(counts[r])].sort().values
+        assert torch.equal(picks[1][r, : int(counts[r])].long(), want), r
+    out = torch.full((rows, 1124), -1, dtype=torch.int32, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(4):  # four layers on one workspace
+            topk_rows(scores, counts, rows, out, workspace=workspace, seq_lens=lens, num_kv_heads=8, fused=True)
+    for _ in range(3):
+        out.fill_(-1)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, picks[0])
+        assert not workspace.view(rows, select.ROW_INTS)[:, -select.BARRIER_INTS :].any()
 
 
 @pytest.mark.gpu
