@@ -35,14 +35,14 @@ def _ordered_key(x):
 
 
 @triton.jit
-def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr):
+def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     """Histogram of digit ``P`` (8 bits, most significant first) of the keys in ``[lo, hi)``
     whose higher digits equal ``prefix``'s. Works on u = key with the sign bit flipped
     (unsigned order = float order); arithmetic shifts are fine: digits are masked and
     prefixes compared shifted alike. # [256] int32"""
     shift: tl.constexpr = 24 - 8 * P
     hist = tl.zeros([256], tl.int32)
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         offs = start + tl.arange(0, BLOCK)
         ok = offs < hi
         u = _ordered_key(tl.load(base + offs, mask=ok, other=0.0)) ^ _SIGN
@@ -54,7 +54,7 @@ def _digit_histogram(base, lo, hi, prefix, P: tl.constexpr, BLOCK: tl.constexpr)
 
 @triton.jit
 def _count_digits(base, lo, hi, prefix, hist_ptr, range_ptr, P: tl.constexpr, BLOCK: tl.constexpr,
-                  RANGES: tl.constexpr):
+                  RANGES: tl.constexpr, STAGES: tl.constexpr):
     """:func:`_digit_histogram` for the late passes, where few keys still match the prefix:
     each match adds one to its bin of ``hist_ptr`` (zeroed beforehand) with an integer atomic
     (order-free, so deterministic), and the others cost only their load and compare, not the
@@ -62,7 +62,7 @@ def _count_digits(base, lo, hi, prefix, hist_ptr, range_ptr, P: tl.constexpr, BL
     largest key go to ``range_ptr[bin]`` and ``range_ptr[256 + bin]`` (atomic min and max: as
     order-free), which tell whether the chosen bin holds one value only."""
     shift: tl.constexpr = 24 - 8 * P
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         offs = start + tl.arange(0, BLOCK)
         key = _ordered_key(tl.load(base + offs, mask=offs < hi, other=0.0))
         ok = (offs < hi) & (((key ^ _SIGN) >> (shift + 8)) == (prefix >> (shift + 8)))
@@ -91,14 +91,14 @@ def _pick_digit(hist, remaining):
 def _compact(
     base, lo, hi, threshold, remaining, all_ties, taken_ties, written, k,
     out_idx_row, req_to_token_row, out_indices_row, num_kv_heads, g,
-    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Write the columns in ``[lo, hi)`` with key > threshold, and those == threshold while
     fewer than ``remaining`` ties are taken overall, in ascending order from ``written``.
     ``all_ties``: the row's ties at the threshold are exactly ``remaining`` (the usual case), so
     every tie is taken and the tie ranks need no scan. Nothing lands at or past the row's ``k``
     (only wrong counts could put it there: then the row is wrong, the memory around it intact)."""
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         offs = start + tl.arange(0, BLOCK)
         ok = offs < hi
         key = _ordered_key(tl.load(base + offs, mask=ok, other=0.0))
@@ -141,7 +141,7 @@ def _topk_kernel(
     indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr, lens_ptr,
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
-    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
+    WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr, STAGES: tl.constexpr,
 ):
     """One program per row: four histogram passes, then the compaction."""
     row = tl.program_id(0)
@@ -155,7 +155,7 @@ def _topk_kernel(
         resolved = tl.zeros([], tl.int32)  # the chosen bin holds exactly the keys still to take
         for p in tl.static_range(4):
             if resolved == 0:  # else every key at or above the prefix is picked: no more passes
-                digit, above, ties = _pick_digit(_digit_histogram(base, 0, L, prefix, p, BLOCK), remaining)
+                digit, above, ties = _pick_digit(_digit_histogram(base, 0, L, prefix, p, BLOCK, STAGES), remaining)
                 remaining -= above
                 prefix = prefix | (digit << (24 - 8 * p))
                 resolved = (ties == remaining).to(tl.int32)
@@ -166,7 +166,7 @@ def _topk_kernel(
         _compact(
             base, 0, L, prefix ^ _SIGN, remaining, ties == remaining, tl.zeros([], tl.int32), tl.zeros([], tl.int32), k,
             out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
-            out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
+            out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK, STAGES,
         )
 
 
@@ -292,7 +292,7 @@ def _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, 
 
 @triton.jit
 def _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr,
-               P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+               P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     """Pass ``P`` for one split of a row (``k > 0``): the choices of the passes before into the
     split's state slot, then its digit histogram into the workspace (empty for a split wholly
     past the row's length)."""
@@ -311,9 +311,9 @@ def _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr,
     hist_ptr = ws_row + P * _MAX_SPLITS * 256 + split * 256
     if resolved == 0:  # a resolved row's keys are not read again before the compaction
         if P >= ATOMIC_FROM_PASS:
-            _count_digits(base, lo, hi, prefix, hist_ptr, ws_row + _RANGES_AT, P, BLOCK, P == ATOMIC_FROM_PASS)
+            _count_digits(base, lo, hi, prefix, hist_ptr, ws_row + _RANGES_AT, P, BLOCK, P == ATOMIC_FROM_PASS, STAGES)
         else:
-            tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK))
+            tl.store(hist_ptr + tl.arange(0, 256), _digit_histogram(base, lo, hi, prefix, P, BLOCK, STAGES))
     if P == 1:  # nothing reads the counted passes' bins now: reset them for this step's atomics
         for q in tl.static_range(ATOMIC_FROM_PASS, 4):
             tl.store(ws_row + q * _MAX_SPLITS * 256 + split * 256 + tl.arange(0, 256), tl.zeros([256], tl.int32))
@@ -326,7 +326,7 @@ def _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr,
 def _compact_pass(
     scores_ptr, ws_row, out_idx_ptr, indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
     row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr,
-    SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
+    SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """The compaction for one split of a row (``k > 0``), from the choices of all four passes."""
     prefix, remaining, above_before, ties, ties_before, _ = _state_after(ws_row, k, 3, SPLITS, split)
@@ -338,7 +338,7 @@ def _compact_pass(
         scores_ptr + row.to(tl.int64) * stride_sr, lo, hi, prefix ^ _SIGN, remaining,
         ties == remaining, ties_before, above_before + tl.minimum(ties_before, remaining), k,
         out_idx_ptr + row.to(tl.int64) * stride_or, req_to_token_ptr + pool * stride_rr,
-        out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK,
+        out_indices_ptr + dst, num_kv_heads, g, WRITE_INDICES, BLOCK, STAGES,
     )
 
 
@@ -351,14 +351,14 @@ def _clear_first_pass(ws_row, split):
 @triton.jit
 def _split_hist_kernel(
     scores_ptr, counts_ptr, ws_ptr, lens_ptr, L, kmax, num_kv_heads, stride_sr,
-    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
+    P: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Pass ``P`` for one split of a row."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
-        _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr, P, SPLITS, BLOCK)
+        _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr, P, SPLITS, BLOCK, STAGES)
 
 
 @triton.jit
@@ -368,13 +368,15 @@ def _split_compact_kernel(
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
     SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
     lo, hi, k, ws_row = _split_row(counts_ptr, ws_ptr, lens_ptr, row, split, L, kmax, num_kv_heads, SPLITS, HAS_LENS)
     if k > 0:
         _compact_pass(scores_ptr, ws_row, out_idx_ptr, indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
-                      row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr, SPLITS, WRITE_INDICES, BLOCK)
+                      row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr, SPLITS, WRITE_INDICES, BLOCK,
+                      STAGES)
     _clear_first_pass(ws_row, split)
 
 
@@ -400,7 +402,7 @@ def _split_fused_kernel(
     L, kmax, num_kv_heads,
     stride_sr, stride_or, stride_rr,
     FIRST: tl.constexpr, SPLITS: tl.constexpr, WRITE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
-    RANGES_BLOCK: tl.constexpr, HAS_LENS: tl.constexpr,
+    RANGES_BLOCK: tl.constexpr, HAS_LENS: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Passes ``FIRST``..3 and the compaction in one launch: what :func:`_split_hist_kernel`
     and :func:`_split_compact_kernel` do in four or five, the splits of a row meeting at a
@@ -413,10 +415,11 @@ def _split_fused_kernel(
         counter = ws_row + _BARRIER_AT
         for p in tl.static_range(FIRST, 4):
             _hist_pass(scores_ptr, ws_row, row, split, lo, hi, k, stride_sr, p, SPLITS,
-                       RANGES_BLOCK if p == ATOMIC_FROM_PASS else BLOCK)
+                       RANGES_BLOCK if p == ATOMIC_FROM_PASS else BLOCK, STAGES)
             _row_barrier(counter, (p - FIRST + 1) * SPLITS)
         _compact_pass(scores_ptr, ws_row, out_idx_ptr, indptr_ptr, req_to_token_ptr, req_pool_ptr, out_indices_ptr,
-                      row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr, SPLITS, WRITE_INDICES, BLOCK)
+                      row, split, lo, hi, k, num_kv_heads, stride_sr, stride_or, stride_rr, SPLITS, WRITE_INDICES, BLOCK,
+                      STAGES)
         # every split is past its last wait once it arrives here: the last one resets the counter
         if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == (4 - FIRST + 1) * SPLITS - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
@@ -432,6 +435,9 @@ MAX_PROGRAMS = 1024  # rows × splits: enough to fill an H100 several times over
 # the fused top-K (one launch a layer) while rows × splits ≤ this × SMs: its barriers need every
 # program of a row resident at once, which one program an SM guarantees; 0 turns it off
 FUSED_PROGRAMS_PER_SM = 1
+# software-pipelining depth of the top-K's loops over a split (tl.range num_stages: the next
+# blocks' scores in flight while this one is counted or compacted; 1 is Triton's plain loop)
+SELECT_STAGES = 1
 
 
 def topk_splits(rows: int, L: int) -> int:
@@ -533,7 +539,8 @@ def _launch_topk(
             indptr, req_to_token, req_pool, out_indices, lens,
             L, kmax, kv_heads,
             scores.stride(0), out_idx.stride(0), stride_rr,
-            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, num_warps=num_warps,
+            WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None, STAGES=SELECT_STAGES,
+            num_warps=num_warps,
         )
         return
     assert workspace is not None and workspace.dtype == torch.int32
@@ -548,14 +555,15 @@ def _launch_topk(
             L, kmax, kv_heads,
             scores.stride(0), out_idx.stride(0), stride_rr,
             FIRST=1 if first_pass_done else 0, SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block,
-            RANGES_BLOCK=min(block, RANGES_BLOCK), HAS_LENS=seq_lens is not None, num_warps=num_warps,
+            RANGES_BLOCK=min(block, RANGES_BLOCK), HAS_LENS=seq_lens is not None, STAGES=SELECT_STAGES,
+            num_warps=num_warps,
         )
         return
     for p in range(1 if first_pass_done else 0, 4):
         _split_hist_kernel[(rows, splits)](
             scores, counts, workspace, lens, L, kmax, kv_heads, scores.stride(0),
             P=p, SPLITS=splits, BLOCK=min(block, RANGES_BLOCK) if p == ATOMIC_FROM_PASS else block,
-            HAS_LENS=seq_lens is not None, num_warps=num_warps,
+            HAS_LENS=seq_lens is not None, STAGES=SELECT_STAGES, num_warps=num_warps,
         )
     _split_compact_kernel[(rows, splits)](
         scores, counts, workspace, out_idx,
@@ -563,7 +571,7 @@ def _launch_topk(
         L, kmax, kv_heads,
         scores.stride(0), out_idx.stride(0), stride_rr,
         SPLITS=splits, WRITE_INDICES=write is not None, BLOCK=block, HAS_LENS=seq_lens is not None,
-        num_warps=num_warps,
+        STAGES=SELECT_STAGES, num_warps=num_warps,
     )
 
 
