@@ -93,8 +93,14 @@ def sweep(stage: Callable[[], object], layers: int, module: str, name: str, valu
 def main(argv: list[str] | None = None) -> int:
     p = step_parser("python -m benchmarks.kernel_tuning", __doc__)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/kernel-tuning.json"))
+    p.add_argument("--knobs", nargs="+", metavar="NAME",
+                   help="sweep only these knobs (constant names, or DISABLE_SPLIT_KV); default: all")
     p.set_defaults(batch=[1, 8, 32])
     args = p.parse_args(argv)
+    every = {name for _, name, _, _ in KNOBS + DUE_KNOBS + ENCODE_KNOBS} | {"DISABLE_SPLIT_KV"}
+    if args.knobs and not set(args.knobs) <= every:
+        p.error(f"unknown knobs {sorted(set(args.knobs) - every)}; known: {sorted(every)}")
+    wanted = set(args.knobs or every)
     config = json.loads(Path(args.config).read_text())
     rows = []
     for bs in args.batch:
@@ -106,23 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:  # the first batch also times prefill's encode
             stages["encode_chunk"] = encode_chunk(st)
             knobs += ENCODE_KNOBS
-        for module, name, values, stage in knobs:
+        for module, name, values, stage in (k for k in knobs if k[1] in wanted):
             default = getattr(importlib.import_module(module), name)
             row[name] = {"stage": stage, "default": json.dumps(default),
                          "ms": sweep(stages[stage], calls.get(stage, st.layers), module, name, values, args.iters)}
         # FlashInfer's split KV (its merge kernel is 86 µs a step at batch 1): off against on
-        split = {}
-        for disable in (False, True):
-            st.replan(disable)
-            split[json.dumps(disable)] = round(time_graph(st.stages["attention"], st.layers, args.iters), 4)
-        st.replan(False)
-        row["DISABLE_SPLIT_KV"] = {"stage": "attention", "default": "false", "ms": split}
+        if "DISABLE_SPLIT_KV" in wanted:
+            split = {}
+            for disable in (False, True):
+                st.replan(disable)
+                split[json.dumps(disable)] = round(time_graph(st.stages["attention"], st.layers, args.iters), 4)
+            st.replan(False)
+            row["DISABLE_SPLIT_KV"] = {"stage": "attention", "default": "false", "ms": split}
         print(json.dumps(row), flush=True)
         rows.append(row)
         del st, stages  # this batch's buffers go before the next batch's
         torch.cuda.empty_cache()
     workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope",
-                                              "codebook_size")}
+                                              "codebook_size", "knobs")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 

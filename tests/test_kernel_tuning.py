@@ -43,3 +43,12 @@ def test_a_value_that_fails_is_recorded_and_the_sweep_goes_on(monkeypatch: pytes
     assert got["1"] == 1.0 and got["4"] == 4.0
     assert got["2"].startswith("error: RuntimeError: out of resources")
     assert lut.WAVES == 4
+
+
+def test_unknown_knobs_are_refused_with_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.kernel_tuning as tuning
+
+    with pytest.raises(SystemExit):
+        tuning.main(["--knobs", "SELECT_STAGES", "NO_SUCH_KNOB"])
+    err = capsys.readouterr().err
+    assert "unknown knobs ['NO_SUCH_KNOB']" in err and "FUSED_PROGRAMS_PER_SM" in err

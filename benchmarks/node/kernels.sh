@@ -4,7 +4,7 @@
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step-random  # decode_step at 32K, slots at random (the old layout)
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step128k   # decode_step with graphs sized for 128K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
-#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32 (KNOBS="A B": only those)
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh probe      # the score kernel alone: slot/code layouts, grids
 # Writes $OUT/decode-step-h200{,-random,-graph128k}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
 # and $OUT/one-batch-h200.json.
@@ -27,7 +27,8 @@ case "${1:-step}" in
     timeout 580 python3 -m benchmarks.score_probe --batch 8 32 --out $OUT/score-probe-h200.json 2>&1 \
       | grep -v Warn | tee $OUT/score-probe.log | tail -60 ;;
   tune)
-    timeout 580 python3 -m benchmarks.kernel_tuning --batch 1 8 32 --out $OUT/kernel-tuning-h200.json 2>&1 | grep -v Warn | tail -4 ;;
+    timeout 580 python3 -m benchmarks.kernel_tuning --batch 1 8 32 ${KNOBS:+--knobs $KNOBS} --out $OUT/kernel-tuning-h200.json 2>&1 \
+      | grep -v Warn | tail -4 ;;
   one-batch)
     timeout 580 python3 -m benchmarks.one_batch --model-path /tmp/models/llama-3.1-8b-shape --batch-size 16 --input-len 32768 \
       --out $OUT/one-batch-h200.json 2>&1 | grep "one_batch\]" ;;
