@@ -715,7 +715,7 @@ def test_topk_rows_large_matches_torch_topk() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("rows, L", [(8, 32768), (16, 32768), (8, 131072)])  # 8 splits a row, 8, 16
+@pytest.mark.parametrize("rows, L", [(8, 16384), (8, 32768), (8, 131072)])  # 8, 16, 16 splits a row
 def test_fused_topk_matches_the_launch_per_pass_at_serving_shapes(rows: int, L: int) -> None:
     """The fused top-K's splits meet at barriers: picks equal to the launch per pass (and to a
     stable sort), rows of lookup-table entries (ties straddling the k-th) and of distinct scores,
@@ -731,7 +731,7 @@ def test_fused_topk_matches_the_launch_per_pass_at_serving_shapes(rows: int, L: 
     counts = torch.full((rows,), 1124, dtype=torch.int32, device="cuda")
     counts[3] = 1
     splits = select.topk_splits(rows, L)
-    assert splits >= 8 and select.fused_topk_fits(rows, splits, scores)
+    assert splits >= 8 and select.fused_topk_fits(rows, splits, scores)  # (every program resident)
     workspace = topk_workspace(rows, "cuda")
     picks = []
     for fused in (False, True):
