@@ -515,6 +515,24 @@ def calibration_cost_block(results: Path) -> Block:
     return Block(table + "\n\nSource:\n\n" + _sources([found]), (path,))
 
 
+def one_batch_block(results: Path) -> Block:
+    """SGLang's ``bench_one_batch``: the whole model's prefill and decode step, a2ats against stock."""
+    files = _load(results, "one-batch*.json")
+    if not files:
+        return _none("one-batch")
+    rows = []
+    for path, r in files:
+        sides, w = r["results"], r["meta"]["workload"]
+        stock, ours = sides["stock"], sides["a2ats"]
+        rows.append([path.name, f"{w['batch_size']} × {w['input_len']:,}", w["output_len"],
+                     f"{stock['median_decode_latency'] * 1e3:.2f}", f"{ours['median_decode_latency'] * 1e3:.2f}",
+                     f"**{stock['median_decode_latency'] / ours['median_decode_latency']:.2f}×**",
+                     f"{stock['prefill_latency']:.1f}", f"{ours['prefill_latency']:.1f}"])
+    table = _table(["file", "batch × prompt", "outputs", "stock decode step (ms)", "a2ats decode step (ms)",
+                    "decode speed-up", "stock prefill (s)", "a2ats prefill (s)"], rows)
+    return Block(table + "\n\nSources:\n\n" + _sources(files), tuple(p for p, _ in files))
+
+
 # ---------------------------------------------------------------------------------------------
 # documents
 
@@ -587,6 +605,7 @@ BLOCKS: dict[str, Callable[[Path], Block]] = {
     "equality": equality_block,
     "decode_step": decode_step_block,
     "kernel_tuning": kernel_tuning_block,
+    "one_batch": one_batch_block,
     "score_probe": score_probe_block,
     "throughput": throughput_block,
     "offload_throughput": offload_throughput_block,

@@ -194,3 +194,18 @@ def test_score_probe_pivots_layouts_and_names_the_fastest_per_slot_layout(tmp_pa
     assert "| 32 | random | 3.30 | 3.50 | 2.90 (token codes, run target 4, 8 warps) |" in text
     assert "| 32 | contiguous | 1.90 | 1.60 | 1.60 (head codes, run target 32, 4 warps) |" in text
     assert "`score-probe-h200.json`: NVIDIA H200" in text
+
+
+def test_one_batch_gives_the_decode_speedup_of_the_whole_model(tmp_path: Path) -> None:
+    from benchmarks.report import one_batch_block
+
+    side = {"batch_size": 16, "input_len": 32768, "output_len": 64}
+    meta = {"device": "NVIDIA H200", "commit": "abcdef0", "command": "python3 -m benchmarks.one_batch",
+            "workload": {"batch_size": 16, "input_len": 32768, "output_len": 64, "prefill_tokens": 65536}}
+    (tmp_path / "one-batch-h200.json").write_text(json.dumps({"meta": meta, "results": {
+        "stock": {**side, "median_decode_latency": 0.0208, "prefill_latency": 19.2},
+        "a2ats": {**side, "median_decode_latency": 0.0130, "prefill_latency": 22.1}}}))
+    text = one_batch_block(tmp_path).text
+    assert "| one-batch-h200.json | 16 × 32,768 | 64 | 20.80 | 13.00 | **1.60×** | 19.2 | 22.1 |" in text
+    assert "NVIDIA H200, commit abcdef0" in text
+    assert one_batch_block(tmp_path / "none").text.startswith("_no one-batch")
