@@ -90,16 +90,27 @@ def time_graph(fn: Callable[[], object], layers: int, iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
+# kernels launched several times a layer, told apart by their launch's rank in the layer: the
+# split top-K's histogram passes 1-3 (pass 0 is counted in the score kernel)
+BY_RANK = {"_split_hist_kernel": ("pass 1", "pass 2", "pass 3")}
+
+
 def _short(name: str) -> str:
     return name if len(name) <= 60 else name[:57] + "..."
 
 
 def per_kernel(launches: list[tuple[str, float, float]], iters: int) -> dict[str, float]:
     """``(name, start, µs)`` of every kernel launched over ``iters`` replays → µs per replay by
-    kernel (``name ×launches``), largest first."""
+    kernel (``name ×launches``), the kernels of :data:`BY_RANK` split by launch rank, largest first."""
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}
-    for name, _, us in launches:
+    seen: dict[str, int] = {}
+    for name, _, us in sorted(launches, key=lambda x: x[1]):
+        ranks = BY_RANK.get(name)
+        if ranks:
+            i = seen.get(name, 0)
+            seen[name] = i + 1
+            name = f"{name} {ranks[i % len(ranks)]}"
         name = _short(name)
         totals[name] = totals.get(name, 0.0) + us
         counts[name] = counts.get(name, 0) + 1
@@ -109,7 +120,7 @@ def per_kernel(launches: list[tuple[str, float, float]], iters: int) -> dict[str
 
 def kernel_times(fn: Callable[[], object], layers: int, iters: int = 5) -> dict[str, float]:
     """Microseconds per replay of a ``layers``-call graph of ``fn``, by kernel name, with how many
-    launches of each: where inside a stage the time goes."""
+    launches of each (the top-K's passes apart): where inside a stage the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
     graph = layer_graph(fn, layers)
@@ -168,6 +179,7 @@ def slot_table(layout: str, bs: int, n: int, context_len: int, dev: str) -> torc
 
 def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     from a2ats_sglang.kernels.score import score_tokens
+    from a2ats_sglang.kernels.select import select_and_write
     from a2ats_sglang.method.codebook import Codebook, ModelIdentity
     from a2ats_sglang.runtime.backend import build_decoder
     from a2ats_sglang.runtime.config import A2ATSConfig
@@ -201,13 +213,18 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
     dec.plan(wrapper, buffers, seq_lens.cpu(), torch.bfloat16, torch.bfloat16)
     tables = dec.step_tables(positions, req_to_token, rpi)  # every request completes an encode group
     idle_keys = dec.due_keys(req_to_token, rpi, positions - 1)  # a step earlier none does
-    lut = dec.lookup_table(0, q, tables.queries, buffers.lut, buffers.lut_range)
+    lut = dec.lookup_table(0, q, tables.queries, buffers.lut)
     # the encode launch covers the model's layers (the codebook's), each reading this one pool
     key_pointers = torch.full((dec.num_layers,), k_pool.data_ptr(), dtype=torch.int64, device=dev)
 
     def score() -> None:  # without the top-K's first-pass counting
         score_tokens(lut, dec.codes[0], req_to_token, rpi, seq_lens, dec.edges, dec.budget.sinks,
                      dec.budget.window, buffers.scores, pad=False)
+
+    def topk() -> None:  # with its first pass: alone, the counts would be missing
+        select_and_write(buffers.scores, buffers.counts, buffers.indptr, req_to_token, rpi,
+                         m.num_kv_heads, bs * m.num_kv_heads, buffers.picks, buffers.indices, buffers.topk_ws,
+                         seq_lens=seq_lens)
 
     def score_topk() -> None:  # the serving pair, as the decoder picks
         dec.pick(0, lut, req_to_token, rpi, seq_lens, buffers)
@@ -222,8 +239,9 @@ def prepare(args: argparse.Namespace, config: dict, bs: int) -> Step:
         encode(due)
 
     stages = {
-        "lookup_table": lambda: dec.lookup_table(0, q, tables.queries, buffers.lut, buffers.lut_range),
-        "score": score,  # without the counting (the select's first pass), so alone
+        "lookup_table": lambda: dec.lookup_table(0, q, tables.queries, buffers.lut),
+        "score": score,  # these two without the counting, each alone
+        "topk": topk,
         "score_topk": score_topk,
         "attention": lambda: dec.attend(wrapper, q, k_pool, v_pool, scale),
     }
@@ -250,8 +268,6 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     stages = {"encode_due": time_graph(lambda: encode(tables.due), 1, args.iters),
               "encode_idle": time_graph(lambda: encode(idle_keys), 1, args.iters)}
     stages.update({name: time_graph(fn, layers, args.iters) for name, fn in st.stages.items()})
-    # the select needs the counts the score kernel makes as it scores: timed as the difference
-    stages["topk"] = stages["score_topk"] - stages["score"]
     # the due keys and rotation tables are computed once per step, shared by every layer
     stages["step_tables"] = time_graph(st.step_tables, 1, args.iters)
     result["a2ats_stages_ms"] = {k: round(v, 4) for k, v in stages.items()}
@@ -286,12 +302,12 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
 
 def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
     """Each stage's bytes (all layers) and the bandwidth its time reaches; the step's bytes and
-    its time at the GPU's peak bandwidth, for A²ATS and for stock. ``score`` (without the
-    select's counting) and ``topk`` (the select alone) are timed apart; ``score_topk`` is the
-    serving pair."""
-    stages = stage_bytes(shape)
-    per_stage = {k: v * layers for k, v in stages.items()}
-    per_stage["score_topk"] = (stages["score"] + stages["topk"]) * layers
+    its time at the GPU's peak bandwidth, for A²ATS and for stock. ``score`` and ``topk`` are
+    timed apart, without the first-pass counting; ``score_topk`` is the serving pair."""
+    apart = stage_bytes(dataclasses.replace(shape, first_pass_in_score=False))
+    fused = stage_bytes(dataclasses.replace(shape, first_pass_in_score=True))
+    per_stage = {k: v * layers for k, v in apart.items()}
+    per_stage["score_topk"] = (fused["score"] + fused["topk"]) * layers
     times = result["a2ats_stages_ms"]
     step, stock, least = (f(shape) * layers for f in (step_bytes, stock_bytes, minimum_bytes))
     peak = PEAK_BANDWIDTH.get(device)

@@ -33,9 +33,14 @@ KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     # 128 codewords a tile: 222 registers a thread at 8 warps against 165 (one program per SM either way)
     ("a2ats_sglang.kernels.lut", "BLOCK_C", (64, 128), "lookup_table"),
     ("a2ats_sglang.kernels.score", "RUN_TARGET", (4, 8, 16, 32, 64), "score_topk"),
+    ("a2ats_sglang.kernels.score", "HEADS_PER_PROGRAM", (1, 2, 4, 8), "score_topk"),
     ("a2ats_sglang.kernels.select", "MAX_PROGRAMS", (512, 1024, 2048, 4096), "score_topk"),
-    ("a2ats_sglang.kernels.select", "SELECT_CONFIG", ((4, 1024), (4, 2048), (8, 2048), (8, 4096)), "score_topk"),
-    ("a2ats_sglang.kernels.select", "MIN_SPLIT_COLUMNS", (1024, 2048, 4096), "score_topk"),
+    ("a2ats_sglang.kernels.score", "SCORE_STAGES", (1, 2, 3), "score_topk"),
+    ("a2ats_sglang.kernels.select", "SELECT_STAGES", ((1, 1), (1, 2), (2, 2)), "score_topk"),
+    ("a2ats_sglang.kernels.select", "MANY_ROWS_SPLITS", (2, 4, 8, 16), "score_topk"),
+    # the top-K in one launch where rows × splits fit one program an SM (0: a launch per pass)
+    ("a2ats_sglang.kernels.select", "FUSED_PROGRAMS_PER_SM", (0, 1), "score_topk"),
+    ("a2ats_sglang.kernels.select", "SPLIT_CONFIG", ((4, 1024), (4, 2048), (8, 2048), (8, 4096)), "score_topk"),
 )
 # prefill's encode (one chunk of CHUNK keys a layer): the same at every batch, swept once; every
 # tiling fits sm_90's 227 KiB of shared memory (tests/test_kernel_compile.py)

@@ -4,7 +4,7 @@ What a kernel reads or writes at least once per layer (a gather that L2 serves t
 counts once). Dividing by a stage's measured time gives the bandwidth it reaches; the step's
 sum divided by the GPU's peak bandwidth is its roofline time. Stock is FlashInfer reading each
 request's whole K and V. Byte counts are what today's kernels need, not an ideal: the top-K
-reads the fp32 scores the score kernel wrote once more, for example.
+reads the fp32 scores once per radix pass, for example.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class StepShape:
     encode_group: int  # positions encoded together once per group of steps
     kv_bytes: int = 2  # bf16
     code_bytes: int = 2  # int16
+    first_pass_in_score: bool = True  # the score kernel counts the top-K's first radix pass
 
 
 def stage_bytes(s: StepShape) -> dict[str, int]:
@@ -39,6 +40,7 @@ def stage_bytes(s: StepShape) -> dict[str, int]:
     table = rows * s.buckets * s.codebook_size * 4  # fp32, reduced over the group
     scores = rows * s.context * 4
     picks = rows * s.kept
+    passes = 4 if s.first_pass_in_score else 5  # 8-bit radix histograms and the compaction, each reading every score
     return {
         "encode_due": rows * s.encode_group * (s.head_dim * s.kv_bytes + s.code_bytes)
                       + s.kv_heads * s.codebook_size * (s.head_dim + 1) * 4,  # keys, codes; projection, norms
@@ -46,7 +48,7 @@ def stage_bytes(s: StepShape) -> dict[str, int]:
         "lookup_table": s.kv_heads * s.codebook_size * s.head_dim * 2  # codewords, bf16
                         + queries * s.buckets * s.head_dim * 2 + table,
         "score": tokens * 4 + tokens * s.kv_heads * s.code_bytes + table + scores,  # slots, codes, table; scores
-        "topk": scores + picks * (4 + 4 + 4),  # every score once (select_topk); pick, its slot, its index
+        "topk": passes * scores + picks * (4 + 4 + 4),  # scores; pick, its slot, its index
         "attention": picks * (2 * s.head_dim * s.kv_bytes + 4) + 2 * queries * s.head_dim * 2,
     }
 

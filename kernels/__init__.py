@@ -7,11 +7,10 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
   int16 codes in the code pool), ``encode_workspace``;
 - :mod:`.score` — ``score_tokens`` (per-(request, kv head) token scores from the codes and
   the bucketed, group-reduced lookup table);
-- :mod:`.select` — ``select_topk`` (each row's top-K from the score kernel's counts over the
-  row's table range, one read of the scores, the picks' KV-pool rows written), ``topk_workspace``,
-  ``range_buffer``;
+- :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
+  KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
 - :mod:`.lut` — ``folded_lookup_table`` (WRoPE queries rotated in registers, times the codebook,
-  reduced over each GQA group, and each row's score range; a fixed tiling: batch-invariant, as SGLang's deterministic
+  reduced over each GQA group; a fixed tiling: batch-invariant, as SGLang's deterministic
   inference wants);
 - :mod:`.rotary` — ``rope_pairs`` (the RoPE pairing the encode and lookup-table kernels rotate with);
 - :mod:`.hot_buffer` — ``fetch_hot`` (offload mode: picked tokens' K/V from pinned host memory

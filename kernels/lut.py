@@ -34,16 +34,13 @@ WAVES = 4  # programs per SM the codeword runs are split for (the rest of the gr
 MIN_TILES = 2  # codeword tiles a run walks at least: each run rotates its queries once
 
 
-MAX_RUNS = 32  # runs a launch splits the codewords into at most (each writes one partial range a row and bucket)
-
-
 def codeword_runs(programs: int, tiles: int, sms: int) -> int:
     """How many runs the ``tiles`` codeword tiles are split into so that ``programs`` (heads ×
     column blocks) times the runs fill ``WAVES`` programs per SM, each run at least
     ``MIN_TILES`` long: fewer, longer runs re-rotate the queries less often. H200, 32 layers,
     4,096 codewords: at batch 1 (8 programs) one tile a run took 0.257 ms a step, two 0.181,
     four 0.167; batches 8 and 32 already walk two or more."""
-    return max(1, min(triton.cdiv(tiles, MIN_TILES), triton.cdiv(WAVES * sms, programs), MAX_RUNS))
+    return max(1, min(triton.cdiv(tiles, MIN_TILES), triton.cdiv(WAVES * sms, programs)))
 
 
 @triton.jit
@@ -57,11 +54,10 @@ def _round_to_bf16(x):
 
 @triton.jit
 def _folded_lut_kernel(
-    a_ptr, q_ptr, cos_ptr, sin_ptr, out_ptr, range_ptr, C, J, D, group, buckets, rot_half, scale,
-    stride_ah, stride_ac, stride_qb, stride_qh, stride_cb, stride_ck, stride_oj, stride_oh, stride_range, tiles_per_run,
+    a_ptr, q_ptr, cos_ptr, sin_ptr, out_ptr, C, J, D, group, buckets, rot_half, scale,
+    stride_ah, stride_ac, stride_qb, stride_qh, stride_cb, stride_ck, stride_oj, stride_oh, tiles_per_run,
     REDUCE_MAX: tl.constexpr, NEOX: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, G_P2: tl.constexpr, BLOCK_D: tl.constexpr,
-    RANGES: tl.constexpr, MAX_RUNS: tl.constexpr,
 ):
     h = tl.program_id(0)
     col = tl.arange(0, BLOCK_J * G_P2)
@@ -87,8 +83,6 @@ def _folded_lut_kernel(
     jj = tl.program_id(2) * BLOCK_J + tl.arange(0, BLOCK_J)
     out_cols = out_ptr + jj[None, :].to(tl.int64) * stride_oj + h * stride_oh
     first = tl.program_id(1) * tiles_per_run
-    low = tl.full([BLOCK_J], float("inf"), tl.float32)
-    high = tl.full([BLOCK_J], float("-inf"), tl.float32)
     for t in tl.range(first, first + tiles_per_run):  # a run past C is masked off
         c = t * BLOCK_C + tl.arange(0, BLOCK_C)
         a = tl.load(a_ptr + h * stride_ah + c[:, None] * stride_ac + d[None, :],
@@ -101,32 +95,17 @@ def _folded_lut_kernel(
             acc = tl.where(real[None, :], acc, 0.0)
             folded = tl.sum(tl.reshape(acc, (BLOCK_C, BLOCK_J, G_P2)), axis=2) / group
         tl.store(out_cols + c[:, None], folded, mask=(c < C)[:, None] & (jj < J)[None, :])
-        if RANGES:
-            low = tl.minimum(low, tl.min(tl.where((c < C)[:, None], folded, float("inf")), axis=0))
-            high = tl.maximum(high, tl.max(tl.where((c < C)[:, None], folded, float("-inf")), axis=0))
-    if RANGES:  # this run's range of each column's entries, in the slot of its (request, kv head) row and bucket
-        run = tl.program_id(1)
-        slot = range_ptr + ((jj // buckets) * tl.num_programs(0) + h).to(tl.int64) * stride_range + (jj % buckets) * (2 * MAX_RUNS)
-        tl.store(slot + 2 * run, low, mask=jj < J)
-        tl.store(slot + 2 * run + 1, high, mask=jj < J)
-        if run == 0:  # the slots of runs this launch does not have: empty, so no older range stays
-            for r in range(tl.num_programs(1), MAX_RUNS):
-                tl.store(slot + 2 * r, tl.full([BLOCK_J], float("inf"), tl.float32), mask=jj < J)
-                tl.store(slot + 2 * r + 1, tl.full([BLOCK_J], float("-inf"), tl.float32), mask=jj < J)
 
 
 def folded_lookup_table(decoded: torch.Tensor, q_post: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                         group: int, neox: bool, scale: float = 1.0, reduce: str = "max",
-                        out: torch.Tensor | None = None, ranges: torch.Tensor | None = None) -> torch.Tensor:
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """``decoded`` ``[Hkv, C, d]`` bf16 (rows contiguous), ``q_post`` ``[bs, Hkv·G, d]`` (post-RoPE
     queries), ``cos``/``sin`` ``[bs, nb, rotary_dim / 2]`` fp32 (each bucket's rotation,
     :meth:`~a2ats_sglang.runtime.rotary.DeviceRotary.query_tables`; dimensions past the rotary
     ones are only scaled) → ``[bs·nb, Hkv, C]`` float32: each (request and bucket, kv head,
     codeword) the ``max`` (or ``mean``) over the group's ``G`` query heads of their logits,
-    each entry computed the same way for any batch. With ``ranges`` ``[≥ bs·Hkv, nb, MAX_RUNS, 2]``
-    float32 each codeword run also writes the (min, max) of its entries per (request and kv head,
-    bucket), every slot rewritten: the row's score range, which the top-K's digit needs
-    (:func:`~a2ats_sglang.kernels.select.select_topk`)."""
+    each entry computed the same way for any batch."""
     heads, codewords, dim = decoded.shape
     bs, q_heads, q_dim = q_post.shape
     buckets, rot_half = cos.shape[1], cos.shape[2]
@@ -149,17 +128,12 @@ def folded_lookup_table(decoded: torch.Tensor, q_post: torch.Tensor, cos: torch.
     runs = codeword_runs(heads * column_blocks, tiles, sms)
     per_run = triton.cdiv(tiles, runs)
     grid = (heads, triton.cdiv(tiles, per_run), column_blocks)
-    if ranges is not None:
-        assert ranges.shape[0] >= bs * heads and ranges.shape[1:] == (buckets, MAX_RUNS, 2), ranges.shape
-        assert ranges.is_contiguous() and ranges.dtype == torch.float32
     _folded_lut_kernel[grid](
-        decoded, q_post, cos, sin, out, out if ranges is None else ranges,
-        codewords, groups, dim, group, buckets, rot_half, scale,
+        decoded, q_post, cos, sin, out, codewords, groups, dim, group, buckets, rot_half, scale,
         decoded.stride(0), decoded.stride(1), q_post.stride(0), q_post.stride(1), cos.stride(0), cos.stride(1),
-        out.stride(0), out.stride(1), 0 if ranges is None else ranges.stride(0), per_run,
+        out.stride(0), out.stride(1), per_run,
         REDUCE_MAX=reduce == "max", NEOX=neox, BF16_DOT=q_post.is_cuda,
         BLOCK_C=BLOCK_C, BLOCK_J=block_j, G_P2=g_p2, BLOCK_D=max(16, triton.next_power_of_2(dim)),
-        RANGES=ranges is not None, MAX_RUNS=MAX_RUNS,
         num_warps=8,  # the rotation's four [d, columns] fp32 tiles
     )
     return out

@@ -15,27 +15,26 @@ import triton
 import triton.language as tl
 
 from a2ats_sglang.kernels.grid import sm_count
-from a2ats_sglang.kernels.lut import MAX_RUNS
-from a2ats_sglang.kernels.select import _ROW_INTS, _SPLIT_ALIGN, SPLIT_ALIGN, RANGE_CHUNK, _digit_params, _linear_digit, topk_splits
+from a2ats_sglang.kernels.select import _ROW_INTS, _SIGN, _SPLIT_ALIGN, SPLIT_ALIGN, _ordered_key, topk_splits
 
 
 @triton.jit
 def _score_kernel(
-    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, ws_ptr, range_ptr,
-    num_kv_heads, num_buckets, L, sinks, window, runs, n_ranges, stride_range,
+    lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, ws_ptr,
+    num_kv_heads, num_buckets, L, sinks, window, runs,
     stride_lb, stride_lk, stride_lg, stride_lc,
     stride_cs, stride_ch,
     stride_rr,
     stride_or,
     BLOCK: tl.constexpr, PAD: tl.constexpr, SPLITS: tl.constexpr, FIRST_PASS: tl.constexpr, HEADS: tl.constexpr,
-    CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """One program per (request, ``HEADS`` kv heads, run): a run is a ``1/runs`` share of one
-    top-K split of the request's own length, walked ``BLOCK`` columns at a time. With several
-    heads each block loads its slots and buckets once for all of them, and the code rows (one
-    16-byte row a token holds every head's code) come from L1 after the first head. Counting
-    the top-K's digits (``FIRST_PASS``) takes one head a program: the digit is over that row's
-    range, and the program sums its histogram in registers and adds it once."""
+    top-K split of the request's own length, walked ``BLOCK`` columns at a time. With one head
+    a program sums its histogram in registers and adds it once; with several, each block loads
+    its slots and buckets once for all of them, the code rows (one 16-byte row a token holds
+    every head's code) come from L1 after the first head, and each head's block histogram is
+    added at once (its few non-zero bins: the top digit of a score spreads over a handful)."""
     heads_groups = num_kv_heads // HEADS
     b = tl.program_id(0) // heads_groups
     g0 = (tl.program_id(0) % heads_groups) * HEADS
@@ -50,9 +49,7 @@ def _score_kernel(
     lo = split * split_len + run * run_len
     hi = tl.minimum(tl.minimum(lo + run_len, (split + 1) * split_len), row_len)
     hist = tl.zeros([256], tl.int32)
-    if FIRST_PASS:  # the top-K's digit: linear over the row's table range
-        lo_f, scale = _digit_params(range_ptr, b * num_kv_heads + g0, stride_range, n_ranges, CHUNK)
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         t = start + tl.arange(0, BLOCK)
         visible = t < hi
         protected = (t < sinks) | (t >= seq_len - window)
@@ -70,9 +67,14 @@ def _score_kernel(
                           + code.to(tl.int64) * stride_lc, mask=scored)
             res = tl.where(protected, float("inf"), acc)
             tl.store(out_ptr + row.to(tl.int64) * stride_or + t, res, mask=visible)
-            if FIRST_PASS:  # the top-K's first pass: these scores' digits, into their split's counts
-                hist += tl.histogram(_linear_digit(res, lo_f, scale), 256, mask=visible)
-    if FIRST_PASS:
+            if FIRST_PASS:  # the top-K's pass 0: the top digits of these scores, into their split's counts
+                counts = tl.histogram(((_ordered_key(res) ^ _SIGN) >> 24) & 0xFF, 256, mask=visible)
+                if HEADS == 1:
+                    hist += counts
+                else:
+                    bins = ws_ptr + row.to(tl.int64) * _ROW_INTS + split * 256 + tl.arange(0, 256)
+                    tl.atomic_add(bins, counts, mask=counts > 0, sem="relaxed")
+    if FIRST_PASS and HEADS == 1:
         bins = ws_ptr + (b * num_kv_heads + g0).to(tl.int64) * _ROW_INTS + split * 256 + tl.arange(0, 256)
         tl.atomic_add(bins, hist, mask=hist > 0, sem="relaxed")
     if PAD:  # columns past the context, shared out over the request's programs: −inf
@@ -87,6 +89,9 @@ def _score_kernel(
 RUN_TARGET = 32  # programs per SM the runs are sized for: enough warps in flight for the gathers
 HEADS_PER_PROGRAM = 1  # kv heads a program scores (the largest power of two up to this dividing Hkv)
 SCORE_WARPS = 4  # warps a program runs (Triton's default; benchmarks/score_probe.py sweeps it)
+# software-pipelining depth of a run's loop (tl.range num_stages: the next blocks' slots in
+# flight while this one's codes and table entries are gathered; 1 is Triton's plain loop)
+SCORE_STAGES = 1
 
 
 def program_heads(kv_heads: int) -> int:
@@ -109,7 +114,6 @@ def score_tokens(
     lut: torch.Tensor, codes: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor, edges: torch.Tensor, sinks: int, window: int, out: torch.Tensor,
     block: int = 512, pad: bool = True, topk_workspace: torch.Tensor | None = None,
-    ranges: torch.Tensor | None = None,
 ) -> None:
     """Score tokens ``[0, L)`` of each row ``b·Hkv + g`` into ``out[:bs·Hkv, :L]`` (float32).
 
@@ -120,11 +124,10 @@ def score_tokens(
     token), ``edges`` ``[nb]`` int32 bucket edges (``edges[0] = window``). ``t ≥ len`` → −inf
     (left untouched with ``pad=False``: a top-K given ``seq_lens`` never reads them);
     sinks and the last ``window`` tokens → +inf; otherwise ``lut[b, bucket(len − 1 − t), g, code]``.
-    With ``topk_workspace`` (:func:`~a2ats_sglang.kernels.select.topk_workspace`) and
-    ``ranges`` (the table's partial ranges, :func:`~a2ats_sglang.kernels.select.range_buffer`)
-    each program also counts its scores' digits into the split's histogram of
-    :func:`~a2ats_sglang.kernels.select.select_topk` (integer atomics: the counts do not
-    depend on the order), that select's first pass. Each program scores :func:`program_heads` kv heads of one request
+    With ``topk_workspace`` (:func:`~a2ats_sglang.kernels.select.topk_workspace`) each program
+    also counts the top digits of its scores into the top-K's pass-0 histograms (integer atomics:
+    the counts do not depend on the order), and the top-K called with ``first_pass_done`` skips
+    that pass over the scores. Each program scores :func:`program_heads` kv heads of one request
     over a run of blocks (:func:`score_runs`): one block per program while the GPU needs every
     program it can get (batch 1), longer runs once the rows alone fill it. No host
     synchronisation, no allocation.
@@ -140,21 +143,16 @@ def score_tokens(
     first_pass = topk_workspace is not None
     if first_pass:  # runs of whole blocks inside one split of the top-K
         assert SPLIT_ALIGN % block == 0, (block, SPLIT_ALIGN)
-        assert ranges is not None and ranges.is_contiguous() and ranges.shape[2:] == (MAX_RUNS, 2), "the digit's range"
-        assert ranges.shape[0] >= bs * kv_heads
-    n_ranges = ranges.shape[1] * MAX_RUNS if first_pass else 1
     splits = topk_splits(bs * kv_heads, L) if first_pass else 1
-    heads = 1 if first_pass else program_heads(kv_heads)
+    heads = program_heads(kv_heads)
     runs = score_runs(bs * kv_heads // heads, splits, L, block, sm_count(out))
     _score_kernel[(bs * kv_heads // heads, splits * runs)](
         lut, codes, req_to_token, req_pool_indices, seq_lens, edges, out, topk_workspace if first_pass else out,
-        ranges if first_pass else out,
-        kv_heads, num_buckets, L, sinks, window, runs, n_ranges, ranges.stride(0) if first_pass else 0,
+        kv_heads, num_buckets, L, sinks, window, runs,
         *lut.stride(),
         codes.stride(0), codes.stride(1),
         req_to_token.stride(0),
         out.stride(0),
-        BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass, HEADS=heads,
-        CHUNK=RANGE_CHUNK,
+        BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass, HEADS=heads, STAGES=SCORE_STAGES,
         num_warps=SCORE_WARPS,
     )

@@ -33,17 +33,13 @@ print(k.metadata.shared)
 """
 
 SCORE_PTRS = {"lut_ptr": "*fp32", "codes_ptr": "*i16", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
-              "seq_lens_ptr": "*i64", "edges_ptr": "*i32", "out_ptr": "*fp32", "ws_ptr": "*i32",
-              "range_ptr": "*fp32"}
-TOPK_PTRS = {"scores_ptr": "*fp32", "counts_ptr": "*i32", "ws_ptr": "*i32", "range_ptr": "*fp32", "lens_ptr": "*i64",
-             "out_idx_ptr": "*i32",
+              "seq_lens_ptr": "*i64", "edges_ptr": "*i32", "out_ptr": "*fp32", "ws_ptr": "*i32"}
+TOPK_PTRS = {"scores_ptr": "*fp32", "counts_ptr": "*i32", "ws_ptr": "*i32", "lens_ptr": "*i64", "out_idx_ptr": "*i32",
              "indptr_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64", "out_indices_ptr": "*i32"}
-LUT_PTRS = {"a_ptr": "*bf16", "q_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "out_ptr": "*fp32",
-            "range_ptr": "*fp32"}
-LUT = {"REDUCE_MAX": True, "NEOX": True, "BF16_DOT": True, "BLOCK_C": 64, "G_P2": 4, "BLOCK_D": 128, "RANGES": True,
-       "MAX_RUNS": 32}
-TOPK = {"SPLITS": 4, "BLOCK": 2048, "WRITE_INDICES": True, "CHUNK": 128}
-SCORE = {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "CHUNK": 128}
+LUT_PTRS = {"a_ptr": "*bf16", "q_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "out_ptr": "*fp32"}
+LUT = {"REDUCE_MAX": True, "NEOX": True, "BF16_DOT": True, "BLOCK_C": 64, "G_P2": 4, "BLOCK_D": 128}
+TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True, "STAGES": 1}
+SCORE = {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "STAGES": 1}
 
 # (kernel, pointer types, constexprs, warps, least shared bytes, most registers a thread)
 CACHE_PTRS = {"picks_ptr": "*i32", "counts_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
@@ -52,12 +48,23 @@ CACHE_PTRS = {"picks_ptr": "*i32", "counts_ptr": "*i32", "req_to_token_ptr": "*i
               "host_k_ptr": "*bf16", "host_v_ptr": "*bf16", "dev_k_ptr": "*bf16", "dev_v_ptr": "*bf16"}
 CASES = {
     "score": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 1}, 4, 0, 128),
-    "score, 8 kv heads a program": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 8, "FIRST_PASS": False}, 4, 0,
+    "score, 8 kv heads a program": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 8}, 4, 0,
                                     144),  # 142: the heads' loads issued together, 3 programs an SM
-    # the select after the score kernel's counting: 16 splits (batch 1 at 32K), one (batch 64)
-    # (168: three programs an SM at 4 warps; the resolve holds 1,024 candidates in registers)
-    "top-K select": ("select", "_bin_select_kernel", TOPK_PTRS, {**TOPK, "SPLITS": 16}, 4, 0, 168),
-    "top-K select, one split": ("select", "_bin_select_kernel", TOPK_PTRS, {**TOPK, "SPLITS": 1}, 4, 0, 168),
+    "top-K pass 1, histogram": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 1, **TOPK}, 4, 0, 64),
+    "top-K pass 2, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {**TOPK, "P": 2, "BLOCK": 1024}, 4, 0, 64),
+    "top-K pass 3, atomics": ("select", "_split_hist_kernel", TOPK_PTRS, {"P": 3, **TOPK}, 4, 0, 64),
+    # one split a row (over 512 rows): SINGLE_CONFIG's 8 warps, pass 2 at its 1,024-column block
+    "top-K pass 2, atomics, one split": ("select", "_split_hist_kernel", TOPK_PTRS,
+                                         {**TOPK, "P": 2, "SPLITS": 1, "BLOCK": 1024}, 8, 0, 64),
+    "top-K compaction": ("select", "_split_compact_kernel", TOPK_PTRS, {"WRITE_INDICES": True, **TOPK}, 4, 0, 128),
+    # batch 1 at 32K: every pass and the compaction in one launch, 8 splits meeting at barriers
+    "top-K fused": ("select", "_split_fused_kernel", TOPK_PTRS,
+                    {**TOPK, "SPLITS": 8, "FIRST": 1, "WRITE_INDICES": True, "RANGES_BLOCK": 1024}, 4, 0, 160),
+    # the tuning sweep's pipelined loops (SCORE_STAGES, SELECT_STAGES)
+    "score, 3 stages": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 1, "STAGES": 3}, 4, 0, 168),
+    "top-K pass 1, 3 stages": ("select", "_split_hist_kernel", TOPK_PTRS, {**TOPK, "P": 1, "STAGES": 3}, 4, 0, 128),
+    "top-K compaction, 3 stages": ("select", "_split_compact_kernel", TOPK_PTRS,
+                                   {**TOPK, "WRITE_INDICES": True, "STAGES": 3}, 4, 0, 168),
     "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
     "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,
                                     {"BLOCK": 128, "BLOCK_D": 128, "BLOCK_COPY": 16, "COUNT": True}, 8, 0, 64),

@@ -49,6 +49,6 @@ def test_unknown_knobs_are_refused_with_the_known_ones(capsys: pytest.CaptureFix
     import benchmarks.kernel_tuning as tuning
 
     with pytest.raises(SystemExit):
-        tuning.main(["--knobs", "SELECT_CONFIG", "NO_SUCH_KNOB"])
+        tuning.main(["--knobs", "SELECT_STAGES", "NO_SUCH_KNOB"])
     err = capsys.readouterr().err
-    assert "unknown knobs ['NO_SUCH_KNOB']" in err and "SELECT_CONFIG" in err
+    assert "unknown knobs ['NO_SUCH_KNOB']" in err and "FUSED_PROGRAMS_PER_SM" in err

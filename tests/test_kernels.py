@@ -6,13 +6,20 @@ Small shapes keep the interpreter fast; the ``gpu`` tests add serving-sized shap
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from a2ats_sglang.kernels import score
+from a2ats_sglang.kernels import score, select
 from a2ats_sglang.kernels.encode import encode_keys, encode_projection, encode_workspace
 from a2ats_sglang.kernels.score import score_tokens
+from a2ats_sglang.kernels.select import (
+    select_and_write,
+    topk_rows,
+    topk_workspace,
+    write_selected,
+)
 
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.scores import lookup_table
@@ -361,6 +368,26 @@ def write_reference(topk: torch.Tensor, counts: torch.Tensor, indptr: torch.Tens
     return out
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_write_selected(index_dtype: torch.dtype) -> None:
+    kv_heads, kmax = 2, 40
+    batch = Batch([60, 1, 35], kv_heads, size=16, max_ctx=64, seed=9, pool_rows=[3, 0, 1])
+    rows = 3 * kv_heads
+    counts = torch.tensor([40, 0, 1, 1, 35, 20, 9, 9], dtype=torch.int32)  # rows_cap = 8 > rows
+    indptr = torch.zeros(9, dtype=torch.int32)
+    indptr[1:] = counts.cumsum(0)
+    topk = torch.stack([torch.randperm(60, generator=torch.Generator().manual_seed(r))[:kmax] for r in range(8)])
+    topk[2:4] = 0  # the padded request sees only token 0
+    topk[4:6] = topk[4:6] % 35
+    out = torch.full((int(indptr[-1]) + 5,), -1, dtype=torch.int32, device=DEVICE)
+    write_selected(
+        topk.to(index_dtype).to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE),
+        batch.pool.to(DEVICE), kv_heads, out, rows, block=16,
+    )
+    expected = write_reference(topk, counts, indptr, batch, kv_heads, rows, out.numel())
+    assert torch.equal(out.cpu(), expected)
+
+
 def topk_reference(scores: torch.Tensor, k: int) -> list[int]:
     """The ``k`` largest, ties toward the lower column (a stable descending sort)."""
     return sorted(torch.sort(scores, descending=True, stable=True).indices[:k].tolist())
@@ -381,7 +408,352 @@ def tricky_scores(rows: int, L: int, seed: int) -> torch.Tensor:
     return s
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_topk_rows_selects_the_largest(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    L, kmax = 700, 300
+    scores = tricky_scores(8, L, seed=10)
+    counts = torch.tensor([300, 250, 233, 100, 299, 1, 0, 300], dtype=torch.int32)
+    out = torch.full((9, kmax), -1, dtype=torch.int32, device=DEVICE)  # rows_cap 9 > rows 8
+    workspace = None
+    if split:  # several programs per row even at this size
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
+        assert select.topk_splits(8, L) == 8
+        workspace = topk_workspace(9, DEVICE)
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), 8, out, workspace=workspace, block=64)
+    out = out.cpu()
+    for r in range(8):
+        k = int(counts[r])
+        assert sorted(out[r, :k].tolist()) == topk_reference(scores[r], k), r
+        assert (out[r, k:] == -1).all()
+    assert (out[8] == -1).all()
+
+
+def resolving_scores(L: int, k: int, seed: int) -> torch.Tensor:
+    """Rows whose ``k`` largest sit alone in the bin of radix pass 0, of pass 1, neither (random:
+    usually pass 2) and never (four distinct values: every pass's bin holds more ties, until pass
+    2's holds one value only)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.empty(4, L)
+    s[0] = torch.rand(L, generator=g)  # top byte 0x3E or 0x3F
+    s[0, torch.randperm(L, generator=g)[:k]] = 512 + 400 * torch.rand(k, generator=g)  # 0x44
+    s[1] = 600 + 100 * torch.rand(L, generator=g)  # exponent 137: pass-1 digits 21 to 40
+    s[1, torch.randperm(L, generator=g)[:k]] = 1000 + 3 * torch.rand(k, generator=g)  # pass-1 digit 122
+    s[2] = torch.randn(L, generator=g)
+    s[3] = torch.randint(0, 4, (L,), generator=g).float()
+    return s
+
+
+def test_rows_resolved_early_skip_their_later_passes_and_pick_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row whose chosen bin holds exactly the keys still to take needs no more passes: the
+    split top-K records it in each split's state and takes ``key ≥ prefix``; the picks are the
+    exact top-K either way (and the single-program kernel's, which stops the same way)."""
+    L, k = 700, 100
+    scores = resolving_scores(L, k, seed=21)
+    counts = torch.full((4,), k, dtype=torch.int32)
+    monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
+    splits = select.topk_splits(4, L)
+    assert splits > 1
+    workspace = topk_workspace(4, DEVICE)
+    for ws in (workspace, None):
+        out = torch.full((4, k), -1, dtype=torch.int32, device=DEVICE)
+        topk_rows(scores.to(DEVICE), counts.to(DEVICE), 4, out, workspace=ws, block=64)
+        for r in range(4):
+            assert out[r].tolist() == topk_reference(scores[r], k), (r, ws is None)  # ascending columns
+    states = 4 * select.MAX_SPLITS * 256
+    state = workspace.cpu().view(4, select.ROW_INTS)[:, states : states + select.MAX_SPLITS * select.STATE_INTS]
+    state = state.view(4, select.MAX_SPLITS, select.STATE_INTS)
+    resolved = state[:, :splits, 3]
+    assert (resolved[0] == 1).all() and (resolved[1] == 1).all(), "resolved at pass 0 and at pass 1"
+    # the prefix is kept in unsigned key order (sign bit flipped): pass 0's byte 0x44, then zeros
+    assert state[0, :splits, 0].unique().tolist() == [(0xC4 << 24) - (1 << 32)], "no digit of a later pass"
+    # four values: pass 2's bin holds only 3.0, whose ties straddle the k-th; its exact key is the threshold
+    threes = int((scores[3] == 3.0).sum())
+    assert threes > k and (resolved[3] == 1).all(), "a bin of one value is resolved at pass 2"
+    three_key = 0x40400000 - (1 << 31)  # 3.0's bits with the sign bit flipped, as an int32
+    assert state[3, :splits, 0].unique().tolist() == [three_key] and (state[3, :splits, 4] == threes).all()
+
+
+def test_rows_of_lookup_table_entries_resolve_at_pass_2_and_pick_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode scores are lookup-table entries: tokens sharing a code tie exactly, so the ``k``-th
+    largest usually sits inside a group of ties and no bin ever holds just the keys to take.
+    Pass 2's bin ranges see that the chosen bin is one value: those rows skip pass 3 and still
+    pick the exact top-K, ties toward the lower columns."""
+    rows, L, k = 8, 1500, 90
+    g = torch.Generator().manual_seed(33)
+    table = torch.randn(rows, 64, generator=g) * 3
+    scores = torch.gather(table, 1, torch.randint(0, 64, (rows, L), generator=g))  # ~23 tokens a value
+    counts = torch.full((rows,), k, dtype=torch.int32)
+    monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 64)
+    splits = select.topk_splits(rows, L)
+    assert splits > 1
+    workspace = topk_workspace(rows, DEVICE)
+    out = torch.full((rows, k), -1, dtype=torch.int32, device=DEVICE)
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), rows, out, workspace=workspace, block=64)
+    for r in range(rows):
+        assert out[r].tolist() == topk_reference(scores[r], k), r
+    states = 4 * select.MAX_SPLITS * 256
+    state = workspace.cpu().view(rows, select.ROW_INTS)[:, states : states + select.MAX_SPLITS * select.STATE_INTS]
+    resolved = state.view(rows, select.MAX_SPLITS, select.STATE_INTS)[:, :splits, 3]
+    assert (resolved == resolved[:, :1]).all(), "every split of a row agrees"
+    straddling = [r for r in range(rows) if (scores[r] == scores[r].sort(descending=True).values[k - 1]).sum() > 1]
+    assert straddling and all(bool(resolved[r, 0]) for r in straddling), "ties at the k-th: resolved by one value"
+
+
+@pytest.mark.parametrize("first_pass_done", [False, True])
+def test_fused_topk_picks_what_the_launch_per_pass_picks(first_pass_done: bool) -> None:
+    """The fused top-K (every pass and the compaction in one launch) against the launch per pass,
+    on one split a row (the interpreter runs programs one after another: a row's splits cannot
+    meet at a barrier here; the GPU tests run many), layer after layer on one workspace: its
+    barrier counter and pass-0 counts are zero after each."""
+    rows, L, kmax = 8, 700, 300
+    counts = torch.tensor([300, 250, 233, 100, 299, 1, 0, 300], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([700, 650, 700, 1], device=DEVICE)  # two kv heads a request
+    assert select.topk_splits(rows, L) == 1
+    workspace = topk_workspace(rows, DEVICE)
+    for layer in range(3):
+        scores = tricky_scores(rows, L, seed=50 + layer).to(DEVICE)
+        picks = []
+        for fused in (True, False):
+            if first_pass_done:  # what the score kernel counts: pass 0's digits over each length
+                keys = scores.view(torch.int32)
+                keys = torch.where(scores == 0, 0, keys)
+                top = ((keys ^ ((keys >> 31) & 0x7FFFFFFF)) >> 24).add(128) & 0xFF
+                for r in range(rows):
+                    n = int(lens[r // 2])
+                    workspace.view(rows, -1)[r, :256] = torch.bincount(top[r, :n], minlength=256).int()
+            out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+            topk_rows(scores, counts, rows, out, workspace=workspace, block=64, seq_lens=lens, num_kv_heads=2,
+                      first_pass_done=first_pass_done, fused=fused)
+            picks.append(out.cpu())
+            ws = workspace.view(rows, select.ROW_INTS).cpu()
+            assert not ws[:, : select.MAX_SPLITS * 256].any(), "pass-0 counts cleared"
+            assert not ws[:, -select.BARRIER_INTS :].any(), "barrier counters back at zero"
+        assert torch.equal(picks[0], picks[1]), layer
+        for r in range(rows):
+            n, k = int(lens[r // 2]), min(int(counts[r]), int(lens[r // 2]))
+            assert picks[0][r, :k].tolist() == topk_reference(scores[r, :n].cpu(), k), (layer, r)
+
+
+def test_fused_topk_is_for_small_grids_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its barriers hold only while every program of a row is resident: never in the interpreter,
+    never past one program an SM, off at 0."""
+    cpu = torch.empty(1)
+    assert not select.fused_topk_fits(8, 8, cpu)
+    if torch.cuda.is_available():
+        gpu = torch.empty(1, device="cuda")
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        assert select.fused_topk_fits(sms // 8, 8, gpu) and not select.fused_topk_fits(sms, 8, gpu)
+        monkeypatch.setattr(select, "FUSED_PROGRAMS_PER_SM", 0)
+        assert not select.fused_topk_fits(1, 1, gpu)
+
+
+def test_topk_rows_whole_row() -> None:
+    """``counts = L``: every column, and counts above ``L`` or ``kmax`` are clamped."""
+    L = 130
+    scores = tricky_scores(6, L, seed=11)
+    counts = torch.tensor([L, L, L, 500, L, L], dtype=torch.int32)
+    out = torch.full((6, L), -1, dtype=torch.int32, device=DEVICE)
+    topk_rows(scores.to(DEVICE), counts.to(DEVICE), 6, out, block=64)
+    for r in range(6):
+        assert sorted(out[r].tolist()) == list(range(L))
+
+
+def run_select(batch: Batch, scores: torch.Tensor, counts: torch.Tensor, kv_heads: int, kmax: int, split: bool,
+               monkeypatch: pytest.MonkeyPatch, seq_lens: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``select_and_write`` on one or several programs per row. → (picks, indices, indptr) on CPU"""
+    rows, L = scores.shape
+    indptr = torch.zeros(rows + 1, dtype=torch.int32)
+    indptr[1:] = counts.cumsum(0)
+    scratch = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
+    workspace = None
+    if split:  # several programs per row even at this size
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", 32)
+        assert select.topk_splits(rows, L) > 1
+        workspace = topk_workspace(rows, DEVICE)
+    select_and_write(
+        scores.to(DEVICE), counts.to(DEVICE), indptr.to(DEVICE), batch.req_to_token.to(DEVICE), batch.pool.to(DEVICE),
+        kv_heads, rows, scratch, out, workspace=workspace, block=32,
+        seq_lens=None if seq_lens is None else torch.tensor(seq_lens).to(DEVICE),
+    )
+    return scratch.cpu(), out.cpu(), indptr
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_select_and_write_is_topk_then_write(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    kv_heads, L, kmax = 2, 200, 64
+    batch = Batch([200, 150, 1], kv_heads, size=16, max_ctx=L, seed=12, pool_rows=[1, 2, 0])
+    rows = 3 * kv_heads
+    scores = tricky_scores(rows, L, seed=13)
+    scores[2:4, 150:] = -INF
+    counts = torch.tensor([64, 60, 30, 64, 1, 0], dtype=torch.int32)
+    scratch, out, indptr = run_select(batch, scores, counts, kv_heads, kmax, split, monkeypatch)
+    for r in range(rows):
+        k = int(counts[r])
+        assert sorted(scratch[r, :k].tolist()) == topk_reference(scores[r], k)
+    assert torch.equal(out, write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_select_ignores_columns_past_each_requests_length(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``seq_lens`` the picks come only from ``[0, len)``: even +inf garbage past the length
+    (stale scores of a longer earlier request) is never read."""
+    kv_heads, L, kmax = 2, 300, 64
+    lens = [300, 90, 1, 200]
+    batch = Batch(lens, kv_heads, size=16, max_ctx=L, seed=14, pool_rows=[1, 2, 0, 3])
+    rows = len(lens) * kv_heads
+    scores = tricky_scores(rows, L, seed=15)
+    for r in range(rows):
+        scores[r, lens[r // kv_heads]:] = INF
+    counts = torch.tensor([64, 50, 64, 37, 1, 1, 64, 5], dtype=torch.int32)
+    scratch, out, indptr = run_select(batch, scores, counts, kv_heads, kmax, split, monkeypatch, seq_lens=lens)
+    for r in range(rows):
+        n, k = lens[r // kv_heads], int(counts[r])
+        assert sorted(scratch[r, :k].tolist()) == topk_reference(scores[r, :n], k), r
+    assert torch.equal(out, write_reference(scratch, counts, indptr, batch, kv_heads, rows, out.numel()))
+
+
+def test_score_unpadded_then_topk_over_each_length() -> None:
+    """The decode path: ``pad=False`` scoring leaves columns past a length alone (stale here),
+    and the top-K given the lengths never reads them."""
+    kv_heads, size, L, sinks, window, kmax = 2, 64, 300, 4, 8, 48
+    lens = [300, 77, 1, 250]
+    batch = Batch(lens, kv_heads, size, max_ctx=L, seed=16)
+    rows = len(lens) * kv_heads
+    lut = torch.randint(0, 6, (len(lens), 2, 2 * kv_heads, size), generator=torch.Generator().manual_seed(17)).float()
+    edges = [window, 64]
+    expected = score_reference(lut, batch, edges, sinks, window, L, "max")  # small integers: many ties
+    counts = torch.tensor([48, 30, 48, 48, 1, 1, 40, 20], dtype=torch.int32)
+    scores = torch.full((rows, L), INF, device=DEVICE)  # stale scores that would win any top-K
+    lens_dev = batch.lens.to(DEVICE)
+    score_tokens(fold(lut, kv_heads, "max").to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+                 batch.pool.to(DEVICE), lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window, scores,
+                 block=32, pad=False)
+    out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+    topk_rows(scores, counts.to(DEVICE), rows, out, workspace=topk_workspace(rows, DEVICE), block=32,
+              seq_lens=lens_dev, num_kv_heads=kv_heads)
+    scores, out = scores.cpu(), out.cpu()
+    for r in range(rows):
+        n, k = lens[r // kv_heads], int(counts[r])
+        torch.testing.assert_close(scores[r, :n], expected[r, :n])
+        assert (scores[r, n:] == INF).all()
+        assert sorted(out[r, :k].tolist()) == topk_reference(expected[r, :n], k), r
+
+
+@pytest.mark.parametrize("L, min_split", [(300, None), (1536, 64)])  # one split; four 512-column splits
+@pytest.mark.parametrize("heads", [1, 2])  # the counts summed per run, or added per block
+def test_score_counts_the_topk_first_pass(L: int, min_split: int | None, heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score kernel counting pass 0 (``topk_workspace``) and the top-K skipping it pick what
+    the top-K picks alone, layer after layer: the compaction clears the counts it read, so the
+    workspace's pass-0 histograms are zero again after each layer."""
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", heads)
+    if min_split is not None:
+        monkeypatch.setattr(select, "MIN_SPLIT_COLUMNS", min_split)
+    kv_heads, size, sinks, window, kmax = 2, 64, 4, 8, 96
+    lens = [L, 77, 1, L - 200]
+    rows = len(lens) * kv_heads
+    splits = select.topk_splits(rows, L)
+    assert splits == (1 if min_split is None else 16)
+    edges = [window, 64, 512]
+    counts = torch.tensor([96, 30, 96, 96, 1, 1, 40, 20], dtype=torch.int32, device=DEVICE)
+    lens_dev = torch.tensor(lens, device=DEVICE)
+    workspace = topk_workspace(rows, DEVICE)
+    for layer in range(3):
+        batch = Batch(lens, kv_heads, size, max_ctx=L, seed=30 + layer)
+        lut = torch.randint(0, 5, (len(lens), len(edges), 2 * kv_heads, size), generator=torch.Generator().manual_seed(40 + layer)).float()
+        args = (fold(lut, kv_heads, "max").to(DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+                batch.pool.to(DEVICE), lens_dev, torch.tensor(edges, dtype=torch.int32, device=DEVICE), sinks, window)
+        picks = []
+        for fused in (True, False):
+            scores = torch.full((rows, L), INF, device=DEVICE)
+            score_tokens(*args, scores, block=128, pad=False, topk_workspace=workspace if fused else None)
+            out = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
+            topk_rows(scores, counts, rows, out, workspace=workspace, seq_lens=lens_dev, num_kv_heads=kv_heads,
+                      first_pass_done=fused)
+            picks.append(out.cpu())
+            assert not workspace.view(rows, -1)[:, : select.MAX_SPLITS * 256].any(), "pass-0 counts cleared"
+        assert torch.equal(picks[0], picks[1]), layer
+        expected = score_reference(lut, batch, edges, sinks, window, L, "max")
+        for r in range(rows):
+            n = lens[r // kv_heads]
+            k = min(int(counts[r]), n)  # a row shorter than its count keeps all of it
+            assert sorted(picks[0][r, :k].tolist()) == topk_reference(expected[r, :n], k), (layer, r)
+
+
+def test_first_pass_counting_needs_blocks_inside_a_split_and_the_lengths() -> None:
+    batch = Batch([40], 1, 16, max_ctx=64, seed=1)
+    args = (torch.zeros(1, 1, 1, 16, device=DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+            batch.pool.to(DEVICE), batch.lens.to(DEVICE), torch.tensor([8], dtype=torch.int32, device=DEVICE), 0, 8)
+    with pytest.raises(AssertionError):
+        score_tokens(*args, torch.empty(1, 64, device=DEVICE), block=384, topk_workspace=topk_workspace(1, DEVICE))
+    with pytest.raises(AssertionError, match="per length"):
+        topk_rows(torch.zeros(1, 64, device=DEVICE), torch.ones(1, dtype=torch.int32, device=DEVICE), 1,
+                  torch.empty(1, 4, dtype=torch.int32, device=DEVICE), workspace=topk_workspace(1, DEVICE),
+                  first_pass_done=True)
+
+
 # -- serving-sized shapes on the GPU ---------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_topk_rows_large_matches_torch_topk() -> None:
+    rows, L, kmax = 64, 131072, 4096
+    g = torch.Generator(device="cuda").manual_seed(14)
+    scores = torch.randn(rows, L, device="cuda", generator=g)
+    scores[::4, :64] = INF
+    scores[1::4, 100_000:] = -INF
+    scores[2] = torch.randint(0, 100, (L,), device="cuda", generator=g).float()
+    counts = torch.randint(0, kmax + 1, (rows,), device="cuda", generator=g, dtype=torch.int32)
+    counts[0], counts[1] = kmax, 0
+    expected = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]
+    for workspace in (None, topk_workspace(rows, "cuda")):
+        out = torch.full((rows, kmax), -1, dtype=torch.int32, device="cuda")
+        topk_rows(scores, counts, rows, out, workspace=workspace)
+        for r in range(rows):
+            k = int(counts[r])
+            assert torch.equal(out[r, :k].sort().values.long(), expected[r, :k].sort().values), r
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows, L", [(8, 16384), (8, 32768), (8, 131072)])  # 8, 16, 16 splits a row
+def test_fused_topk_matches_the_launch_per_pass_at_serving_shapes(rows: int, L: int) -> None:
+    """The fused top-K's splits meet at barriers: picks equal to the launch per pass (and to a
+    stable sort), rows of lookup-table entries (ties straddling the k-th) and of distinct scores,
+    replayed from a CUDA graph layer after layer with every counter back at zero."""
+    g = torch.Generator(device="cuda").manual_seed(61)
+    table = torch.randn(rows, 4096, device="cuda", generator=g)
+    scores = torch.gather(table, 1, torch.randint(0, 4096, (rows, L), device="cuda", generator=g))
+    scores[1::2] = torch.randn(rows // 2, L, device="cuda", generator=g)
+    scores[:, :4] = INF
+    lens = torch.full((rows // 8,), L, device="cuda")
+    lens[-1] = L - 3000
+    scores.view(rows // 8, 8, L)[-1, :, L - 3000 :] = INF  # past the last request's length: never read
+    counts = torch.full((rows,), 1124, dtype=torch.int32, device="cuda")
+    counts[3] = 1
+    splits = select.topk_splits(rows, L)
+    assert splits >= 8 and select.fused_topk_fits(rows, splits, scores)  # (every program resident)
+    workspace = topk_workspace(rows, "cuda")
+    picks = []
+    for fused in (False, True):
+        out = torch.full((rows, 1124), -1, dtype=torch.int32, device="cuda")
+        topk_rows(scores, counts, rows, out, workspace=workspace, seq_lens=lens, num_kv_heads=8, fused=fused)
+        picks.append(out)
+    assert torch.equal(picks[0], picks[1])
+    for r in range(rows):
+        n = int(lens[r // 8])
+        want = torch.sort(scores[r, :n], descending=True, stable=True).indices[: int(counts[r])].sort().values
+        assert torch.equal(picks[1][r, : int(counts[r])].long(), want), r
+    out = torch.full((rows, 1124), -1, dtype=torch.int32, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(4):  # four layers on one workspace
+            topk_rows(scores, counts, rows, out, workspace=workspace, seq_lens=lens, num_kv_heads=8, fused=True)
+    for _ in range(3):
+        out.fill_(-1)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, picks[0])
+        assert not workspace.view(rows, select.ROW_INTS)[:, -select.BARRIER_INTS :].any()
 
 
 @pytest.mark.gpu
@@ -394,3 +766,120 @@ def test_encode_serving_shape() -> None:
         codes = torch.zeros(n, kv_heads, dtype=torch.int16, device="cuda")
         encode_keys(keys.cuda(), proj, half_norm, torch.arange(n, device="cuda"), codes, workspace=workspace)
         check_codes(codes.cpu(), keys, chol, cz)
+
+
+@pytest.mark.gpu
+def test_kernels_capture_in_a_cuda_graph() -> None:
+    """A decode step's kernels, split paths included, replay from a CUDA graph."""
+    kv_heads, L, kmax, size = 2, 16384, 256, 512
+    batch = Batch([16384, 12000], kv_heads, size, max_ctx=L, seed=17)
+    lut = torch.randn(2, 2, kv_heads, size, device="cuda")
+    codes, req_to_token, pool, lens = (t.cuda() for t in (batch.codes, batch.req_to_token, batch.pool, batch.lens))
+    edges = torch.tensor([64, 1024], dtype=torch.int32, device="cuda")
+    proj, half_norm = encode_projection(torch.eye(64, device="cuda")[None].repeat(kv_heads, 1, 1), torch.randn(kv_heads, size, 64, device="cuda"))
+    new_keys = torch.randn(2, kv_heads, 64, device="cuda").bfloat16()
+    new_loc = req_to_token[pool, lens - 1]
+    encode_ws = encode_workspace(2, kv_heads, size, "cuda")
+    scores = torch.empty(4, L, device="cuda")
+    counts = torch.full((4,), kmax, dtype=torch.int32, device="cuda")
+    indptr = torch.arange(5, dtype=torch.int32, device="cuda") * kmax
+    scratch = torch.empty(4, kmax, dtype=torch.int32, device="cuda")
+    out = torch.empty(4 * kmax, dtype=torch.int32, device="cuda")
+    topk_ws = topk_workspace(4, "cuda")
+    assert select.topk_splits(4, L) > 1
+
+    def step() -> None:
+        encode_keys(new_keys, proj, half_norm, new_loc, codes, workspace=encode_ws)
+        score_tokens(lut, codes, req_to_token, pool, lens, edges, 4, 64, scores)
+        select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, 4, scratch, out, workspace=topk_ws)
+
+    step()  # compile outside the capture
+    torch.cuda.synchronize()
+    expected, expected_codes = out.clone(), codes.clone()
+    out.zero_()
+    codes[new_loc] = 0
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(codes, expected_codes) and torch.equal(out, expected)
+    assert math.isinf(float(scores[0, 0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", [1, 8])  # kv heads a score program covers
+def test_table_score_and_select_pick_the_exact_topk_at_serving_shape(heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Llama-3.1-8B shape, 32K contexts: the group-reduced table (queries rotated in the kernel),
+    the scores and the top-K of the decode path against plain torch on inputs whose sums are exact
+    (small integers, quarter-turn rotations), so every entry is bit-comparable and the many ties
+    test which columns win them (the lowest); the top-K is checked with its first pass counted
+    by the score kernel (as served) and on its own."""
+    from a2ats_sglang.kernels.lut import folded_lookup_table
+
+    monkeypatch.setattr(score, "HEADS_PER_PROGRAM", heads)
+    kv_heads, group, dim, size, sinks, window = 8, 4, 128, 4096, 4, 64
+    edges = [window, 128, 256, 512, 1024, 2048, 4096, 8192]
+    lens = [32768, 20000, 5000, 1]
+    bs, nb, L = len(lens), len(edges), max(lens)
+    g = torch.Generator(device="cuda").manual_seed(21)
+    decoded = torch.randint(-3, 4, (kv_heads, size, dim), device="cuda", generator=g).bfloat16()
+    q_post = torch.randint(-3, 4, (bs, kv_heads * group, dim), device="cuda", generator=g).bfloat16()
+    turns = torch.randint(0, 4, (bs, nb, dim // 2), device="cuda", generator=g)  # angles of k·90°: exact cos/sin
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device="cuda")[turns]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device="cuda")[turns]
+    lo, hi = q_post.double()[:, None, :, : dim // 2], q_post.double()[:, None, :, dim // 2 :]  # neox halves
+    c, s = cos.double()[:, :, None], sin.double()[:, :, None]
+    q_w = torch.cat([lo * c - hi * s, hi * c + lo * s], -1)  # [bs, nb, Hq, d]
+    full = torch.einsum("hcd,jhgd->jhgc", decoded.double(), q_w.reshape(bs * nb, kv_heads, group, dim))
+    want_table = full.amax(2).float()  # [bs·nb, Hkv, C], exact
+    table = folded_lookup_table(decoded, q_post, cos, sin, group, True, 1.0, "max")
+    assert torch.equal(table, want_table)
+
+    slots = bs * L + 1
+    codes = torch.randint(0, size, (slots, kv_heads), device="cuda", generator=g, dtype=torch.int32).to(torch.int16)  # codewords of the table
+    req_to_token = torch.zeros(bs + 1, L, dtype=torch.int32, device="cuda")
+    req_to_token[1:] = (torch.randperm(slots - 1, device="cuda", generator=g)[: bs * L] + 1).view(bs, L).int()
+    pool = torch.arange(1, bs + 1, device="cuda")
+    seq_lens = torch.tensor(lens, device="cuda")
+    edges_t = torch.tensor(edges, dtype=torch.int32, device="cuda")
+    rows = bs * kv_heads
+    counts = torch.tensor([min(n, 1056 + sinks + window) for n in lens], dtype=torch.int32, device="cuda")
+    counts = counts.repeat_interleave(kv_heads)
+    indptr = torch.zeros(rows + 1, dtype=torch.int32, device="cuda")
+    indptr[1:] = counts.cumsum(0)
+    results = {}
+    for fused in (True, False):
+        scores = torch.empty(rows, L, device="cuda")
+        workspace = topk_workspace(rows, "cuda")
+        score_tokens(table.view(bs, nb, kv_heads, size), codes, req_to_token, pool, seq_lens, edges_t, sinks, window,
+                     scores, pad=False, topk_workspace=workspace if fused else None)
+        picks = torch.full((rows, int(counts.max())), -1, dtype=torch.int32, device="cuda")
+        indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device="cuda")
+        select_and_write(scores, counts, indptr, req_to_token, pool, kv_heads, rows, picks, indices,
+                         workspace=workspace, seq_lens=seq_lens, first_pass_done=fused)
+        results[fused] = scores, picks, indices
+
+    t = torch.arange(L, device="cuda")
+    for b, n in enumerate(lens):
+        dist = n - 1 - t[:n]
+        bucket = (dist[:, None] >= edges_t[None, 1:]).sum(1)
+        slot = req_to_token[b + 1, :n].long()
+        for h in range(kv_heads):
+            r = b * kv_heads + h
+            code = codes[slot, h].long() & 0xFFFF
+            want = want_table[b * nb + bucket, h, code]
+            want[(t[:n] < sinks) | (t[:n] >= n - window)] = INF
+            k = int(counts[r])
+            top = torch.sort(want, descending=True, stable=True).indices[:k].sort().values
+            for fused, (scores, picks, indices) in results.items():
+                assert torch.equal(scores[r, :n], want), (r, fused)
+                assert torch.equal(picks[r, :k].long(), top), (r, fused)  # ascending columns, ties to the lowest
+                assert torch.equal(indices[indptr[r] : indptr[r] + k].long(), slot[top] * kv_heads + h), (r, fused)
+
+def test_split_counts_and_stages_at_serving_shapes() -> None:
+    """The measured choices (kernel-tuning-h200-9c6c192.json): 16 splits a row for a batch of one
+    at 32K (8 rows), at most 4 from 64 rows on, two pipeline stages from 256 rows."""
+    assert [select.topk_splits(rows, 32768) for rows in (8, 16, 64, 128, 256)] == [16, 16, 4, 4, 4]
+    assert select.topk_splits(8, 131072) == 16 and select.topk_splits(512, 32768) == 2
+    assert [select.select_stages(rows) for rows in (8, 64, 255, 256, 512)] == [1, 1, 1, 2, 2]

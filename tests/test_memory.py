@@ -30,9 +30,8 @@ def test_footprint_counts_codes_codebooks_and_scratch() -> None:
     buckets = 10  # log2 WRoPE buckets from the 64-token window: edges 64, 128, …, 32768
     assert fp.fixed == codebooks + SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets, layers=32)
     lut = 16 * buckets * 8 * 4096 * 4  # the decode graph's group-reduced table, fp32
-    ranges = 16 * 8 * buckets * 32 * 2 * 4  # each row's (min, max) per bucket and codeword run, fp32
     assert SparseDecodeBuffers.nbytes(16, 8, 32832, width, 4096, buckets) - SparseDecodeBuffers.nbytes(
-        16, 8, 32832, width, 4096, 0) == lut + ranges
+        16, 8, 32832, width, 4096, 0) == lut
     no_graph = footprint(cfg, m.num_layers, m.num_kv_heads, m.head_dim, 32832, graph_max_bs=0, size=4096)
     assert no_graph.fixed == codebooks
 

@@ -3,6 +3,8 @@ shape: 32 layers, 8 kv heads of 128, GQA group 4)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks.step_bytes import StepShape, gbps, minimum_bytes, stage_bytes, step_bytes, stock_bytes
 
 LAYERS = 32
@@ -53,11 +55,12 @@ def test_roofline_of_a_measured_step() -> None:
     stages = {"encode_due": 1.0, "encode_idle": 0.2, "lookup_table": 0.5, "score": 1.0, "topk": 2.0,
               "score_topk": 2.5, "attention": 0.5}
     out = roofline(s, LAYERS, {"a2ats_stages_ms": stages, "a2ats_ms": 4.0, "stock_ms": 8.0}, "NVIDIA H200")
-    b = stage_bytes(s)
-    assert out["a2ats_stages_bytes"]["topk"] == b["topk"] * LAYERS
-    assert out["a2ats_stages_gbps"]["topk"] == round(b["topk"] * LAYERS / 2.0 / 1e6, 1)
-    assert b["topk"] == 8 * 32768 * 8 * 4 + 8 * 8 * 1056 * 12  # every score read once; pick, slot, index
-    assert out["a2ats_stages_bytes"]["score_topk"] == (b["score"] + b["topk"]) * LAYERS
+    apart = stage_bytes(dataclasses.replace(s, first_pass_in_score=False))  # timed alone: five passes
+    assert out["a2ats_stages_bytes"]["topk"] == apart["topk"] * LAYERS
+    assert out["a2ats_stages_gbps"]["topk"] == round(apart["topk"] * LAYERS / 2.0 / 1e6, 1)
+    fused = stage_bytes(s)  # the serving pair reads the scores once less
+    assert fused["topk"] == apart["topk"] - 8 * 32768 * 8 * 4
+    assert out["a2ats_stages_bytes"]["score_topk"] == (fused["score"] + fused["topk"]) * LAYERS
     assert "encode_idle" not in out["a2ats_stages_gbps"]  # moves nothing
     assert out["a2ats_roofline_ms"] == round(step_bytes(s) * LAYERS / 4.8e12 * 1e3, 4)
     assert out["a2ats_vs_roofline"] == round(4.0 / out["a2ats_roofline_ms"], 2)
@@ -65,13 +68,19 @@ def test_roofline_of_a_measured_step() -> None:
                                                "some other GPU")
 
 
-def test_kernel_times_per_replay_by_name() -> None:
-    """Two replays of two layers: each layer launches the table, score and select kernels; the
-    times are per replay, with the launches per replay, largest first."""
+def test_kernel_times_split_the_top_k_passes_by_launch_rank() -> None:
+    """Two replays of two layers: each layer launches score, passes 1-3 and the compaction; the
+    passes share one kernel name and are told apart by their rank in the layer."""
     from benchmarks.decode_step import per_kernel
 
-    layer = [("_folded_lut_kernel", 5.0), ("_score_kernel", 10.0), ("_bin_select_kernel", 4.0)]
-    launches = [(name, 0.0, us) for _ in range(2 * 2) for name, us in layer]  # replays × layers
+    layer = [("_score_kernel", 10.0), ("_split_hist_kernel", 4.0), ("_split_hist_kernel", 2.0),
+             ("_split_hist_kernel", 1.0), ("_split_compact_kernel", 3.0)]
+    launches, t = [], 0.0
+    for _ in range(2 * 2):  # replays × layers
+        for name, us in layer:
+            launches.append((name, t, us))
+            t += us
+    launches.reverse()  # whatever order the profiler lists them in, the start times decide
     got = per_kernel(launches, iters=2)
-    assert got == {"_score_kernel ×2": 20.0, "_folded_lut_kernel ×2": 10.0, "_bin_select_kernel ×2": 8.0}
-    assert list(got) == ["_score_kernel ×2", "_folded_lut_kernel ×2", "_bin_select_kernel ×2"]
+    assert got == {"_score_kernel ×2": 20.0, "_split_hist_kernel pass 1 ×2": 8.0, "_split_compact_kernel ×2": 6.0,
+                   "_split_hist_kernel pass 2 ×2": 4.0, "_split_hist_kernel pass 3 ×2": 2.0}

@@ -25,9 +25,9 @@ from a2ats_sglang.kernels.encode import (
     encode_workspace,
     split_key_limit,
 )
-from a2ats_sglang.kernels.lut import MAX_RUNS, folded_lookup_table
+from a2ats_sglang.kernels.lut import folded_lookup_table
 from a2ats_sglang.kernels.score import score_tokens
-from a2ats_sglang.kernels.select import range_buffer, select_topk, topk_workspace, topk_workspace_numel
+from a2ats_sglang.kernels.select import select_and_write, topk_rows, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
 from a2ats_sglang.method.rope import RopeSpec
 from a2ats_sglang.method.selection import budget_tokens
@@ -115,8 +115,6 @@ class SparseDecodeBuffers:
         self.encode_ws = encode_workspace(_split_keys(max_bs, layers * num_kv_heads), layers * num_kv_heads,
                                           codebook_size, device)
         self.topk_ws = topk_workspace(rows, device)
-        # each layer's score range per row, as the table kernel's runs leave it  # [rows, nb, MAX_RUNS, 2]
-        self.lut_range = range_buffer(rows, buckets, device)
         # a store that resolves picks after the top-K (KVStore.fetches, offload mode): victim
         # slots, then (GPU slot, logical slot) of each miss; (hits, misses)
         self.victims = torch.zeros(rows, 2 * width, dtype=torch.int32, device=device) if fetch else None
@@ -129,7 +127,7 @@ class SparseDecodeBuffers:
         lut = 4 * max_bs * buckets * num_kv_heads * codebook_size
         cols = layers * num_kv_heads
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * _split_keys(max_bs, cols) * cols
-        topk_ws = 4 * topk_workspace_numel(rows) + 4 * rows * buckets * MAX_RUNS * 2
+        topk_ws = 4 * topk_workspace_numel(rows)
         fetch_scratch = 4 * rows * (2 * width + 2) if fetch else 0
         return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch_scratch
 
@@ -251,8 +249,7 @@ class SparseDecoder:
     def num_buckets(self) -> int:
         return len(self.buckets.edges)
 
-    def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables, out: torch.Tensor | None = None,
-                     ranges: torch.Tensor | None = None) -> torch.Tensor:
+    def lookup_table(self, layer: int, q: torch.Tensor, tables: Tables, out: torch.Tensor | None = None) -> torch.Tensor:
         """Each kv head's WRoPE logit for every codeword, per bucket, reduced (``max`` or
         ``mean``) over its query heads. # [bs, nb, Hkv, C] f32
 
@@ -260,14 +257,13 @@ class SparseDecoder:
         (:meth:`DeviceRotary.query_tables`) inside the kernel; written into ``out`` (``SparseDecodeBuffers.lut``) when
         given. One fixed-tiling kernel whatever the mode: its entries do not depend on the batch
         (``--enable-deterministic-inference``), and the table it writes is ``G`` times smaller
-        than the per-query-head one. With ``ranges`` (``SparseDecodeBuffers.lut_range``) it also
-        writes each row's score range, which the top-K's first digit needs.
+        than the per-query-head one.
         """
         bs, nb = q.shape[0], self.num_buckets
         if out is not None:
             out = out[: bs * nb]
         lut = folded_lookup_table(self.decoded[layer], q, tables.cos, tables.sin, self.group, self.rotary.spec.neox,
-                                  self.rotary.factor, self.reduce, out, ranges)  # [bs·nb, Hkv, C]
+                                  self.rotary.factor, self.reduce, out)  # [bs·nb, Hkv, C]
         return lut.view(bs, nb, self.num_kv_heads, self.codebook_size)
 
     def select(
@@ -279,7 +275,7 @@ class SparseDecoder:
         Columns past a request's length are neither scored nor read by the top-K. The top-K
         writes the picks' pool rows itself, unless ``store`` resolves them (its ``fetches``: K/V
         in host memory, fetched into GPU slots)."""
-        lut = self.lookup_table(layer, q, tables, buffers.lut, buffers.lut_range)
+        lut = self.lookup_table(layer, q, tables, buffers.lut)
         fetches = store is not None and store.fetches
         self.pick(layer, lut, req_to_token, req_pool_indices, seq_lens, buffers, write=not fetches)
         if fetches:
@@ -288,16 +284,23 @@ class SparseDecoder:
     def pick(self, layer: int, lut: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
              seq_lens: torch.Tensor, buffers: SparseDecodeBuffers, write: bool = True) -> None:
         """Score every token from ``lut`` and pick each row's top-K into ``buffers.picks`` (and,
-        with ``write``, their KV-pool indices into ``buffers.indices``): the score kernel counts
-        each row's digits over its table's range (``buffers.lut_range``, from the table kernel),
-        and one launch of :func:`~a2ats_sglang.kernels.select.select_topk` does the rest."""
+        with ``write``, their KV-pool indices into ``buffers.indices``): the split radix select,
+        whose first pass the score kernel counts."""
         rows = req_pool_indices.shape[0] * self.num_kv_heads
         score_tokens(
             lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges, self.budget.sinks,
-            self.budget.window, buffers.scores, pad=False, topk_workspace=buffers.topk_ws, ranges=buffers.lut_range,
+            self.budget.window, buffers.scores, pad=False,
+            topk_workspace=buffers.topk_ws,  # the score kernel counts the top-K's first radix pass
         )
-        select_topk(buffers.scores, buffers.counts, rows, buffers.picks, buffers.topk_ws, buffers.lut_range, seq_lens,
-                   self.num_kv_heads, (buffers.indptr, req_to_token, req_pool_indices, buffers.indices) if write else None)
+        if write:
+            select_and_write(
+                buffers.scores, buffers.counts, buffers.indptr, req_to_token, req_pool_indices,
+                self.num_kv_heads, rows, buffers.picks, buffers.indices, buffers.topk_ws, seq_lens=seq_lens,
+                first_pass_done=True,
+            )
+        else:
+            topk_rows(buffers.scores, buffers.counts, rows, buffers.picks, buffers.topk_ws, seq_lens=seq_lens,
+                      num_kv_heads=self.num_kv_heads, first_pass_done=True)
 
     def new_wrapper(self, workspace: torch.Tensor, buffers: SparseDecodeBuffers | None = None,
                     bs: int = 0) -> BatchDecodeWithPagedKVCacheWrapper:

@@ -11,7 +11,7 @@
 source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
-    timeout 240 python3 -m pytest -q -rf --tb=long tests/test_lut.py tests/test_kernels.py tests/test_select.py tests/test_rotary.py tests/test_deferred_encode.py \
+    timeout 240 python3 -m pytest -q -rf --tb=long tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_deferred_encode.py \
       tests/test_gpu_sparse_decode.py tests/test_shared_cache.py tests/test_hot_buffer.py tests/test_offload_select.py \
       2>&1 | tee $OUT/kernel-tests.log | tail -8
     echo "tests done at $SECONDS s"
