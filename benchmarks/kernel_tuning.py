@@ -35,7 +35,6 @@ KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     ("a2ats_sglang.kernels.score", "RUN_TARGET", (4, 8, 16, 32, 64), "score_topk"),
     ("a2ats_sglang.kernels.score", "HEADS_PER_PROGRAM", (1, 2, 4, 8), "score_topk"),
     ("a2ats_sglang.kernels.select", "MAX_PROGRAMS", (512, 1024, 2048, 4096), "score_topk"),
-    ("a2ats_sglang.kernels.score", "SCORE_STAGES", (1, 2, 3), "score_topk"),
     ("a2ats_sglang.kernels.select", "SELECT_STAGES", ((1, 1), (1, 2), (2, 2)), "score_topk"),
     ("a2ats_sglang.kernels.select", "MANY_ROWS_SPLITS", (2, 4, 8, 16), "score_topk"),
     # the top-K in one launch where rows × splits fit one program an SM (0: a launch per pass)

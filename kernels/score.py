@@ -27,7 +27,6 @@ def _score_kernel(
     stride_rr,
     stride_or,
     BLOCK: tl.constexpr, PAD: tl.constexpr, SPLITS: tl.constexpr, FIRST_PASS: tl.constexpr, HEADS: tl.constexpr,
-    STAGES: tl.constexpr,
 ):
     """One program per (request, ``HEADS`` kv heads, run): a run is a ``1/runs`` share of one
     top-K split of the request's own length, walked ``BLOCK`` columns at a time. With one head
@@ -49,7 +48,7 @@ def _score_kernel(
     lo = split * split_len + run * run_len
     hi = tl.minimum(tl.minimum(lo + run_len, (split + 1) * split_len), row_len)
     hist = tl.zeros([256], tl.int32)
-    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
+    for start in range(lo, hi, BLOCK):
         t = start + tl.arange(0, BLOCK)
         visible = t < hi
         protected = (t < sinks) | (t >= seq_len - window)
@@ -89,9 +88,6 @@ def _score_kernel(
 RUN_TARGET = 32  # programs per SM the runs are sized for: enough warps in flight for the gathers
 HEADS_PER_PROGRAM = 1  # kv heads a program scores (the largest power of two up to this dividing Hkv)
 SCORE_WARPS = 4  # warps a program runs (Triton's default; benchmarks/score_probe.py sweeps it)
-# software-pipelining depth of a run's loop (tl.range num_stages: the next blocks' slots in
-# flight while this one's codes and table entries are gathered; 1 is Triton's plain loop)
-SCORE_STAGES = 1
 
 
 def program_heads(kv_heads: int) -> int:
@@ -153,6 +149,6 @@ def score_tokens(
         codes.stride(0), codes.stride(1),
         req_to_token.stride(0),
         out.stride(0),
-        BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass, HEADS=heads, STAGES=SCORE_STAGES,
+        BLOCK=block, PAD=pad, SPLITS=splits, FIRST_PASS=first_pass, HEADS=heads,
         num_warps=SCORE_WARPS,
     )

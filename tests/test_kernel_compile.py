@@ -39,7 +39,7 @@ TOPK_PTRS = {"scores_ptr": "*fp32", "counts_ptr": "*i32", "ws_ptr": "*i32", "len
 LUT_PTRS = {"a_ptr": "*bf16", "q_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "out_ptr": "*fp32"}
 LUT = {"REDUCE_MAX": True, "NEOX": True, "BF16_DOT": True, "BLOCK_C": 64, "G_P2": 4, "BLOCK_D": 128}
 TOPK = {"SPLITS": 4, "BLOCK": 2048, "HAS_LENS": True, "STAGES": 1}
-SCORE = {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True, "STAGES": 1}
+SCORE = {"BLOCK": 512, "PAD": False, "SPLITS": 4, "FIRST_PASS": True}
 
 # (kernel, pointer types, constexprs, warps, least shared bytes, most registers a thread)
 CACHE_PTRS = {"picks_ptr": "*i32", "counts_ptr": "*i32", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
@@ -60,11 +60,10 @@ CASES = {
     # batch 1 at 32K: every pass and the compaction in one launch, 8 splits meeting at barriers
     "top-K fused": ("select", "_split_fused_kernel", TOPK_PTRS,
                     {**TOPK, "SPLITS": 8, "FIRST": 1, "WRITE_INDICES": True, "RANGES_BLOCK": 1024}, 4, 0, 160),
-    # the tuning sweep's pipelined loops (SCORE_STAGES, SELECT_STAGES)
-    "score, 3 stages": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 1, "STAGES": 3}, 4, 0, 168),
-    "top-K pass 1, 3 stages": ("select", "_split_hist_kernel", TOPK_PTRS, {**TOPK, "P": 1, "STAGES": 3}, 4, 0, 128),
-    "top-K compaction, 3 stages": ("select", "_split_compact_kernel", TOPK_PTRS,
-                                   {**TOPK, "WRITE_INDICES": True, "STAGES": 3}, 4, 0, 168),
+    # the pipelined loops of 256 rows and more (SELECT_STAGES)
+    "top-K pass 1, 2 stages": ("select", "_split_hist_kernel", TOPK_PTRS, {**TOPK, "P": 1, "STAGES": 2}, 4, 0, 128),
+    "top-K compaction, 2 stages": ("select", "_split_compact_kernel", TOPK_PTRS,
+                                   {**TOPK, "WRITE_INDICES": True, "STAGES": 2}, 4, 0, 168),
     "shared cache lookup": ("shared_cache", "_lookup_kernel", CACHE_PTRS, {"BLOCK": 128, "COUNT": True}, 4, 0, 64),
     "shared cache claim and copy": ("shared_cache", "_claim_kernel", CACHE_PTRS,
                                     {"BLOCK": 128, "BLOCK_D": 128, "BLOCK_COPY": 16, "COUNT": True}, 8, 0, 64),
