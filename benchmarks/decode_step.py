@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also record each kernel's time per step (CUPTI, inside the replayed graph)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
+    p.add_argument("--onchip-from-rows", type=int, default=None, metavar="ROWS",
+                   help="pick on chip from this many rows (kernels/onchip.py's FROM_ROWS; default: its own)")
     return p
 
 
@@ -329,6 +331,9 @@ def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = json.loads(Path(args.config).read_text())
+    if args.onchip_from_rows is not None:
+        from a2ats_sglang.kernels import onchip
+        onchip.FROM_ROWS = args.onchip_from_rows
     rows = []
     for bs in args.batch:
         row = run_batch(args, config, bs)
@@ -336,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
-                                               "slots")}
+                                               "slots", "onchip_from_rows")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 
