@@ -259,6 +259,8 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
     from sglang.srt.layers.attention.flashinfer_backend import should_use_tensor_core
 
+    from a2ats_sglang.kernels.onchip import onchip_runs
+
     st = prepare(args, config, bs)
     dec, buffers, tables, idle_keys = st.dec, st.buffers, st.tables, st.idle_keys
     layers, m, n = st.layers, st.model, st.context
@@ -297,7 +299,8 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
                                           layers, args.iters), 4)
     result["speedup"] = round(result["stock_ms"] / result["a2ats_ms"], 3)
     shape = StepShape(bs, n, m.num_kv_heads, m.group_size, m.head_dim, args.codebook_size, int(dec.reps.shape[0]),
-                      result["kept_tokens_per_kv_head"], e)
+                      result["kept_tokens_per_kv_head"], e, onchip=onchip_runs(bs * m.num_kv_heads))
+    result["onchip"] = shape.onchip
     result.update(roofline(shape, layers, result, device_name("cuda")))
     return result
 
@@ -306,7 +309,7 @@ def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
     """Each stage's bytes (all layers) and the bandwidth its time reaches; the step's bytes and
     its time at the GPU's peak bandwidth, for A²ATS and for stock. ``score`` and ``topk`` are
     timed apart, without the first-pass counting; ``score_topk`` is the serving pair."""
-    apart = stage_bytes(dataclasses.replace(shape, first_pass_in_score=False))
+    apart = stage_bytes(dataclasses.replace(shape, first_pass_in_score=False, onchip=False))  # the split kernels
     fused = stage_bytes(dataclasses.replace(shape, first_pass_in_score=True))
     per_stage = {k: v * layers for k, v in apart.items()}
     per_stage["score_topk"] = (fused["score"] + fused["topk"]) * layers

@@ -63,6 +63,12 @@ def results(tmp_path: Path) -> Path:
         "a2ats_roofline_ms": 1.05, "a2ats_vs_roofline": 5.7, "serving_variant": "fused_first_pass",
         "a2ats_step_ms_by_variant": {"fused_first_pass": {"mean": 6.0079, "idle": 5.9068, "due": 7.5249},
                                      "separate_first_pass": {"mean": 6.31, "idle": 6.2, "due": 7.9}}}]})
+    write(res / "decode-step-onchip.json", {"meta": {**META, "workload": {"context": 32768, "onchip_from_rows": 1}},
+                                           "results": [{
+        "batch": 32, "layers": 32, "kept_tokens_per_kv_head": 1056, "encode_group": 16, "stock_ms": 30.5, "a2ats_ms": 5.5,
+        "a2ats_step_ms": {"due": 10.2, "idle": 5.2}, "onchip": True,
+        "a2ats_stages_ms": {"encode_due": 5.2, "encode_idle": 0.01, "lookup_table": 1.37, "score": 1.58, "topk": 5.76,
+                            "score_topk": 2.1, "attention": 1.46}}]})
     write(res / "calibration_cost.json", {"meta": META, "seconds": {}})  # no document reads it here
     return res
 
@@ -104,6 +110,9 @@ def test_report_writes_documents_from_templates_and_plots(results: Path, docs: P
     assert "| external | abcdef1 | 32,768 | 21 | 128.2 | 9.0 | 40.0 | – | – |" in text
     # decode step: mean (idle / due), the ratio to stock, the split
     assert "| 8 | 11.75 ms | 6.01 ms (5.91 / 7.52) | 1.96× | 0.21 / 1.82 | 0.95 | 1.46 | 2.26 | 0.56 |" in text
+    # a file whose step picks on chip says so, with the pair's time
+    assert ("picks on chip (`kernels/onchip.py`) at batch 32: the score and top-K columns time the split kernels "
+            "alone, the on-chip pair takes 2.10 ms") in text
     # and its bytes against the roofline
     assert "| 8 | 3.50 / 34.4 | 583 / 2,928 | 1.05 ms (5.7× it) | 6.31 ms | 300 | 900 | 1,200 | 1,500 | 1,400 | 2,000 |" in text
     # every table names its sources
