@@ -43,6 +43,7 @@ KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     # the on-chip select (a row's scores in one program's registers) against the split one
     ("a2ats_sglang.kernels.onchip", "FROM_ROWS", (None, 1), "score_topk"),
     ("a2ats_sglang.kernels.onchip", "WARPS", (8, 16, 32), "score_topk_onchip"),
+    ("a2ats_sglang.kernels.onchip", "NARROW_ROUNDS", (0, 12, 16, 20), "score_topk_onchip"),
 )
 # prefill's encode (one chunk of CHUNK keys a layer): the same at every batch, swept once; every
 # tiling fits sm_90's 227 KiB of shared memory (tests/test_kernel_compile.py)

@@ -50,14 +50,21 @@ def split_select(args: tuple, counts: torch.Tensor, indptr: torch.Tensor, batch:
     (256, 0, 250, [250, 77, 1, 200]),  # every row in the main block
     (64, 64, 120, [120, 65, 64, 63]),  # rows ending just inside, at and past the main block
 ])
-def test_onchip_picks_what_the_split_select_picks(row: int, tail: int, L: int, lens: list[int],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("narrow, candidates", [(0, 0), (8, 256), (20, 256), (20, 4)])  # 4: most rows overflow
+@pytest.mark.parametrize("values", ["thirds", "normal"])  # ties at every threshold, or nearly none
+def test_onchip_picks_what_the_split_select_picks(row: int, tail: int, L: int, lens: list[int], narrow: int,
+                                                  candidates: int, values: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onchip, "ROW", row)
     monkeypatch.setattr(onchip, "TAIL", tail)
+    monkeypatch.setattr(onchip, "NARROW_ROUNDS", narrow)
+    monkeypatch.setattr(onchip, "CANDIDATES", candidates or 16)
     kv_heads, size, sinks, window, kmax = 2, 64, 4, 8, 48
     batch = Batch(lens, kv_heads, size, max_ctx=L, seed=row + L)
     rows = len(lens) * kv_heads
-    lut = torch.randint(0, 6, (len(lens), 3, 2 * kv_heads, size), generator=torch.Generator().manual_seed(L)).float()
+    g = torch.Generator().manual_seed(L)
+    shape = (len(lens), 3, 2 * kv_heads, size)
+    # thirds: few values, each with every mantissa bit in play (the last rounds decide something)
+    lut = torch.randint(0, 6, shape, generator=g) / 3 if values == "thirds" else torch.randn(shape, generator=g)
     edges = [window, 32, 96]  # small integers: ties straddle every threshold
     counts = torch.tensor([48, 30, 48, 1, 40, 20, 48, 48, 33, 7, 2, 48][:rows], dtype=torch.int32)
     indptr = indptr_of(counts)
@@ -66,7 +73,9 @@ def test_onchip_picks_what_the_split_select_picks(row: int, tail: int, L: int, l
             sinks, window)
     picks = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
     indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
-    onchip_select(*args, counts.to(DEVICE), L, picks, (indptr.to(DEVICE), indices))
+    scratch = torch.full((onchip.onchip_scratch_numel(rows) + 1,), 7, dtype=torch.int32, device=DEVICE)
+    onchip_select(*args, counts.to(DEVICE), L, picks, (indptr.to(DEVICE), indices), scratch[:-1])
+    assert int(scratch[-1]) == 7, "the candidate lists stay inside their rows"
     picks, indices = picks.cpu(), indices.cpu()
     split_picks, split_indices = split_select(args, counts, indptr, batch, L, kmax, kv_heads)
     expected = score_reference(lut, batch, edges, sinks, window, L, "max")
@@ -100,6 +109,16 @@ def test_ties_across_the_two_blocks_go_to_the_lowest_columns(monkeypatch: pytest
     picks = picks.cpu()
     assert picks[0, :70].tolist() == list(range(70)) and (picks[0, 70:] == -1).all()
     assert picks[1].tolist() == list(range(96))  # k = n: the whole row
+
+
+def test_narrowing_needs_the_candidate_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onchip, "NARROW_ROUNDS", 16)
+    batch = Batch([40], 1, 16, max_ctx=64, seed=1)
+    with pytest.raises(AssertionError, match="onchip_scratch"):
+        onchip_select(torch.zeros(1, 1, 1, 16, device=DEVICE), batch.codes.to(DEVICE), batch.req_to_token.to(DEVICE),
+                      batch.pool.to(DEVICE), batch.lens.to(DEVICE), torch.tensor([8], dtype=torch.int32, device=DEVICE),
+                      0, 8, torch.ones(1, dtype=torch.int32, device=DEVICE), 64,
+                      torch.empty(1, 4, dtype=torch.int32, device=DEVICE))
 
 
 def test_onchip_runs_only_from_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:

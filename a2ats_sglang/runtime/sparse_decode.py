@@ -26,7 +26,7 @@ from a2ats_sglang.kernels.encode import (
     split_key_limit,
 )
 from a2ats_sglang.kernels.lut import folded_lookup_table
-from a2ats_sglang.kernels.onchip import longest_row, onchip_runs, onchip_select
+from a2ats_sglang.kernels.onchip import longest_row, onchip_runs, onchip_scratch_numel, onchip_select
 from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import select_and_write, topk_rows, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
@@ -114,6 +114,7 @@ class SparseDecodeBuffers:
         # the split select's lengths while the on-chip one runs (rows it holds zeroed, so the
         # split one skips them); kept whatever the batch, so a graph may switch at capture
         self.split_lens = torch.zeros(max_bs, dtype=torch.int64, device=device)  # [max_bs]
+        self.onchip_ws = torch.empty(onchip_scratch_numel(rows), dtype=torch.int32, device=device)  # candidates
         # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
         # (``layers``: the step's due keys of every layer encoded in one launch)
         self.encode_ws = encode_workspace(_split_keys(max_bs, layers * num_kv_heads), layers * num_kv_heads,
@@ -133,9 +134,9 @@ class SparseDecodeBuffers:
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * _split_keys(max_bs, cols) * cols
         topk_ws = 4 * topk_workspace_numel(rows)
         fetch_scratch = 4 * rows * (2 * width + 2) if fetch else 0
-        split_lens = 8 * max_bs
+        onchip = 8 * max_bs + 4 * onchip_scratch_numel(rows)  # split lengths, candidate lists
         return (4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch_scratch
-                + split_lens)
+                + onchip)
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
@@ -304,7 +305,7 @@ class SparseDecoder:
         if onchip_runs(rows):
             onchip_select(lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges,
                           self.budget.sinks, self.budget.window, buffers.counts, L, buffers.picks,
-                          (buffers.indptr, buffers.indices) if write else None)
+                          (buffers.indptr, buffers.indices) if write else None, buffers.onchip_ws)
             if L <= longest_row():
                 return
             seq_lens = buffers.split_lens[:bs]  # (set_counts: the on-chip rows zeroed)
