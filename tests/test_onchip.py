@@ -181,8 +181,11 @@ def test_decoder_picks_the_same_with_the_onchip_select(write: bool, monkeypatch:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("rows, L, n", [(256, 32832, 32768), (64, 131072, 33792)])  # serving shapes; a tail
-def test_onchip_matches_the_split_select_at_serving_shapes(rows: int, L: int, n: int) -> None:
+@pytest.mark.parametrize("narrow", [0, 16])
+def test_onchip_matches_the_split_select_at_serving_shapes(rows: int, L: int, n: int, narrow: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """32K rows at the real blocks (16 warps, 32,768 + 4,096 columns), ties from a 4,096-entry table."""
+    monkeypatch.setattr(onchip, "NARROW_ROUNDS", narrow)
     kv_heads, size, kmax = 8, 4096, 4096
     lens = [n - 37 * i for i in range(rows // kv_heads)]
     batch = Batch(lens, kv_heads, size, max_ctx=L, seed=rows)
@@ -194,7 +197,8 @@ def test_onchip_matches_the_split_select_at_serving_shapes(rows: int, L: int, n:
             edges, 8, 64)
     picks = torch.full((rows, kmax), -1, dtype=torch.int32, device=DEVICE)
     indices = torch.full((int(indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
-    onchip_select(*args, counts.to(DEVICE), L, picks, (indptr.to(DEVICE), indices))
+    scratch = torch.empty(onchip.onchip_scratch_numel(rows), dtype=torch.int32, device=DEVICE)
+    onchip_select(*args, counts.to(DEVICE), L, picks, (indptr.to(DEVICE), indices), scratch)
     split_picks, split_indices = split_select(args, counts, indptr, batch, L, kmax, kv_heads)
     assert torch.equal(picks.cpu(), split_picks)
     assert torch.equal(indices.cpu(), split_indices)
