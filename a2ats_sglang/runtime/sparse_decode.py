@@ -148,7 +148,7 @@ class SparseDecodeBuffers:
         if self.scores.shape[1] > longest_row():  # rows the on-chip select cannot hold may come
             lens = self.split_lens[:bs]
             lens.copy_(seq_lens)
-            lens.masked_fill_(seq_lens <= longest_row(), 0)
+            torch.nn.functional.threshold_(lens, longest_row(), 0)  # rows it holds → 0, in place
 
 
 def host_indptr(seq_lens_cpu: torch.Tensor, budget: Budget, num_kv_heads: int) -> torch.Tensor:
