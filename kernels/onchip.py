@@ -64,7 +64,7 @@ def _blocks(L: int) -> tuple[int, int]:
 def _row_keys(lut_head, codes_head, req_row, edges_ptr, start, n, seq_len, num_buckets, sinks, window,
               stride_lk, stride_lc, stride_cs, SIZE: tl.constexpr):
     """Order-preserving keys of columns ``[start, start + SIZE)`` of one row; past ``n``: INT_MIN.
-    The scores are :func:`~a2ats_sglang.kernels.score._head_scores`'s, computed in an order that
+    The scores are :func:`~a2ats_sglang.kernels.score.score_tokens`'s, computed in an order that
     keeps few values a column alive (the bucket, then the slot, the code and the entry, by 32-bit
     offsets from the head's table and codes)."""
     t = start + tl.arange(0, SIZE)
@@ -82,6 +82,7 @@ def _row_keys(lut_head, codes_head, req_row, edges_ptr, start, n, seq_len, num_b
 
 @triton.jit
 def _count_at_least(head, tail, threshold, TAIL: tl.constexpr):
+    """Keys ``≥ threshold`` in the main and tail blocks. # scalar"""
     count = tl.sum((head >= threshold).to(tl.int32), axis=0)
     if TAIL > 0:
         count += tl.sum((tail >= threshold).to(tl.int32), axis=0)
@@ -206,7 +207,7 @@ def onchip_select(
     indices ``slot·Hkv + g`` into ``indices[indptr[r]:]``, as
     :func:`~a2ats_sglang.kernels.select.select_and_write` writes them. Longer rows are left
     untouched. With :data:`NARROW_ROUNDS` the rows' candidates go through ``scratch``
-    (:func:`onchip_scratch`). No host synchronisation, no allocation.
+    (:func:`onchip_scratch_numel` entries). No host synchronisation, no allocation.
     """
     kv_heads = codes.shape[1]
     bs, num_buckets, lut_kv_heads, _ = lut.shape

@@ -19,30 +19,6 @@ from a2ats_sglang.kernels.select import _ROW_INTS, _SIGN, _SPLIT_ALIGN, SPLIT_AL
 
 
 @triton.jit
-def _token_context(req_row, edges_ptr, t, visible, seq_len, num_buckets, sinks, window):
-    """What columns ``t`` of a request need before any kv head: the slot (int64) and distance
-    bucket of each, which are protected (sinks and window: +inf) and which are scored."""
-    protected = (t < sinks) | (t >= seq_len - window)
-    scored = visible & ~protected
-    slot = tl.load(req_row + t, mask=scored, other=0).to(tl.int64)
-    dist = seq_len - 1 - t
-    bucket = tl.zeros_like(t)  # distances below edges[1] (window included) → 0
-    for k in range(1, num_buckets):
-        bucket += (dist >= tl.load(edges_ptr + k)).to(tl.int32)
-    return slot, bucket, protected, scored
-
-
-@triton.jit
-def _head_scores(lut_head, codes_head, slot, bucket, protected, scored, stride_lk, stride_lc, stride_cs):
-    """One kv head's scores of those columns: its table entry at each token's bucket and code
-    (``lut_head``, ``codes_head``: the head's table and codes), +inf where protected; unscored
-    columns are undefined."""
-    code = tl.load(codes_head + slot * stride_cs, mask=scored, other=0).to(tl.int32) & 0xFFFF
-    acc = tl.load(lut_head + bucket.to(tl.int64) * stride_lk + code.to(tl.int64) * stride_lc, mask=scored)
-    return tl.where(protected, float("inf"), acc)
-
-
-@triton.jit
 def _score_kernel(
     lut_ptr, codes_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr, edges_ptr, out_ptr, ws_ptr,
     num_kv_heads, num_buckets, L, sinks, window, runs,
@@ -75,13 +51,20 @@ def _score_kernel(
     for start in range(lo, hi, BLOCK):
         t = start + tl.arange(0, BLOCK)
         visible = t < hi
-        slot, bucket, protected, scored = _token_context(req_to_token_ptr + pool * stride_rr, edges_ptr, t, visible,
-                                                         seq_len, num_buckets, sinks, window)
+        protected = (t < sinks) | (t >= seq_len - window)
+        scored = visible & ~protected
+        slot = tl.load(req_to_token_ptr + pool * stride_rr + t, mask=scored, other=0).to(tl.int64)
+        dist = seq_len - 1 - t
+        bucket = tl.zeros([BLOCK], tl.int32)  # distances below edges[1] (window included) → 0
+        for k in range(1, num_buckets):
+            bucket += (dist >= tl.load(edges_ptr + k)).to(tl.int32)
         for h in tl.static_range(HEADS):
             g = g0 + h
             row = b * num_kv_heads + g
-            res = _head_scores(lut_req + g.to(tl.int64) * stride_lg, codes_ptr + g * stride_ch, slot, bucket,
-                               protected, scored, stride_lk, stride_lc, stride_cs)
+            code = tl.load(codes_ptr + slot * stride_cs + g * stride_ch, mask=scored, other=0).to(tl.int32) & 0xFFFF
+            acc = tl.load(lut_req + g.to(tl.int64) * stride_lg + bucket.to(tl.int64) * stride_lk
+                          + code.to(tl.int64) * stride_lc, mask=scored)
+            res = tl.where(protected, float("inf"), acc)
             tl.store(out_ptr + row.to(tl.int64) * stride_or + t, res, mask=visible)
             if FIRST_PASS:  # the top-K's pass 0: the top digits of these scores, into their split's counts
                 counts = tl.histogram(((_ordered_key(res) ^ _SIGN) >> 24) & 0xFF, 256, mask=visible)
