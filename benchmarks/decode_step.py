@@ -44,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also record each kernel's time per step (CUPTI, inside the replayed graph)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/decode-step.json"))
-    p.add_argument("--onchip-from-rows", type=int, default=None, metavar="ROWS",
-                   help="pick on chip from this many rows (kernels/onchip.py's FROM_ROWS; default: its own)")
     return p
 
 
@@ -259,8 +257,6 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
     from sglang.srt.layers.attention.flashinfer_backend import should_use_tensor_core
 
-    from a2ats_sglang.kernels.onchip import onchip_runs
-
     st = prepare(args, config, bs)
     dec, buffers, tables, idle_keys = st.dec, st.buffers, st.tables, st.idle_keys
     layers, m, n = st.layers, st.model, st.context
@@ -299,8 +295,7 @@ def run_batch(args: argparse.Namespace, config: dict, bs: int) -> dict:
                                           layers, args.iters), 4)
     result["speedup"] = round(result["stock_ms"] / result["a2ats_ms"], 3)
     shape = StepShape(bs, n, m.num_kv_heads, m.group_size, m.head_dim, args.codebook_size, int(dec.reps.shape[0]),
-                      result["kept_tokens_per_kv_head"], e, onchip=onchip_runs(bs * m.num_kv_heads))
-    result["onchip"] = shape.onchip
+                      result["kept_tokens_per_kv_head"], e)
     result.update(roofline(shape, layers, result, device_name("cuda")))
     return result
 
@@ -309,7 +304,7 @@ def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
     """Each stage's bytes (all layers) and the bandwidth its time reaches; the step's bytes and
     its time at the GPU's peak bandwidth, for A²ATS and for stock. ``score`` and ``topk`` are
     timed apart, without the first-pass counting; ``score_topk`` is the serving pair."""
-    apart = stage_bytes(dataclasses.replace(shape, first_pass_in_score=False, onchip=False))  # the split kernels
+    apart = stage_bytes(dataclasses.replace(shape, first_pass_in_score=False))
     fused = stage_bytes(dataclasses.replace(shape, first_pass_in_score=True))
     per_stage = {k: v * layers for k, v in apart.items()}
     per_stage["score_topk"] = (fused["score"] + fused["topk"]) * layers
@@ -334,9 +329,6 @@ def roofline(shape: StepShape, layers: int, result: dict, device: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = json.loads(Path(args.config).read_text())
-    if args.onchip_from_rows is not None:
-        from a2ats_sglang.kernels import onchip
-        onchip.FROM_ROWS = args.onchip_from_rows
     rows = []
     for bs in args.batch:
         row = run_batch(args, config, bs)
@@ -344,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     workload = {k: getattr(args, k) for k in ("context", "graph_context", "batch", "ratio", "budget_max", "wrope", "codebook_size",
-                                               "slots", "onchip_from_rows")}
+                                               "slots")}
     write_results(args.out, "cuda", Path(args.config).name, workload, rows)
     return 0
 

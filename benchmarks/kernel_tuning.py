@@ -40,10 +40,6 @@ KNOBS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     # the top-K in one launch where rows × splits fit one program an SM (0: a launch per pass)
     ("a2ats_sglang.kernels.select", "FUSED_PROGRAMS_PER_SM", (0, 1), "score_topk"),
     ("a2ats_sglang.kernels.select", "SPLIT_CONFIG", ((4, 1024), (4, 2048), (8, 2048), (8, 4096)), "score_topk"),
-    # the on-chip select (a row's scores in one program's registers) against the split one
-    ("a2ats_sglang.kernels.onchip", "FROM_ROWS", (None, 1), "score_topk"),
-    ("a2ats_sglang.kernels.onchip", "WARPS", (8, 16, 32), "score_topk_onchip"),
-    ("a2ats_sglang.kernels.onchip", "NARROW_ROUNDS", (0, 12, 16, 20), "score_topk_onchip"),
 )
 # prefill's encode (one chunk of CHUNK keys a layer): the same at every batch, swept once; every
 # tiling fits sm_90's 227 KiB of shared memory (tests/test_kernel_compile.py)
@@ -66,12 +62,6 @@ def encode_chunk(st: Any, tokens: int = CHUNK) -> Callable[[], None]:
     loc = torch.arange(1, tokens + 1, device="cuda")
     tables = dec.rotary.key_tables(torch.arange(tokens, device="cuda"))
     return lambda: dec.encode(0, k, loc, tables)
-
-
-def onchip_stage(score_topk: Callable[[], None]) -> None:
-    """The serving pair with the on-chip select at any batch (its knobs are swept so)."""
-    with patched("a2ats_sglang.kernels.onchip", "FROM_ROWS", 1):
-        score_topk()
 
 
 @contextmanager
@@ -116,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for bs in args.batch:
         st = prepare(args, config, bs)
         row: dict[str, Any] = {"batch": bs, "layers": st.layers}
-        stages = {**st.stages, "encode_due": partial(st.encode, st.tables.due),
-                  "score_topk_onchip": partial(onchip_stage, st.stages["score_topk"])}
+        stages = {**st.stages, "encode_due": partial(st.encode, st.tables.due)}
         calls = {"encode_due": 1}  # one launch covers every layer
         knobs = KNOBS + DUE_KNOBS
         if not rows:  # the first batch also times prefill's encode

@@ -286,11 +286,11 @@ def decode_step_block(results: Path) -> Block:
                    f"{first['kept_tokens_per_kv_head']:,} tokens kept per kv head, keys encoded in groups of "
                    f"{first['encode_group']}")
         onchip = [row for row in r["results"] if row.get("onchip")]
-        if onchip:
+        if onchip:  # an experiment that lost (docs/decode-kernels.md); its code is in the file's commit
             batches = ", ".join(str(row["batch"]) for row in onchip)
             pair = ", ".join(f"{row['a2ats_stages_ms']['score_topk']:.2f}" for row in onchip)
-            caption += (f"; the step picks on chip (`kernels/onchip.py`) at batch {batches}: the score and top-K "
-                        f"columns time the split kernels alone, the on-chip pair takes {pair} ms")
+            caption += (f"; the step picks on chip (`kernels/onchip.py` at {commit}, removed since) at batch {batches}: "
+                        f"the score and top-K columns time the split kernels alone, the on-chip pair takes {pair} ms")
         table = _table(["batch", "stock FlashInfer", "A²ATS (idle / due)", "stock / A²ATS", "encode idle / due",
                         "lookup table", "score", "top-K", "attention"], rows)
         out.append(caption + "\n\n" + table + _roofline_table(r["results"]))

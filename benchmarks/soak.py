@@ -197,6 +197,14 @@ def answers(url: str, requests_: list[tuple[list[int], int]]) -> list[list[int]]
     return out
 
 
+class ServerDied(RuntimeError):
+    """A bad input took the server down: the load would only count refused connections."""
+
+    def __init__(self, case: str, outcomes: list[bad_inputs.Outcome]):
+        super().__init__(f"the server died on the bad input {case!r}")
+        self.case, self.outcomes = case, outcomes
+
+
 def wait_idle(url: str, seconds: float = 300) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -222,6 +230,9 @@ def run(url: str, duration: float, workers: int, seed: int, max_input: int, burs
     if "sglang:token_usage" not in start_gauges:  # the leak check would pass on nothing
         raise SystemExit("benchmarks.soak: error: the server exports no pool gauges: start it with --enable-metrics")
     bad_before = bad_inputs.run_all(url)
+    killer = next((o for o in bad_before if not o.alive), None)
+    if killer is not None:
+        raise ServerDied(killer.name, bad_before)
     tally = Tally()
     over = [bad_inputs.BadInput(name, "/generate", json.dumps({"input_ids": [100] * n,
                                                                 "sampling_params": {"max_new_tokens": 4}}).encode())
@@ -303,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = bad_inputs.server_shape(url)[2]
         results = run(url, args.duration, args.workers, args.seed, args.max_input, args.burst_every, args.abort_rate)
+    except ServerDied as e:  # stop at once, naming the request that did it
+        results = {"crashes": 1, "error": str(e), "killed_by": e.case,
+                   "bad_inputs": {"cases": len(e.outcomes), "outcomes": [o.__dict__ for o in e.outcomes]}}
     except requests.RequestException as e:  # the server stopped answering
         model = locals().get("model", "unknown")
         results = {"crashes": 1, "error": f"{type(e).__name__}: {e}"[:300]}

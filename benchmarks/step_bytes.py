@@ -4,8 +4,7 @@ What a kernel reads or writes at least once per layer (a gather that L2 serves t
 counts once). Dividing by a stage's measured time gives the bandwidth it reaches; the step's
 sum divided by the GPU's peak bandwidth is its roofline time. Stock is FlashInfer reading each
 request's whole K and V. Byte counts are what today's kernels need, not an ideal: the top-K
-reads the fp32 scores once per radix pass, for example (the on-chip select keeps them in
-registers: ``StepShape.onchip``).
+reads the fp32 scores once per radix pass, for example.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ class StepShape:
     kv_bytes: int = 2  # bf16
     code_bytes: int = 2  # int16
     first_pass_in_score: bool = True  # the score kernel counts the top-K's first radix pass
-    onchip: bool = False  # scores and picks in one program a row (kernels/onchip.py): no scores in memory
 
 
 def stage_bytes(s: StepShape) -> dict[str, int]:
@@ -40,7 +38,7 @@ def stage_bytes(s: StepShape) -> dict[str, int]:
     tokens = s.batch * s.context
     queries = s.batch * s.kv_heads * s.group
     table = rows * s.buckets * s.codebook_size * 4  # fp32, reduced over the group
-    scores = 0 if s.onchip else rows * s.context * 4
+    scores = rows * s.context * 4
     picks = rows * s.kept
     passes = 4 if s.first_pass_in_score else 5  # 8-bit radix histograms and the compaction, each reading every score
     return {

@@ -9,8 +9,6 @@ encoding, lookup-table scoring, top-K and host→hot-buffer fetch. They never im
   the bucketed, group-reduced lookup table);
 - :mod:`.select` — ``topk_rows`` (radix-select top-K per row), ``write_selected`` (picks →
   KV-pool indices), ``select_and_write`` (both fused), ``topk_workspace``;
-- :mod:`.onchip` — ``onchip_select`` (score and top-K of whole rows in one program's
-  registers, the radix select's picks; rows longer than ``longest_row()`` are left to it);
 - :mod:`.lut` — ``folded_lookup_table`` (WRoPE queries rotated in registers, times the codebook,
   reduced over each GQA group; a fixed tiling: batch-invariant, as SGLang's deterministic
   inference wants);

@@ -144,26 +144,3 @@ def test_encode_of_a_decode_step_spills_nothing_at_eight_warps(tmp_path: Path) -
         _, info = build(tmp_path, "encode", "_encode_kernel", ptrs, consts, warps)
         spills[warps] = re.search(r"(\d+) bytes spill stores", info).group(1)
     assert spills[8] == "0" and spills[4] != "0", spills
-
-
-ONCHIP_PTRS = {"lut_ptr": "*fp32", "codes_ptr": "*i16", "req_to_token_ptr": "*i32", "req_pool_ptr": "*i64",
-               "seq_lens_ptr": "*i64", "edges_ptr": "*i32", "counts_ptr": "*i32", "picks_ptr": "*i32",
-               "indptr_ptr": "*i32", "indices_ptr": "*i32"}
-
-
-@pytest.mark.skipif(not ptxas().exists(), reason="this Triton wheel ships no ptxas")
-@pytest.mark.parametrize("narrow", [0, 16])  # every round over the row; the last 16 over its candidates
-def test_onchip_select_fits_one_program_an_sm(narrow: int, tmp_path: Path) -> None:
-    """The on-chip select at its serving blocks (32,768 + 4,096 keys, 16 warps) takes at most
-    128 registers a thread (512 threads: the whole register file) and little shared memory. It
-    spills some of its one-time loads (about 1 KB a thread); its counting rounds over the row
-    spill nothing (its SASS: 287 instructions a round, no local loads)."""
-    from a2ats_sglang.kernels import onchip
-
-    consts = {"ROW": onchip.ROW, "TAIL": onchip.TAIL, "WRITE_INDICES": True, "NARROW": narrow,
-              "CANDIDATES": onchip.CANDIDATES}
-    shared, info = build(tmp_path, "onchip", "_onchip_kernel", {**ONCHIP_PTRS, "scratch_ptr": "*i32"}, consts,
-                         onchip.WARPS)
-    assert shared <= 16384, shared
-    assert int(re.search(r"Used (\d+) registers", info).group(1)) <= 65536 // (32 * onchip.WARPS), info
-    assert int(re.search(r"(\d+) bytes stack frame", info).group(1)) <= 1024, info

@@ -110,9 +110,9 @@ def test_report_writes_documents_from_templates_and_plots(results: Path, docs: P
     assert "| external | abcdef1 | 32,768 | 21 | 128.2 | 9.0 | 40.0 | – | – |" in text
     # decode step: mean (idle / due), the ratio to stock, the split
     assert "| 8 | 11.75 ms | 6.01 ms (5.91 / 7.52) | 1.96× | 0.21 / 1.82 | 0.95 | 1.46 | 2.26 | 0.56 |" in text
-    # a file whose step picks on chip says so, with the pair's time
-    assert ("picks on chip (`kernels/onchip.py`) at batch 32: the score and top-K columns time the split kernels "
-            "alone, the on-chip pair takes 2.10 ms") in text
+    # a file whose step picked on chip says so, with the pair's time
+    assert ("picks on chip (`kernels/onchip.py` at abcdef1, removed since) at batch 32: the score and top-K columns "
+            "time the split kernels alone, the on-chip pair takes 2.10 ms") in text
     # and its bytes against the roofline
     assert "| 8 | 3.50 / 34.4 | 583 / 2,928 | 1.05 ms (5.7× it) | 6.31 ms | 300 | 900 | 1,200 | 1,500 | 1,400 | 2,000 |" in text
     # every table names its sources

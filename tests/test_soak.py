@@ -45,7 +45,9 @@ def test_different_answers_fail_the_soak(start, tmp_path: Path) -> None:
 def test_a_server_that_dies_fails_the_soak(start, tmp_path: Path) -> None:
     out = tmp_path / "reliability.json"
     assert soak.main(soak_argv(start("die_on_bad"), out)) == 1
-    assert json.loads(out.read_text())["results"]["crashes"] == 1
+    r = json.loads(out.read_text())["results"]
+    assert r["crashes"] == 1 and r["killed_by"] == "empty prompt (text)"  # its first bad request
+    assert "requests_sent" not in r  # no load was run against a dead server
 
 
 def test_a_server_without_metrics_is_refused(start, tmp_path: Path, monkeypatch) -> None:

@@ -43,20 +43,6 @@ def test_an_average_step_pays_one_encode_in_sixteen() -> None:
     assert step_bytes(s) == round(rest + b["encode_due"] / 16)
 
 
-def test_the_onchip_select_moves_no_scores() -> None:
-    """Scores in registers: the score and top-K stages lose the fp32 scores' write and five reads
-    (4 B a column each), nothing else."""
-    for first_pass in (True, False):
-        split = shape(32)
-        split = dataclasses.replace(split, first_pass_in_score=first_pass)
-        onchip = dataclasses.replace(split, onchip=True)
-        a, b = stage_bytes(split), stage_bytes(onchip)
-        columns = 32 * 8 * 32768
-        assert a["score"] - b["score"] == 4 * columns
-        assert a["topk"] - b["topk"] == (4 if first_pass else 5) * 4 * columns
-        assert a["attention"] == b["attention"] and a["lookup_table"] == b["lookup_table"]
-
-
 def test_gbps() -> None:
     assert gbps(4.8e9, 1.0) == 4800.0
     assert gbps(1, 0) is None

@@ -26,7 +26,6 @@ from a2ats_sglang.kernels.encode import (
     split_key_limit,
 )
 from a2ats_sglang.kernels.lut import folded_lookup_table
-from a2ats_sglang.kernels.onchip import longest_row, onchip_runs, onchip_scratch_numel, onchip_select
 from a2ats_sglang.kernels.score import score_tokens
 from a2ats_sglang.kernels.select import select_and_write, topk_rows, topk_workspace, topk_workspace_numel
 from a2ats_sglang.method.codebook import Codebook
@@ -111,10 +110,6 @@ class SparseDecodeBuffers:
         self.indptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)  # [rows + 1]
         self.indices = torch.zeros(rows * width, dtype=torch.int32, device=device)  # [rows·width]
         self.last_page_len = torch.ones(rows, dtype=torch.int32, device=device)
-        # the split select's lengths while the on-chip one runs (rows it holds zeroed, so the
-        # split one skips them); kept whatever the batch, so a graph may switch at capture
-        self.split_lens = torch.zeros(max_bs, dtype=torch.int64, device=device)  # [max_bs]
-        self.onchip_ws = torch.empty(onchip_scratch_numel(rows), dtype=torch.int32, device=device)  # candidates
         # kernel scratch: the codebook split over programs for a step's few new keys; top-K splits
         # (``layers``: the step's due keys of every layer encoded in one launch)
         self.encode_ws = encode_workspace(_split_keys(max_bs, layers * num_kv_heads), layers * num_kv_heads,
@@ -134,9 +129,7 @@ class SparseDecodeBuffers:
         encode_ws = 8 * -(-codebook_size // SPLIT_CODES) * _split_keys(max_bs, cols) * cols
         topk_ws = 4 * topk_workspace_numel(rows)
         fetch_scratch = 4 * rows * (2 * width + 2) if fetch else 0
-        onchip = 8 * max_bs + 4 * onchip_scratch_numel(rows)  # split lengths, candidate lists
-        return (4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch_scratch
-                + onchip)
+        return 4 * (rows * context_len + 2 * rows * width + 3 * rows + 1) + lut + encode_ws + topk_ws + fetch_scratch
 
     def set_counts(self, seq_lens: torch.Tensor, budget: Budget) -> None:
         """Per-row budgets and their prefix sums from device ``seq_lens`` (graph-recordable)."""
@@ -145,10 +138,6 @@ class SparseDecodeBuffers:
         per_req = budget.counts(seq_lens)  # [bs]
         self.counts[:rows].copy_(per_req[:, None].expand(bs, self.num_kv_heads).reshape(-1))
         torch.cumsum(self.counts[:rows], 0, dtype=torch.int32, out=self.indptr[1 : rows + 1])
-        if self.scores.shape[1] > longest_row():  # rows the on-chip select cannot hold may come
-            lens = self.split_lens[:bs]
-            lens.copy_(seq_lens)
-            torch.nn.functional.threshold_(lens, longest_row(), 0)  # rows it holds → 0, in place
 
 
 def host_indptr(seq_lens_cpu: torch.Tensor, budget: Budget, num_kv_heads: int) -> torch.Tensor:
@@ -295,20 +284,9 @@ class SparseDecoder:
     def pick(self, layer: int, lut: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
              seq_lens: torch.Tensor, buffers: SparseDecodeBuffers, write: bool = True) -> None:
         """Score every token from ``lut`` and pick each row's top-K into ``buffers.picks`` (and,
-        with ``write``, their KV-pool indices into ``buffers.indices``). From
-        :data:`~a2ats_sglang.kernels.onchip.FROM_ROWS` rows the on-chip select takes every row
-        it holds, and the split radix select (whose first pass the score kernel counts) the
-        longer ones, if the graph's context has any; below, the split select takes them all."""
-        bs = req_pool_indices.shape[0]
-        rows = bs * self.num_kv_heads
-        L = buffers.scores.shape[1]
-        if onchip_runs(rows):
-            onchip_select(lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges,
-                          self.budget.sinks, self.budget.window, buffers.counts, L, buffers.picks,
-                          (buffers.indptr, buffers.indices) if write else None, buffers.onchip_ws)
-            if L <= longest_row():
-                return
-            seq_lens = buffers.split_lens[:bs]  # (set_counts: the on-chip rows zeroed)
+        with ``write``, their KV-pool indices into ``buffers.indices``): the split radix select,
+        whose first pass the score kernel counts."""
+        rows = req_pool_indices.shape[0] * self.num_kv_heads
         score_tokens(
             lut, self.codes[layer], req_to_token, req_pool_indices, seq_lens, self.edges, self.budget.sinks,
             self.budget.window, buffers.scores, pad=False,

@@ -8,7 +8,7 @@ bash /tmp/wh/install.sh /tmp/wh >/dev/null 2>&1
 source benchmarks/node/env.sh
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { echo PIP FAILED; tail /tmp/pip.log; }
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 240 python3 -m pytest -q -rf --tb=short tests/test_host_pool.py tests/test_lut.py tests/test_kernels.py tests/test_onchip.py tests/test_rotary.py tests/test_gpu_sparse_decode.py tests/test_gpu_method.py \
+timeout 240 python3 -m pytest -q -rf --tb=short tests/test_host_pool.py tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_gpu_sparse_decode.py tests/test_gpu_method.py \
   tests/test_deferred_encode.py tests/test_hot_buffer.py tests/test_offload_pool.py tests/test_offload_select.py \
   tests/test_offload_lifecycle.py tests/test_staging_admission.py 2>&1 | tail -15
 echo "tests done at $SECONDS s"

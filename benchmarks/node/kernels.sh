@@ -1,27 +1,22 @@
 # Issue "decode kernels near their byte roofline", on the GPU node after install (suite.sh or
 # gpu_check.sh installed the wheelhouse and the package); one call each:
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step       # kernel GPU tests + decode_step at 32K
-#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh onchip      # on-chip select: GPU tests + decode_step at 32K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step-random  # decode_step at 32K, slots at random (the old layout)
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step128k   # decode_step with graphs sized for 128K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32 (KNOBS="A B": only those)
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh probe      # the score kernel alone: slot/code layouts, grids
-# Writes $OUT/decode-step-h200{,-onchip,-random,-graph128k}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
+# Writes $OUT/decode-step-h200{,-random,-graph128k}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
 # and $OUT/one-batch-h200.json.
 source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
-    timeout 240 python3 -m pytest -q -rf --tb=long tests/test_lut.py tests/test_kernels.py tests/test_onchip.py tests/test_rotary.py tests/test_deferred_encode.py \
+    timeout 240 python3 -m pytest -q -rf --tb=long tests/test_lut.py tests/test_kernels.py tests/test_rotary.py tests/test_deferred_encode.py \
       tests/test_gpu_sparse_decode.py tests/test_shared_cache.py tests/test_hot_buffer.py tests/test_offload_select.py \
       2>&1 | tee $OUT/kernel-tests.log | tail -8
     echo "tests done at $SECONDS s"
     timeout $((590 - SECONDS)) python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --out $OUT/decode-step-h200.json 2>&1 | grep -v Warn | tail -5
     echo "32K done at $SECONDS s" ;;
-  onchip)  # the on-chip select at every batch: its GPU tests, then decode_step as in `step`
-    timeout 200 python3 -m pytest -q -rf --tb=long -m gpu tests/test_onchip.py 2>&1 | tee $OUT/onchip-tests.log | tail -4
-    timeout $((590 - SECONDS)) python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --onchip-from-rows 1 \
-      --out $OUT/decode-step-h200-onchip.json 2>&1 | grep -v Warn | tail -5 ;;
   step-random)
     timeout 580 python3 -m benchmarks.decode_step --batch 1 8 16 32 --profile --slots random \
       --out $OUT/decode-step-h200-random.json 2>&1 | grep -v Warn | tail -5 ;;
