@@ -54,8 +54,8 @@ def _row(picks_ptr, counts_ptr, req_pool_ptr, indptr_ptr, row, num_kv_heads, str
 def _lookup_kernel(
     picks_ptr, counts_ptr, req_to_token_ptr, req_pool_ptr, indptr_ptr, out_ptr,
     cached_ptr, used_ptr, epoch_ptr, stats_ptr, counters_ptr,
-    num_kv_heads, base, stride_pr, stride_rr,
-    BLOCK: tl.constexpr, COUNT: tl.constexpr,
+    num_kv_heads, base, homes, stride_pr, stride_rr,
+    BLOCK: tl.constexpr, COUNT: tl.constexpr, HOMES: tl.constexpr,
 ):
     row = tl.program_id(0)
     pick_row, n, rid, dst, g = _row(picks_ptr, counts_ptr, req_pool_ptr, indptr_ptr, row, num_kv_heads, stride_pr)
@@ -66,9 +66,16 @@ def _lookup_kernel(
         ok = j < n
         t = tl.load(pick_row + j, mask=ok, other=0)
         slot = tl.load(req_to_token_ptr + rid * stride_rr + t, mask=ok, other=0).to(tl.int64)
-        cell = tl.load(cached_ptr + slot * num_kv_heads + g, mask=ok, other=-1)
-        hit = ok & (cell >= 0)
-        tl.store(out_ptr + dst + j, tl.where(hit, base + cell, -1), mask=ok)
+        if HOMES:  # a GPU-homed slot is read in place: kv head g of its row
+            home = slot <= homes
+            cell = tl.load(cached_ptr + (slot - homes) * num_kv_heads + g, mask=ok & ~home, other=-1)
+            hit = ok & (cell >= 0)
+            tl.store(out_ptr + dst + j, tl.where(home, slot * num_kv_heads + g, tl.where(hit, base + cell, -1)),
+                     mask=ok)
+        else:
+            cell = tl.load(cached_ptr + slot * num_kv_heads + g, mask=ok, other=-1)
+            hit = ok & (cell >= 0)
+            tl.store(out_ptr + dst + j, tl.where(hit, base + cell, -1), mask=ok)
         tl.store(used_ptr + cell, tl.zeros([BLOCK], tl.int32) + epoch, mask=hit)
         hits += tl.sum(hit.to(tl.int32), axis=0)
     tl.store(stats_ptr + row * 2, hits)
@@ -81,7 +88,7 @@ def _claim_kernel(
     picks_ptr, counts_ptr, req_to_token_ptr, req_pool_ptr, indptr_ptr, out_ptr,
     cached_ptr, owner_ptr, used_ptr, hand_ptr, epoch_ptr, scratch_ptr, stats_ptr, counters_ptr,
     host_k_ptr, host_v_ptr, dev_k_ptr, dev_v_ptr,
-    num_kv_heads, base, cells, sentinel, dim, max_tries, pairs_off,
+    num_kv_heads, base, homes, cells, sentinel, dim, max_tries, pairs_off,
     stride_pr, stride_rr, stride_sr, stride_hk_s, stride_hk_h,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_COPY: tl.constexpr, COUNT: tl.constexpr,
 ):
@@ -121,7 +128,8 @@ def _claim_kernel(
         miss = miss & (rank < found)  # (the plan's sizing keeps found = need)
         cell = tl.load(scratch + rank, mask=miss, other=0)
         t = tl.load(pick_row + j, mask=miss, other=0)
-        slot = tl.load(req_to_token_ptr + rid * stride_rr + t, mask=miss, other=0).to(tl.int64)
+        # a miss is host-homed: its host row, slot − homes, is also its key's slot
+        slot = tl.load(req_to_token_ptr + rid * stride_rr + t, mask=miss, other=homes).to(tl.int64) - homes
         key = slot * num_kv_heads + g
         prev = tl.atomic_cas(cached_ptr + tl.where(miss, key, sentinel), tl.where(miss, -1, 0), tl.where(miss, cell, 0))
         won = miss & (prev == -1)
@@ -153,26 +161,26 @@ def _claim_kernel(
 
 
 @triton.jit
-def _invalidate_kernel(cached_ptr, loc_ptr, n, num_kv_heads, BLOCK: tl.constexpr, HEADS_P2: tl.constexpr):
+def _invalidate_kernel(cached_ptr, loc_ptr, n, num_kv_heads, homes, BLOCK: tl.constexpr, HEADS_P2: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < n
-    slot = tl.load(loc_ptr + i, mask=ok, other=0).to(tl.int64)
+    slot = tl.load(loc_ptr + i, mask=i < n, other=0).to(tl.int64) - homes
+    ok = (i < n) & ((slot > 0) | (homes == 0))  # GPU homes are never cached (without, slot 0 is host row 0)
     h = tl.arange(0, HEADS_P2)
     keys = slot[:, None] * num_kv_heads + h[None, :]
     tl.store(cached_ptr + keys, tl.full([BLOCK, HEADS_P2], ABSENT, tl.int32),
              mask=ok[:, None] & (h < num_kv_heads)[None, :])
 
 
-def invalidate(cached: torch.Tensor, loc: torch.Tensor, num_kv_heads: int, block: int = 256) -> None:
+def invalidate(cached: torch.Tensor, loc: torch.Tensor, num_kv_heads: int, homes: int = 0, block: int = 256) -> None:
     """Logical slots ``loc`` hold new K/V: none of their ``num_kv_heads`` kv heads is cached any
-    more. A cell that still names one of them keeps it as its owner, and losing the cell later
+    more (slots up to ``homes``, GPU-homed, are never cached and are skipped). A cell that still names one of them keeps it as its owner, and losing the cell later
     leaves a newer entry alone, since only an entry naming that cell is cleared. One launch, no
     allocation (it runs in every layer's KV write, inside the decode graph)."""
     n = loc.shape[0]
     if n == 0:
         return
     assert cached.dtype == torch.int32 and cached.is_contiguous() and loc.is_contiguous()
-    _invalidate_kernel[(triton.cdiv(n, block),)](cached, loc, n, num_kv_heads, BLOCK=block,
+    _invalidate_kernel[(triton.cdiv(n, block),)](cached, loc, n, num_kv_heads, homes, BLOCK=block,
                                                   HEADS_P2=triton.next_power_of_2(num_kv_heads))
 
 
@@ -181,18 +189,20 @@ def fetch_shared(
     cached: torch.Tensor, owner: torch.Tensor, used: torch.Tensor, hand: torch.Tensor, epoch: torch.Tensor,
     scratch: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor, dev_k: torch.Tensor, dev_v: torch.Tensor,
     base: int, indptr: torch.Tensor, out_indices: torch.Tensor, stats: torch.Tensor, rows: int,
-    counters: torch.Tensor | None = None, block: int = 128,
+    counters: torch.Tensor | None = None, homes: int = 0, block: int = 128,
 ) -> None:
-    """Make every pick of rows ``r = b·Hkv + g < rows`` resident in the shared cache and write
+    """Make every pick of rows ``r = b·Hkv + g < rows`` resident and write
     ``out_indices[indptr[r] + j]`` = its row of the GPU KV tensors viewed as ``[slots·Hkv, d]``.
 
     ``picks`` ``[rows_cap, width]`` int32 positions (``counts[r]`` of them, distinct), ``req_to_token``
-    ``[R, ctx]`` logical slots. One layer's ``cached`` ``[slots·Hkv + 1]``, ``owner`` and ``used``
+    ``[R, ctx]`` logical slots. Slots ``1 … homes`` are GPU-homed: row ``slot`` of ``dev_k``/``dev_v``,
+    read in place (neither a hit nor a miss); a slot ``s > homes`` is host row ``s − homes``, which
+    is also its key's slot. One layer's ``cached`` ``[host rows·Hkv + 1]``, ``owner`` and ``used``
     ``[cells]`` int32 and ``hand`` ``[1]`` int64; ``epoch`` ``[1]`` int32, this step's number
     (shared by the layers). ``scratch`` ``[rows_cap, 3·m]`` int32, ``m ≥ width``. ``host_k``/``host_v``
-    ``[slots, Hkv, d]`` pinned, ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]`` contiguous; cell ``c``
-    is row ``base + c`` of their ``[slots·Hkv, d]`` view. ``stats[r] = (hits, misses)``; with
-    ``counters`` (``[3]`` int64) the hits, the misses and the copies from host memory are added
+    ``[host rows, Hkv, d]`` pinned, ``dev_k``/``dev_v`` ``[GPU slots, Hkv, d]`` contiguous; cell ``c``
+    is row ``base + c`` of their ``[slots·Hkv, d]`` view, past the homes. ``stats[r] = (hits, misses)``;
+    with ``counters`` (``[3]`` int64) the hits, the misses and the copies from host memory are added
     to it (fewer copies than misses: a key two requests miss in one step is copied once).
     The cells must outnumber the picks of a step (every pick pins one, so a miss always finds
     an unpinned cell on the clock).
@@ -208,18 +218,18 @@ def fetch_shared(
     assert host_k.stride() == host_v.stride() and host_k.stride(2) == 1 and picks.stride(1) == 1
     assert scratch.shape[0] >= rows and scratch.shape[1] >= 3 * width, (scratch.shape, rows, width)
     assert out_indices.dtype == torch.int32 and stats.is_contiguous()
-    assert base + cells <= dev_k.shape[0] * num_kv_heads
+    assert base + cells <= dev_k.shape[0] * num_kv_heads and (homes == 0 or (homes + 1) * num_kv_heads <= base)
     common = (picks, counts, req_to_token, req_pool_indices, indptr, out_indices)
     count = counters is not None
     assert not count or counters.shape == (3,), "counters: hits, misses, copies"
     _lookup_kernel[(rows,)](
         *common, cached, used, epoch, stats, counters if count else stats,
-        num_kv_heads, base, picks.stride(0), req_to_token.stride(0), BLOCK=block, COUNT=count,
+        num_kv_heads, base, homes, picks.stride(0), req_to_token.stride(0), BLOCK=block, COUNT=count, HOMES=homes > 0,
     )
     _claim_kernel[(rows,)](
         *common, cached, owner, used, hand, epoch, scratch, stats, counters if count else stats,
         host_k, host_v, dev_k, dev_v,
-        num_kv_heads, base, cells, cached.shape[0] - 1, dim, rows * triton.cdiv(cells, block) + 1, scratch.shape[1] // 3,
+        num_kv_heads, base, homes, cells, cached.shape[0] - 1, dim, rows * triton.cdiv(cells, block) + 1, scratch.shape[1] // 3,
         picks.stride(0), req_to_token.stride(0), scratch.stride(0), host_k.stride(0), host_k.stride(1),
         BLOCK=block, BLOCK_D=triton.next_power_of_2(dim), BLOCK_COPY=COPY_ROWS, COUNT=count,
         num_warps=8,  # 64 registers a thread on sm_90, none spilled (4 warps: 146)

@@ -2,7 +2,8 @@
 changing picks by requests that share a prefix, every pick's attention index names a cell that
 holds its token's K/V, hits are exactly the picks cached before the step, a token two requests
 miss together is copied once, the tables stay consistent under eviction, and a rewritten slot is
-read anew."""
+read anew. With GPU homes (slots ``1 … homes``), their picks are read in place and the rest go
+through the cache keyed by host row."""
 
 from __future__ import annotations
 
@@ -16,25 +17,29 @@ BLOCK = 16
 
 
 class Cache:
-    def __init__(self, cells: int, seed: int = 0) -> None:
+    def __init__(self, cells: int, seed: int = 0, homes: int = 0) -> None:
         g = self.g = torch.Generator().manual_seed(seed)
         self.kv_heads, self.dim = 2, 8
         self.lens = [60, 50, 1]  # the last: a CUDA-graph padding request on pool row 0
         self.rid = [1, 2, 0]
-        self.logical = 200
-        self.host_k = torch.randn(self.logical, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
-        self.host_v = torch.randn(self.logical, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
-        gpu_slots = 5 + (cells + self.kv_heads - 1) // self.kv_heads + 3
-        self.base = 5 * self.kv_heads  # cells after 5 slots of other use
+        self.logical, self.homes = 200, homes
+        host_rows = self.logical - homes  # slot s > homes is host row s − homes
+        self.host_k = torch.randn(host_rows, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
+        self.host_v = torch.randn(host_rows, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
+        gpu_slots = homes + 5 + (cells + self.kv_heads - 1) // self.kv_heads + 3
+        self.base = (homes + 5) * self.kv_heads  # cells after the homes and 5 slots of other use
         self.dev_k = torch.zeros(gpu_slots, self.kv_heads, self.dim, dtype=torch.bfloat16, device=DEVICE)
         self.dev_v = torch.zeros_like(self.dev_k)
+        self.dev_k[1 : homes + 1] = torch.randn(homes, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
+        self.dev_v[1 : homes + 1] = torch.randn(homes, self.kv_heads, self.dim, generator=g).bfloat16().to(DEVICE)
+        self.homes_k, self.homes_v = self.dev_k[: homes + 1].clone(), self.dev_v[: homes + 1].clone()
         r2t = torch.zeros(3, 64, dtype=torch.int32)
         perm = torch.randperm(self.logical - 1, generator=g) + 1
         r2t[1, :60] = perm[:60].int()
         r2t[2, :30] = r2t[1, :30]  # a shared prefix (a radix-cache hit): the same logical slots
         r2t[2, 30:50] = perm[60:80].int()
         self.req_to_token = r2t.to(DEVICE)
-        self.cached = torch.full((self.logical * self.kv_heads + 1,), -1, dtype=torch.int32, device=DEVICE)
+        self.cached = torch.full((host_rows * self.kv_heads + 1,), -1, dtype=torch.int32, device=DEVICE)
         self.cached[-1] = SENTINEL
         self.owner = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
         self.used = torch.full((cells,), -1, dtype=torch.int32, device=DEVICE)
@@ -44,8 +49,15 @@ class Cache:
         self.rows = len(self.lens) * self.kv_heads
         self.width = 12
 
+    def slot(self, row: int, t: int) -> int:
+        return int(self.req_to_token[self.rid[row // self.kv_heads], t])
+
+    def at_home(self, row: int, t: int) -> bool:
+        return self.homes > 0 and self.slot(row, t) <= self.homes
+
     def key(self, row: int, t: int) -> int:
-        return int(self.req_to_token[self.rid[row // self.kv_heads], t]) * self.kv_heads + row % self.kv_heads
+        """The cache key of a host-homed pick: its host row's kv head."""
+        return (self.slot(row, t) - self.homes) * self.kv_heads + row % self.kv_heads
 
     def step(self, picks: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
         """One layer-step with these picks per row. → (each row's attention indices, stats)"""
@@ -62,7 +74,7 @@ class Cache:
         fetch_shared(table.to(DEVICE), counts, self.req_to_token, torch.tensor(self.rid, device=DEVICE),
                      self.cached, self.owner, self.used, self.hand, self.epoch, scratch, self.host_k, self.host_v,
                      self.dev_k, self.dev_v, self.base, indptr.to(DEVICE), out, stats, self.rows,
-                     counters=self.counters, block=BLOCK)
+                     counters=self.counters, homes=self.homes, block=BLOCK)
         out = out.cpu()
         return [out[indptr[r] : indptr[r + 1]].tolist() for r in range(self.rows)], stats.cpu()
 
@@ -76,6 +88,8 @@ class Cache:
             assert int(owner[c]) == key, (key, c)
             assert torch.equal(dk[self.base + c], hk[key]) and torch.equal(dv[self.base + c], hv[key]), key
         assert int(self.cached[-1]) == SENTINEL
+        homes = self.homes + 1  # the GPU homes are never written by the cache
+        assert torch.equal(self.dev_k[:homes], self.homes_k) and torch.equal(self.dev_v[:homes], self.homes_v)
 
     def random_picks(self) -> list[list[int]]:
         out = []
@@ -95,12 +109,17 @@ def check_step(c: Cache, picks: list[list[int]]) -> tuple[list[list[int]], torch
     cells = c.owner.shape[0]
     new_keys = set()
     for r, p in enumerate(picks):
-        keys = [c.key(r, t) for t in p]
-        for key, i in zip(keys, idx[r]):
+        g = r % c.kv_heads
+        for t, i in zip(p, idx[r]):
+            if c.at_home(r, t):  # read in place
+                assert i == c.slot(r, t) * c.kv_heads + g, (r, t, i)
+        away = [t for t in p if not c.at_home(r, t)]
+        keys = [c.key(r, t) for t in away]
+        for key, i in zip(keys, [i for t, i in zip(p, idx[r]) if not c.at_home(r, t)]):
             assert c.base <= i < c.base + cells, (r, i)
             assert torch.equal(dk[i], hk[key]) and torch.equal(dv[i], hv[key]), (r, key)
         hits = sum(int(before[k]) >= 0 for k in keys)
-        assert stats[r].tolist() == [hits, len(p) - hits], r
+        assert stats[r].tolist() == [hits, len(away) - hits], r
         new_keys |= {k for k in keys if int(before[k]) < 0}
     assert int(c.counters[2]) - copies_before == len(new_keys)  # each missing token copied once
     assert int(c.counters[1]) - misses_before == int(stats[:, 1].sum())  # misses, shared ones included
@@ -108,12 +127,17 @@ def check_step(c: Cache, picks: list[list[int]]) -> tuple[list[list[int]], torch
     return idx, stats
 
 
+@pytest.mark.parametrize("homes", [0, 70])  # every slot host-homed; about a third of them on the GPU
 @pytest.mark.parametrize("cells", [200, 3 * 2 * 12 + 1])  # roomy; as small as a step allows
-def test_steps_of_random_picks_keep_the_cache_consistent(cells: int) -> None:
-    c = Cache(cells, seed=cells)
+def test_steps_of_random_picks_keep_the_cache_consistent(cells: int, homes: int) -> None:
+    c = Cache(cells, seed=cells, homes=homes)
+    at_home = 0
     for _ in range(12):
-        check_step(c, c.random_picks())
-    if cells < 160:  # fewer cells than the requests' distinct (slot, kv head) keys
+        picks = c.random_picks()
+        at_home += sum(c.at_home(r, t) for r, p in enumerate(picks) for t in p)
+        check_step(c, picks)
+    assert (at_home > 20) == (homes > 0)  # the case ran (in place picks are neither hits nor misses)
+    if cells < 160 and homes == 0:  # fewer cells than the requests' distinct (slot, kv head) keys
         assert int(c.counters[2]) > cells  # cells were taken back and refilled
 
 
@@ -197,3 +221,15 @@ def test_many_requests_missing_the_same_tokens_at_once_copy_each_once() -> None:
         for j, t in enumerate(picks[0].tolist()):
             assert torch.equal(rows_k[idx[0, h, j]], host_k[int(r2t[1, t]), h].cpu())
     assert stats[:, 1].sum() == rows * width  # each request counted its own misses
+
+
+def test_invalidation_skips_gpu_homes_and_clears_host_rows_by_their_key() -> None:
+    kv_heads, homes, host_rows = 2, 50, 40
+    cached = torch.arange(host_rows * kv_heads + 1, dtype=torch.int32)
+    cached[-1] = SENTINEL
+    got = cached.to(DEVICE)
+    invalidate(got, torch.tensor([3, 50, 51, 89], device=DEVICE), kv_heads, homes=homes)
+    expect = cached.clone()
+    expect[2:4] = -1  # slot 51: host row 1
+    expect[78:80] = -1  # slot 89: host row 39
+    assert torch.equal(got.cpu(), expect)  # slots 3 and 50, GPU homes, touched nothing

@@ -26,12 +26,14 @@ def cell_table_bytes(num_layers: int) -> int:
 
 
 class SharedCache:
-    def __init__(self, num_layers: int, logical_slots: int, num_kv_heads: int, cells: int, base_cell: int,
-                 max_rows: int, width: int, device: torch.device | str) -> None:
+    def __init__(self, num_layers: int, host_rows: int, num_kv_heads: int, cells: int, base_cell: int,
+                 max_rows: int, width: int, device: torch.device | str, homes: int = 0) -> None:
+        """Keys are host rows (logical slot − ``homes``): slots up to ``homes`` are GPU-homed and
+        read in place, never cached."""
         if cells <= max_rows * width:
             raise ValueError(f"a shared cache of {cells} cells cannot hold a step's {max_rows}·{width} picks")
-        self.num_kv_heads, self.cells, self.base_cell = num_kv_heads, cells, base_cell
-        self.cached = torch.full((num_layers, logical_slots * num_kv_heads + 1), -1, dtype=torch.int32, device=device)
+        self.num_kv_heads, self.cells, self.base_cell, self.homes = num_kv_heads, cells, base_cell, homes
+        self.cached = torch.full((num_layers, host_rows * num_kv_heads + 1), -1, dtype=torch.int32, device=device)
         self.cached[:, -1] = SENTINEL
         self.owner = torch.full((num_layers, cells), -1, dtype=torch.int32, device=device)
         self.used = torch.full((num_layers, cells), -1, dtype=torch.int32, device=device)
@@ -49,7 +51,7 @@ class SharedCache:
 
     def invalidate(self, layer: int, loc: torch.Tensor) -> None:
         """Logical slots ``loc`` get new K/V in ``layer``: their cached copies are stale."""
-        invalidate(self.cached[layer], loc, self.num_kv_heads)
+        invalidate(self.cached[layer], loc, self.num_kv_heads, self.homes)
 
     def fetch(
         self, layer: int, picks: torch.Tensor, counts: torch.Tensor, scores: torch.Tensor,
@@ -62,4 +64,4 @@ class SharedCache:
         rows = req_pool_indices.shape[0] * self.num_kv_heads
         fetch_shared(picks, counts, req_to_token, req_pool_indices, self.cached[layer], self.owner[layer],
                      self.used[layer], self.hand[layer], self.epoch, self.scratch, host_k, host_v, dev_k, dev_v,
-                     self.base_cell, indptr, out_indices, stats, rows, counters=self.counters)
+                     self.base_cell, indptr, out_indices, stats, rows, counters=self.counters, homes=self.homes)
