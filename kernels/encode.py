@@ -49,18 +49,20 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.floa
 
 @triton.jit
 def _encode_kernel(
-    k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
-    n, num_codes, dim, split_codes, rot_half, scale, kv_heads,
+    k_ptr, kh_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
+    n, num_codes, dim, split_codes, rot_half, scale, kv_heads, homes,
     stride_kn, stride_kh, stride_kd,
     stride_pl, stride_pg, stride_pd,
     stride_hl, stride_hg,
     stride_cl, stride_cs, stride_ch, stride_rn,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr, GATHER: tl.constexpr,
-    LAYERED: tl.constexpr, K_DTYPE: tl.constexpr,
+    LAYERED: tl.constexpr, K_DTYPE: tl.constexpr, HOMES: tl.constexpr,
 ):
     """Grid ``(key blocks, layers·Hkv, codebook splits)``; with ``LAYERED`` ``k_ptr`` holds each
-    layer's key-pool address and every per-layer tensor has a layer stride."""
+    layer's key-pool address and every per-layer tensor has a layer stride. With ``HOMES``
+    (gathered keys only) slots up to ``homes`` are read from ``k_ptr`` and slot ``s`` above from
+    row ``s − homes`` of ``kh_ptr`` (the host pool's keys; with ``LAYERED`` each layer's address)."""
     pid_n = tl.program_id(0)
     col = tl.program_id(1)  # layer·Hkv + kv head
     g = col % kv_heads
@@ -68,6 +70,8 @@ def _encode_kernel(
     if LAYERED:
         layer = (col // kv_heads).to(tl.int64)
         k_ptr = tl.load(k_ptr + layer).to(tl.pointer_type(K_DTYPE))
+        if HOMES:
+            kh_ptr = tl.load(kh_ptr + layer).to(tl.pointer_type(K_DTYPE))
         proj_ptr += layer * stride_pl
         half_norm_ptr += layer * stride_hl
         codes_ptr += layer * stride_cl
@@ -78,32 +82,36 @@ def _encode_kernel(
         row_ok = key_row >= 0
     else:
         key_row = rows.to(tl.int64)
+    if HOMES:  # each key where its slot lives: a GPU home or its host row
+        key_base = tl.where(key_row <= homes, k_ptr + key_row * stride_kn, kh_ptr + (key_row - homes) * stride_kn)
+    else:
+        key_base = k_ptr + key_row * stride_kn
     if tl.max(row_ok.to(tl.int32), axis=0) > 0:  # a whole block of idle rows skips the codebook
         _encode_rows(
-            k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
-            rows, key_row, row_ok, g, col, split, n, num_codes, dim, split_codes, rot_half, scale,
-            stride_kn, stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
+            key_base, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
+            rows, row_ok, g, col, split, n, num_codes, dim, split_codes, rot_half, scale,
+            stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
             BLOCK_N, BLOCK_C, BLOCK_D, PRECISION, SPLIT, ROTATE, NEOX,
         )
 
 
 @triton.jit
 def _encode_rows(
-    k_ptr, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
-    rows, key_row, row_ok, g, col, split, n, num_codes, dim, split_codes, rot_half, scale,
-    stride_kn, stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
+    key_base, proj_ptr, half_norm_ptr, loc_ptr, codes_ptr, ws_ptr, cos_ptr, sin_ptr,
+    rows, row_ok, g, col, split, n, num_codes, dim, split_codes, rot_half, scale,
+    stride_kh, stride_kd, stride_pg, stride_pd, stride_hg, stride_cs, stride_ch, stride_rn,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     SPLIT: tl.constexpr, ROTATE: tl.constexpr, NEOX: tl.constexpr,
 ):
     dd = tl.arange(0, BLOCK_D)
     d_ok = dd < dim
-    k_ptrs = k_ptr + key_row[:, None] * stride_kn + g * stride_kh + dd[None, :] * stride_kd
+    k_ptrs = key_base[:, None] + g * stride_kh + dd[None, :] * stride_kd  # key_base: each row's key
     k = tl.load(k_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
     if ROTATE:  # un-rotate post-RoPE keys in registers: R(−pos)·k from the step's angle tables
         rot = dd < 2 * rot_half
         pair, freq, sign = rope_pairs(dd, rot_half, NEOX)
         m = row_ok[:, None] & (d_ok & rot)[None, :]
-        kp = tl.load(k_ptr + key_row[:, None] * stride_kn + g * stride_kh + pair[None, :] * stride_kd,
+        kp = tl.load(key_base[:, None] + g * stride_kh + pair[None, :] * stride_kd,
                      mask=m, other=0.0).to(tl.float32)
         t = rows[:, None].to(tl.int64) * stride_rn + freq[None, :]
         c = tl.load(cos_ptr + t, mask=m, other=1.0)
@@ -193,6 +201,7 @@ def encode_keys(
     block_n: int | None = None, block_c: int | None = None, num_warps: int | None = None,
     num_stages: int | None = None,
     unrotate: Unrotate | None = None, gather: bool = False, layer_pointers: torch.Tensor | None = None,
+    homes: int = 0, host_keys: torch.Tensor | None = None,
 ) -> None:
     """``codes[loc[i], g] = argmax_c k_pre[i, g]·proj[g, :, c] − half_norm[g, c]`` (lowest index on ties).
 
@@ -210,6 +219,9 @@ def encode_keys(
     ``gather``) one launch encodes the keys at ``loc`` in every layer: ``k_pre`` is one layer's
     pool (its shape, strides and dtype are every layer's), ``proj`` ``[layers, Hkv, d, C]``,
     ``half_norm`` ``[layers, Hkv, C]``, ``codes`` ``[layers, slots, Hkv]``.
+    With ``homes`` > 0 (needs ``gather``) slots ``1 … homes`` are GPU-homed, read from ``k_pre``,
+    and slot ``s`` above is row ``s − homes`` of ``host_keys`` (the host pool's keys, strided as
+    ``k_pre``; with ``layer_pointers``, int64 ``[layers]`` of each layer's host-pool address).
 
     ``precision`` is Triton's ``input_precision`` of the GEMM: "tf32x3" (default) is fp32-accurate
     on tensor cores; "ieee" is plain fp32 FMA, which Triton runs ~40x slower on Hopper (H200,
@@ -227,6 +239,11 @@ def encode_keys(
         return
     assert not layered or (gather and layer_pointers.dtype == torch.int64 and layer_pointers.shape == (layers,)
                            and k_pre.dtype in _TL_DTYPES)
+    if homes:
+        assert gather and host_keys is not None, "GPU homes are for keys already in the pools"
+        assert host_keys.shape == (layers,) if layered else host_keys.stride() == k_pre.stride(), "host keys' layout"
+    else:
+        host_keys = layer_pointers if layered else k_pre  # unused
     assert proj.shape[1:3] == (kv_heads, dim) and proj.stride(3) == 1, "proj must be [Hkv, d, C], last dim contiguous"
     assert half_norm.shape == (layers, kv_heads, num_codes) and half_norm.stride(2) == 1
     assert codes.dtype == torch.int16 and codes.shape[0] == layers and codes.shape[2] == kv_heads
@@ -253,8 +270,8 @@ def encode_keys(
         cos = sin = proj  # unused
         rot_half, scale = 0, 1.0
     _encode_kernel[grid](
-        layer_pointers if layered else k_pre, proj, half_norm, loc, codes, workspace if split else codes, cos, sin,
-        n, num_codes, dim, SPLIT_CODES if split else num_codes, rot_half, scale, kv_heads,
+        layer_pointers if layered else k_pre, host_keys, proj, half_norm, loc, codes, workspace if split else codes,
+        cos, sin, n, num_codes, dim, SPLIT_CODES if split else num_codes, rot_half, scale, kv_heads, homes,
         k_pre.stride(0), k_pre.stride(1), k_pre.stride(2),
         proj.stride(0), proj.stride(1), proj.stride(2),
         half_norm.stride(0), half_norm.stride(1),
@@ -262,7 +279,7 @@ def encode_keys(
         BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=max(16, triton.next_power_of_2(dim)),
         PRECISION=precision, SPLIT=split, ROTATE=unrotate is not None,
         NEOX=bool(unrotate.neox) if unrotate is not None else True, GATHER=gather,
-        LAYERED=layered, K_DTYPE=_TL_DTYPES[k_pre.dtype] if layered else tl.float32,
+        LAYERED=layered, K_DTYPE=_TL_DTYPES[k_pre.dtype] if layered else tl.float32, HOMES=homes > 0,
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:

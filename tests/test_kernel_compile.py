@@ -79,10 +79,10 @@ CASES = {
 }
 
 
-ENCODE_PTRS = {"k_ptr": "*bf16", "proj_ptr": "*fp32", "half_norm_ptr": "*fp32", "loc_ptr": "*i64", "codes_ptr": "*i16",
+ENCODE_PTRS = {"k_ptr": "*bf16", "kh_ptr": "*bf16", "proj_ptr": "*fp32", "half_norm_ptr": "*fp32", "loc_ptr": "*i64", "codes_ptr": "*i16",
                "ws_ptr": "*i16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "scale": "fp32"}
 ENCODE = {"BLOCK_D": 128, "PRECISION": "tf32x3", "SPLIT": False, "ROTATE": True, "NEOX": True, "GATHER": False,
-          "LAYERED": False, "K_DTYPE": "fp32"}
+          "LAYERED": False, "K_DTYPE": "fp32", "HOMES": False}
 SHARED_LIMIT = 232448  # bytes of shared memory a program may take on sm_90 (227 KiB)
 
 
@@ -137,11 +137,14 @@ def test_every_swept_encode_tiling_fits_the_h200(tiling: tuple[int, int, int, in
 
 
 @pytest.mark.skipif(not ptxas().exists(), reason="this Triton wheel ships no ptxas")
-def test_encode_of_a_decode_step_spills_nothing_at_eight_warps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("homes", [False, True])
+def test_encode_of_a_decode_step_spills_nothing_at_eight_warps(homes: bool, tmp_path: Path) -> None:
     """The due keys' encode (64-key tiles, the codebook split, every layer in one launch) at 8
-    warps keeps its tiles in registers; at 4 it spills (the sweep times both)."""
-    consts = {**ENCODE, "BLOCK_N": 64, "BLOCK_C": 64, "SPLIT": True, "GATHER": True, "LAYERED": True, "num_stages": 2}
-    ptrs = {**ENCODE_PTRS, "k_ptr": "*i64", "ws_ptr": "*i64"}
+    warps keeps its tiles in registers; at 4 it spills (the sweep times both). So with GPU homes,
+    each key read from the GPU pool or the host pool."""
+    consts = {**ENCODE, "BLOCK_N": 64, "BLOCK_C": 64, "SPLIT": True, "GATHER": True, "LAYERED": True, "num_stages": 2,
+              "HOMES": homes}
+    ptrs = {**ENCODE_PTRS, "k_ptr": "*i64", "kh_ptr": "*i64", "ws_ptr": "*i64"}
     spills = {}
     for warps in (4, 8):
         _, info = build(tmp_path, "encode", "_encode_kernel", ptrs, consts, warps)

@@ -125,6 +125,38 @@ def test_encode_every_layer_in_one_launch(split: bool) -> None:
     assert (got[:, [3, 17, 40, 8]] != -7).all() and not torch.equal(got[0], got[1])  # each layer its own codebook
 
 
+@pytest.mark.parametrize("layered", [False, True])
+@pytest.mark.parametrize("split", [False, True])
+def test_encode_reads_each_key_where_its_slot_lives(split: bool, layered: bool) -> None:
+    """With GPU homes, slots up to ``homes`` are read from the GPU pool and the rest from their
+    host rows (slot − homes): the codes equal those of one pool holding every key."""
+    layers, kv_heads, dim, size, slots, homes = 2, 2, 32, 300, 60, 25
+    g = torch.Generator().manual_seed(81)
+    full = [torch.randn(slots, kv_heads, dim, generator=g).bfloat16().to(DEVICE) for _ in range(layers)]
+    gpu = [torch.cat([f[: homes + 1], torch.randn(9, kv_heads, dim, generator=g).bfloat16().to(DEVICE)]) for f in full]
+    host = [torch.cat([torch.zeros(1, kv_heads, dim, dtype=torch.bfloat16, device=DEVICE), f[homes + 1 :]])
+            for f in full]  # host row 0 is the GPU-homed slot `homes`: unused
+    books = [codebook(kv_heads, dim, size, seed=90 + i) for i in range(layers)]
+    pairs = [encode_projection(chol.to(DEVICE), cz.to(DEVICE)) for chol, cz in books]
+    proj, half_norm = torch.stack([p for p, _ in pairs]), torch.stack([h for _, h in pairs])
+    loc = torch.tensor([3, -1, homes, homes + 1, 40, 59, 1, -1], device=DEVICE)
+    ws = encode_workspace(len(loc) * layers, kv_heads, size, DEVICE) if split else None
+    want = torch.full((layers, slots, kv_heads), -7, dtype=torch.int16, device=DEVICE)
+    for i in range(layers):
+        encode_keys(full[i], proj[i], half_norm[i], loc, want[i], workspace=ws, gather=True)
+    got = torch.full_like(want, -7)
+    if layered:
+        pointers = [torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64, device=DEVICE) for ts in (gpu, host)]
+        encode_keys(gpu[0], proj, half_norm, loc, got, workspace=ws, gather=True, layer_pointers=pointers[0],
+                    homes=homes, host_keys=pointers[1])
+    else:
+        for i in range(layers):
+            encode_keys(gpu[i], proj[i], half_norm[i], loc, got[i], workspace=ws, gather=True, homes=homes,
+                        host_keys=host[i])
+    assert torch.equal(got, want)
+    assert (got[:, [3, homes, homes + 1, 40, 59, 1]] != -7).all()
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_encode_codes_past_int16_round_trip(split: bool) -> None:
     """A 40000-word codebook: keys sitting on codewords ≥ 32768 get exactly those codes."""
