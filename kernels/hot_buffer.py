@@ -193,10 +193,12 @@ def fetch_hot(
 
 @triton.jit
 def _copy_rows_kernel(
-    src_k_ptr, src_v_ptr, src_idx_ptr, dst_k_ptr, dst_v_ptr, dst_idx_ptr, n, row_elems,
-    stride_s, stride_d,
-    GATHER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+    src_k_ptr, src_v_ptr, src_idx_ptr, dst_k_ptr, dst_v_ptr, dst_idx_ptr, home_k_ptr, home_v_ptr, n, row_elems,
+    stride_s, stride_d, stride_home, homes,
+    GATHER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, HOMES: tl.constexpr,
 ):
+    """``HOMES`` 1: the source index is a logical slot, read from its GPU home (``home_*``, slots
+    up to ``homes``) or its host row (``src_*``, row slot − homes); 2: the same for the destination."""
     i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     ok = (i < n)[:, None] & (e < row_elems)[None, :]
@@ -205,54 +207,74 @@ def _copy_rows_kernel(
     else:
         src_row = i.to(tl.int64)
     dst_row = tl.load(dst_idx_ptr + i, mask=i < n, other=0).to(tl.int64)
-    src = src_row[:, None] * stride_s + e[None, :]
-    dst = dst_row[:, None] * stride_d + e[None, :]
-    tl.store(dst_k_ptr + dst, tl.load(src_k_ptr + src, mask=ok), mask=ok)
-    tl.store(dst_v_ptr + dst, tl.load(src_v_ptr + src, mask=ok), mask=ok)
+    src_k, src_v = src_k_ptr + src_row * stride_s, src_v_ptr + src_row * stride_s
+    dst_k, dst_v = dst_k_ptr + dst_row * stride_d, dst_v_ptr + dst_row * stride_d
+    if HOMES == 1:
+        home = src_row <= homes
+        src_k = tl.where(home, home_k_ptr + src_row * stride_home, src_k_ptr + (src_row - homes) * stride_s)
+        src_v = tl.where(home, home_v_ptr + src_row * stride_home, src_v_ptr + (src_row - homes) * stride_s)
+    if HOMES == 2:
+        home = dst_row <= homes
+        dst_k = tl.where(home, home_k_ptr + dst_row * stride_home, dst_k_ptr + (dst_row - homes) * stride_d)
+        dst_v = tl.where(home, home_v_ptr + dst_row * stride_home, dst_v_ptr + (dst_row - homes) * stride_d)
+    tl.store(dst_k[:, None] + e[None, :], tl.load(src_k[:, None] + e[None, :], mask=ok), mask=ok)
+    tl.store(dst_v[:, None] + e[None, :], tl.load(src_v[:, None] + e[None, :], mask=ok), mask=ok)
 
 
 def _copy_rows(src_k: torch.Tensor, src_v: torch.Tensor, src_idx: torch.Tensor | None, dst_k: torch.Tensor,
-               dst_v: torch.Tensor, dst_idx: torch.Tensor, block_n: int, block_e: int) -> None:
+               dst_v: torch.Tensor, dst_idx: torch.Tensor, block_n: int, block_e: int,
+               homes: int = 0, home_kv: tuple[torch.Tensor, torch.Tensor] | None = None, home_side: int = 0) -> None:
     """``dst[dst_idx[i]] = src[src_idx[i]]`` (``src[i]`` without ``src_idx``) for K and V, each
-    token's ``Hkv·d`` values contiguous in both."""
+    token's ``Hkv·d`` values contiguous in both. With ``homes``, the indices of side
+    ``home_side`` (1: source, 2: destination) are logical slots: up to ``homes`` rows of
+    ``home_kv`` (the GPU homes), above it row slot − homes of that side's tensors."""
     n = dst_idx.shape[0]
     if n == 0:
         return
     row_elems = src_k.shape[1] * src_k.shape[2]
-    for t in (src_k, dst_k):
+    home_k, home_v = home_kv if homes else (dst_k, dst_v)
+    for t in (src_k, dst_k, home_k):
         assert t.stride(1) == t.shape[2] and t.stride(2) == 1, "each token's values must be contiguous"
     assert src_k.stride() == src_v.stride() and dst_k.stride() == dst_v.stride() and src_k.dtype == dst_k.dtype
     assert dst_k.shape[1:] == src_k.shape[1:] and dst_v.shape[1:] == src_v.shape[1:]
+    assert home_k.stride() == home_v.stride() and home_k.shape[1:] == src_k.shape[1:] and home_k.dtype == src_k.dtype
+    assert not homes or home_side in (1, 2)
     grid = (triton.cdiv(n, block_n), triton.cdiv(row_elems, block_e))
     _copy_rows_kernel[grid](
-        src_k, src_v, dst_idx if src_idx is None else src_idx, dst_k, dst_v, dst_idx, n, row_elems,
-        src_k.stride(0), dst_k.stride(0),
+        src_k, src_v, dst_idx if src_idx is None else src_idx, dst_k, dst_v, dst_idx, home_k, home_v, n, row_elems,
+        src_k.stride(0), dst_k.stride(0), home_k.stride(0), homes,
         GATHER=src_idx is not None, BLOCK_N=block_n, BLOCK_E=min(block_e, triton.next_power_of_2(row_elems)),
+        HOMES=home_side if homes else 0,
     )
 
 
 def store_to_host(
     k: torch.Tensor, v: torch.Tensor, loc: torch.Tensor, host_k: torch.Tensor, host_v: torch.Tensor,
     rows: torch.Tensor | None = None, block_n: int = 16, block_e: int = 1024,
+    homes: int = 0, home_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """``host_k[loc[i]] = k[i]`` (``k[rows[i]]`` with ``rows``) and the same for ``v``: new
     tokens' K/V written through to the pinned host pool by the GPU itself (no host
     synchronisation, so also inside the decode graph); ``rows`` reads them from GPU slots instead
-    (an extend's staged K/V, copied on a side stream).
+    (an extend's staged K/V, copied on a side stream). With ``homes``, each token goes to its
+    home: slots up to ``homes`` to that row of ``home_kv`` (the GPU KV tensors), slot ``s`` above
+    to host row ``s − homes``.
 
     ``k``/``v`` ``[n or slots, Hkv, d]`` with each token's ``Hkv·d`` values contiguous, ``loc``
     ``[n]`` logical slots, ``host_k``/``host_v`` ``[slots, Hkv, d]`` contiguous per slot, same dtype.
     """
     assert (rows is not None or k.shape[0] == loc.shape[0]) and k.shape == v.shape
     assert rows is None or rows.shape == loc.shape
-    _copy_rows(k, v, rows, host_k, host_v, loc, block_n, block_e)
+    _copy_rows(k, v, rows, host_k, host_v, loc, block_n, block_e, homes, home_kv, home_side=2)
 
 
 def load_from_host(
     host_k: torch.Tensor, host_v: torch.Tensor, logical: torch.Tensor, dev_k: torch.Tensor, dev_v: torch.Tensor,
-    gpu: torch.Tensor, block_n: int = 16, block_e: int = 1024,
+    gpu: torch.Tensor, block_n: int = 16, block_e: int = 1024, homes: int = 0,
 ) -> None:
     """``dev_k[gpu[i]] = host_k[logical[i]]`` and the same for V: a cached prefix's K/V read from
-    the pinned host pool into GPU slots (prefill staging), by the GPU, without host sync."""
+    the pinned host pool into GPU slots (prefill staging), by the GPU, without host sync. With
+    ``homes``, slots up to it are read from their GPU homes, rows of ``dev_k``/``dev_v`` too, and
+    slot ``s`` above from host row ``s − homes``."""
     assert logical.shape == gpu.shape
-    _copy_rows(host_k, host_v, logical, dev_k, dev_v, gpu, block_n, block_e)
+    _copy_rows(host_k, host_v, logical, dev_k, dev_v, gpu, block_n, block_e, homes, (dev_k, dev_v), home_side=1)

@@ -178,6 +178,32 @@ def test_load_from_host_gathers_logical_slots_into_gpu_slots() -> None:
     assert (dev_k.cpu()[untouched] == 0).all() and (dev_v.cpu()[untouched] == 0).all()
 
 
+def test_with_gpu_homes_each_token_is_written_to_and_read_from_its_home() -> None:
+    """Slots up to ``homes`` live in the GPU KV tensors (row = slot), the rest in host row
+    slot − homes: a write goes to its token's home, a prefix load reads from there."""
+    from a2ats_sglang.kernels.hot_buffer import load_from_host, store_to_host
+
+    g = torch.Generator().manual_seed(5)
+    homes, host_rows, gpu_rows = 20, 30, 40  # GPU rows past the homes: staging, the cache
+    host_k = torch.zeros(host_rows, 3, 24, dtype=torch.bfloat16, device=DEVICE)
+    host_v = torch.zeros_like(host_k)
+    dev_k = torch.zeros(gpu_rows, 3, 24, dtype=torch.bfloat16, device=DEVICE)
+    dev_v = torch.zeros_like(dev_k)
+    k = torch.randn(6, 3, 24, generator=g).bfloat16().to(DEVICE)
+    v = torch.randn(6, 3, 24, generator=g).bfloat16().to(DEVICE)
+    loc = torch.tensor([3, 21, 20, 49, 1, 35], device=DEVICE)
+    store_to_host(k, v, loc, host_k, host_v, block_n=4, block_e=32, homes=homes, home_kv=(dev_k, dev_v))
+    at_home = loc <= homes
+    assert torch.equal(dev_k[loc[at_home]], k[at_home]) and torch.equal(dev_v[loc[at_home]], v[at_home])
+    away = loc[~at_home] - homes
+    assert torch.equal(host_k[away], k[~at_home]) and torch.equal(host_v[away], v[~at_home])
+    assert int((dev_k != 0).any(-1).any(-1).sum()) == 3 and int((host_k != 0).any(-1).any(-1).sum()) == 3
+    # a cached prefix over both tiers, into staging rows past the homes
+    staging = torch.tensor([30, 31, 32, 33, 34, 35], device=DEVICE)
+    load_from_host(host_k, host_v, loc, dev_k, dev_v, staging, block_n=4, block_e=32, homes=homes)
+    assert torch.equal(dev_k[staging], k) and torch.equal(dev_v[staging], v)
+
+
 def test_hot_buffers_own_disjoint_slots_and_reset_per_request() -> None:
     from a2ats_sglang.runtime.tiered.hot_buffers import HotBuffers
 
