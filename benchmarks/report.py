@@ -546,7 +546,7 @@ def one_batch_block(results: Path) -> Block:
 # ---------------------------------------------------------------------------------------------
 # the workload suite (benchmarks.suite)
 
-SUITE_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload", "a2ats-shared")
+SUITE_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload", "a2ats-shared", "a2ats-tiered")
 
 
 def _num(x: float | int | None, digits: int = 0) -> str:

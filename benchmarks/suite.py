@@ -6,8 +6,9 @@
 
 Sides: ``stock`` (SGLang, FlashInfer, its radix cache), ``hicache`` (stock with
 ``--enable-hierarchical-cache``), ``a2ats`` (KV on the GPU), ``a2ats-offload`` (with host
-memory) and ``a2ats-shared`` (offload with one GPU cache for all requests,
-``--a2ats-offload-cache shared``; decode-heavy and the shared document only). Each side's server starts once per model and serves all of its pending workloads, then
+memory), ``a2ats-shared`` (offload with one GPU cache for all requests,
+``--a2ats-offload-cache shared``; decode-heavy and the shared document only) and ``a2ats-tiered``
+(that, with tokens homed in HBM while it has room: ``--a2ats-gpu-homes``; the Llama workloads). Each side's server starts once per model and serves all of its pending workloads, then
 stops. Each workload writes ``<results>/suite-<gpu>-<workload>.json``::
 
     {"meta": {...}, "workload": "<name>", "sides": {"stock": {...}, "a2ats": {...}, ...}}
@@ -40,15 +41,17 @@ from benchmarks.throughput import DECODE_LINE, offload_counters, offload_summary
 from benchmarks.workloads import DoesNotFit, Workload, client_metrics, run_workload
 
 LLAMA, QWEN25, QWEN3 = "llama-3.1-8b-shape", "qwen2.5-7b-shape", "qwen3-8b-shape"
-ALL_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload", "a2ats-shared")
+ALL_SIDES = ("stock", "hicache", "a2ats", "a2ats-offload", "a2ats-shared", "a2ats-tiered")
 BASIC_SIDES = ("stock", "a2ats", "a2ats-offload")
 SHARED = ("a2ats-shared",)  # offload with one GPU cache for all requests (experimental), where it should matter
+TIERED = ("a2ats-tiered",)  # both tiers as one capacity (experimental): the issue's targets are on these
 
 WORKLOADS = (
-    Workload("prefill-heavy", LLAMA, "random", 32768, 256, BASIC_SIDES),
-    Workload("decode-heavy", LLAMA, "random", 32768, 1024, BASIC_SIDES + SHARED),
-    Workload("long", LLAMA, "random", 130560, 512, BASIC_SIDES),  # 131,072 tokens: Llama-3.1's context
-    Workload("multi-turn", LLAMA, "multi_turn", 32768, 256, ALL_SIDES[:4], conversations=64, turns=4, question_len=128),
+    Workload("prefill-heavy", LLAMA, "random", 32768, 256, BASIC_SIDES + TIERED),
+    Workload("decode-heavy", LLAMA, "random", 32768, 1024, BASIC_SIDES + SHARED + TIERED),
+    Workload("long", LLAMA, "random", 130560, 512, BASIC_SIDES + TIERED),  # 131,072 tokens: Llama-3.1's context
+    Workload("multi-turn", LLAMA, "multi_turn", 32768, 256, ALL_SIDES[:4] + TIERED, conversations=64, turns=4,
+             question_len=128),
     Workload("shared-document", LLAMA, "shared_document", 32768, 128, ALL_SIDES, question_len=128, questions=32),
     Workload("decode-heavy-qwen2.5-7b", QWEN25, "random", 31744, 1024, BASIC_SIDES),  # its context is 32,768
     Workload("decode-heavy-qwen3-8b", QWEN3, "random", 32768, 1024, BASIC_SIDES),
@@ -67,9 +70,11 @@ SIDES: dict[str, tuple[str, list[str]]] = {  # side: (server kind, flags)
     "a2ats-offload": ("a2ats", ["--a2ats-offload", "--a2ats-host-kv-gb", f"{HOST_GB * 1e9 / 2**30:.1f}"]),
     "a2ats-shared": ("a2ats", ["--a2ats-offload", "--a2ats-offload-cache", "shared",
                                "--a2ats-host-kv-gb", f"{HOST_GB * 1e9 / 2**30:.1f}"]),
+    "a2ats-tiered": ("a2ats", ["--a2ats-offload", "--a2ats-offload-cache", "shared", "--a2ats-gpu-homes",
+                               "--a2ats-host-kv-gb", f"{HOST_GB * 1e9 / 2**30:.1f}"]),
 }
 OFFLOAD_POOLS = re.compile(r"A²ATS offload: host pool (\d+) tokens")
-OFFLOAD_GPU_ROWS = re.compile(r"A²ATS offload: pinned host KV pool .*GPU KV tensors (\d+) slots")
+OFFLOAD_GPU_ROWS = re.compile(r"A²ATS offload: pinned host KV pool .*GPU KV tensors (\d+) slots \((\d+) of them homes")
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,15 @@ def decode_metrics(log_text: str) -> dict[str, Any]:
 
 
 def kv_tiers(side: str, info: dict[str, Any], log_text: str, bytes_per_token: int) -> dict[str, int | None]:
-    """Tokens of KV each tier holds as a home. Offload: every token's home is the host pool, what
-    SGLang admits against (its ``max_total_num_tokens``); its GPU rows are prefill staging and
-    per-request hot buffers, copies rather than capacity, reported apart."""
+    """Tokens of KV each tier holds as a home. Offload: SGLang admits against its logical slots
+    (``max_total_num_tokens``): GPU homes (``a2ats-tiered`` only), then host rows; the other GPU
+    rows are prefill staging and the cache of picks, copies rather than capacity, reported apart."""
     capacity = int(info["max_total_num_tokens"])
-    if side in ("a2ats-offload", "a2ats-shared"):
+    if side in ("a2ats-offload", "a2ats-shared", "a2ats-tiered"):
         rows = OFFLOAD_GPU_ROWS.search(log_text)
-        return {"gpu": 0, "host": capacity, "gpu_staging_and_hot_rows": int(rows[1]) if rows else None}
+        homes = int(rows[2]) if rows else 0
+        return {"gpu": homes, "host": capacity - homes,
+                "gpu_staging_and_hot_rows": int(rows[1]) - homes if rows else None}
     if side == "hicache":  # SGLang sizes its host pool from --hicache-size, in GB of KV
         return {"gpu": capacity, "host": int(HOST_GB * 1e9 // bytes_per_token) if bytes_per_token else None}
     return {"gpu": capacity, "host": 0}

@@ -43,16 +43,17 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
 
     heads, dim = kv_heads_per_rank(mc), mc.head_dim
     logical = plan.logical_slots + 1  # slot 0 is SGLang's padding slot
-    host = HostKVPool(HostPoolPlan(logical, kv_bytes_per_token(layers, heads, dim, kvc.kv_cache_dtype)),
+    # host row r holds slot homes + r (row 0: the padding slot, or the last GPU home)
+    host = HostKVPool(HostPoolPlan(plan.host_rows, kv_bytes_per_token(layers, heads, dim, kvc.kv_cache_dtype)),
                       layers, heads, dim, kvc.kv_cache_dtype)
     staging = Staging(logical, plan.staging_base, plan.staging_tokens, plan.hot_buffers,
                       mc.context_len + 4, kvc.device)  # ReqToTokenPool's rows are this long (+4 spare)
     pool = original(kvc, max_total_num_tokens=plan.gpu_slots, quant_method=None,
-                    mha_pool_class=partial(OffloadKVPool, host, staging))
+                    mha_pool_class=partial(OffloadKVPool, host, staging, homes=plan.homes))
     pool.plan = plan
     set_staging(staging)  # the scheduler admits prefills against it (patches/staging_admission.py)
-    logger.info("A²ATS offload: pinned host KV pool %.1f GiB, GPU KV tensors %d slots", host.nbytes / 2**30,
-                plan.gpu_slots)
+    logger.info("A²ATS offload: pinned host KV pool %.1f GiB, GPU KV tensors %d slots (%d of them homes)",
+                host.nbytes / 2**30, plan.gpu_slots, plan.homes)
     return pool
 
 

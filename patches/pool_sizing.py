@@ -64,13 +64,14 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
     cell = configurator._cell_size
     if cfg.offload:
         plan = offload_plan(kvc, cfg, budget_bytes, cell, fp)
-        cache = (f"a shared cache of {plan.cache_slots} slots ({plan.cache_slots * cell / 2**30:.2f} GiB) for up to "
+        homes = (f"GPU homes {plan.homes} tokens ({plan.homes * cell / 2**30:.1f} GiB), " if plan.homes else "")
+        cache = (f"{homes}a shared cache of {plan.cache_slots} slots ({plan.cache_slots * cell / 2**30:.2f} GiB) for up to "
                  f"{plan.max_running} running requests" if plan.shared else
                  f"{plan.hot_buffers} hot buffers of {plan.hot_tokens} tokens "
                  f"({plan.hot_buffers * plan.hot_tokens * cell / 2**30:.2f} GiB)")
         logger.info(
             "A²ATS offload: host pool %d tokens (%.1f GiB pinned); GPU: codes %.1f MiB, staging %d tokens "
-            "(%.2f GiB), %s, fixed %.1f MiB", plan.logical_slots, plan.logical_slots * cell / 2**30,
+            "(%.2f GiB), %s, fixed %.1f MiB", plan.host_rows - 1, (plan.host_rows - 1) * cell / 2**30,
             plan.logical_slots * fp.per_token / 2**20, plan.staging_tokens, plan.staging_tokens * cell / 2**30, cache,
             fp.fixed / 2**20,
         )
@@ -93,7 +94,14 @@ def charge(original, kvc, budget_bytes: int, **kwargs):
 def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
     from a2ats_sglang.runtime.tiered.host_pool import plan_host_pool
-    from a2ats_sglang.runtime.memory import decode_budget, hot_table_bytes, plan_offload, plan_shared_offload
+    from a2ats_sglang.runtime.memory import (
+        auto_running,
+        decode_budget,
+        hot_table_bytes,
+        plan_offload,
+        plan_shared_offload,
+        plan_tiered_offload,
+    )
     from a2ats_sglang.runtime.tiered.plan import set_plan, staging_tokens
     from a2ats_sglang.runtime.preflight import check_offload
 
@@ -105,7 +113,14 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
         host_slots = min(host_slots, sa.max_total_tokens + 1)
     width = decode_budget(cfg).width(mc.context_len)
     staging = staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens)
-    if cfg.offload_cache == "shared":
+    if cfg.gpu_homes:
+        tiered = partial(plan_tiered_offload, budget_bytes, cell, fp.per_token, fp.fixed, host_slots, width, staging,
+                         layers, heads, max_homes=cfg.gpu_homes if cfg.gpu_homes > 0 else None)
+        running = sa.max_running_requests
+        if running is None:  # auto_running of what both tiers hold, with the cache of 16 requests counted
+            running = auto_running(tiered(16).logical_slots + 1, mc.context_len)
+        plan = tiered(running)
+    elif cfg.offload_cache == "shared":
         plan = plan_shared_offload(budget_bytes, cell, fp.per_token, fp.fixed, host_slots, width, staging, layers, heads,
                                    max_running=sa.max_running_requests)
     else:

@@ -27,6 +27,10 @@ def test_flags_parse_and_bad_sizes_are_refused() -> None:
         A2ATSConfig(offload_cache="shared")
     with pytest.raises(ConfigError, match="must be one of"):
         A2ATSConfig(offload=True, offload_cache="lru")
+    tiers = ["--a2ats-offload", "--a2ats-offload-cache", "shared"]
+    assert split_argv(tiers).config.gpu_homes == 0  # off
+    assert split_argv([*tiers, "--a2ats-gpu-homes", "--port", "1"]).config.gpu_homes == -1  # as many as fit
+    assert split_argv([*tiers, "--a2ats-gpu-homes", "5000"]).config.gpu_homes == 5000  # at most that many
 
 
 def args(**kw) -> SimpleNamespace:

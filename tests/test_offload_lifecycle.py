@@ -25,9 +25,9 @@ def loaded(monkeypatch):  # noqa: ANN201
     calls: list[int] = []
     real = offload.load_from_host
 
-    def counting(host_k, host_v, logical, *rest):  # noqa: ANN001, ANN202
+    def counting(host_k, host_v, logical, *rest, **kwargs):  # noqa: ANN001, ANN202
         calls.append(logical.numel())
-        return real(host_k, host_v, logical, *rest)
+        return real(host_k, host_v, logical, *rest, **kwargs)
 
     monkeypatch.setattr(offload, "load_from_host", counting)
 

@@ -1,6 +1,7 @@
 """Offload mode changes where the bytes live, not what is computed: over decode steps, the
 tokens whose K/V an offload-mode step hands to attention (GPU hot-buffer slots filled from the
-host pool) are exactly the ones the GPU-resident path picks, with the same K/V."""
+host pool) are exactly the ones the GPU-resident path picks, with the same K/V; so with GPU homes,
+where a step reads the homed picks in place and only the rest through the shared cache."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class HostStore(KVStore):
         fetch_picks(self.hot, layer_id, buffers, req_to_token, req_pool_indices, seq_lens, self.host_kv, self.dev_kv)
 
 
-@pytest.mark.parametrize("cache", ["buffers", "shared"])  # one hot buffer per request row; one cache for all
+# one hot buffer per request row; one cache for all; that cache with 250 of the 600 slots homed on the GPU
+@pytest.mark.parametrize("cache", ["buffers", "shared", "tiered"])
 def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
     config = json.loads((CONFIGS / "smollm2-135m.json").read_text())
     config["num_hidden_layers"] = 1
@@ -64,13 +66,20 @@ def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
     rpi = torch.tensor([1, 2], device=DEVICE)
     width = dec.width
     rows = len(lens) * hkv
+    homes = 250 if cache == "tiered" else 0
     if cache == "buffers":
         hot = HotBuffers(1, 3, hkv, hot_tokens=width + 8, base_slot=1, device=DEVICE)
     else:
-        hot = SharedCache(1, slots, hkv, cells=3 * (width + 8) * hkv, base_cell=hkv, max_rows=rows, width=width, device=DEVICE)
-    dev_k = torch.zeros(1 + 3 * (width + 8), hkv, dim, dtype=torch.bfloat16, device=DEVICE)
+        hot = SharedCache(1, slots - homes, hkv, cells=3 * (width + 8) * hkv, base_cell=(homes + 1) * hkv, max_rows=rows,
+                          width=width, device=DEVICE, homes=homes)
+    dev_k = torch.zeros(homes + 1 + 3 * (width + 8), hkv, dim, dtype=torch.bfloat16, device=DEVICE)
     dev_v = torch.zeros_like(dev_k)
-    store = HostStore(hot, (host_k, host_v), (dev_k, dev_v))
+    dev_k[: homes + 1], dev_v[: homes + 1] = host_k[: homes + 1], host_v[: homes + 1]  # the GPU homes' K/V
+    away_k, away_v = host_k[homes:].clone(), host_v[homes:].clone()  # host row r: slot homes + r
+    if homes:
+        away_k[0], away_v[0] = 0, 0  # the last home's row in the host pool is not its home
+    store = HostStore(hot, (away_k, away_v), (dev_k, dev_v))
+    in_place = 0
     hits = 0
     for step in range(4):  # each step one token longer
         seq_lens = torch.tensor([n + step for n in lens], device=DEVICE)
@@ -89,9 +98,12 @@ def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
             assert z - a > 0
             want = [int(i) // hkv for i in resident.indices[a:z].cpu()]  # logical slots
             got = offloaded.indices[a:z].cpu().long()
-            if cache == "shared":  # a cell holds one (logical slot, kv head): its owner says which
-                keys = [int(hot.owner[0, i - hot.base_cell]) for i in got.tolist()]
+            if cache != "buffers":  # a cell holds one (host row, kv head): its owner says which
+                at_home = [i < hot.base_cell for i in got.tolist()]
+                in_place += sum(at_home)
+                keys = [i if h else int(hot.owner[0, i - hot.base_cell]) + homes * hkv for i, h in zip(got.tolist(), at_home)]
                 assert keys == [w * hkv + kv for w in want], (step, r)  # the same tokens in the same order
+                assert all(h == (w <= homes) for h, w in zip(at_home, want)), (step, r)  # homed ones in place
                 rows_k, rows_v = dev_k.view(-1, dim).cpu(), dev_v.view(-1, dim).cpu()
                 for i, w in zip(got.tolist(), want):
                     assert torch.equal(rows_k[i], host_k[w, kv].cpu()) and torch.equal(rows_v[i], host_v[w, kv].cpu())
@@ -110,3 +122,5 @@ def test_offload_step_attends_to_the_resident_paths_picks(cache: str) -> None:
                 assert torch.equal(dev_v[s, kv].cpu(), host_v[src, kv].cpu())
         hits += int(offloaded.stats[:rows, 0].sum())
     assert hits > 0 and int(hot.counters[0]) == hits, "later steps find most picks resident"
+    if cache != "buffers":
+        assert (in_place > 0) == (homes > 0)

@@ -187,3 +187,70 @@ def test_a_shared_cache_takes_what_is_left_and_caps_running_by_its_size(kvc, mon
     kvc.server_args.max_running_requests = 10**4
     with pytest.raises(OffloadSizingError, match="--max-running-requests 10000 needs a shared cache"):
         pool_sizing.charge(None, kvc, budget)
+
+
+def test_gpu_homes_make_capacity_both_tiers_and_the_allocator_hands_them_out_first(kvc, monkeypatch) -> None:
+    """``--a2ats-gpu-homes``: the logical slots are the host rows plus the GPU homes that fit next
+    to the codes, staging and the shared cache; the pool keeps the homes first in its GPU tensors,
+    the host pool one row per slot above them, and SGLang's allocator becomes the tiered one."""
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    from a2ats_sglang.patches import kv_pool, pool_sizing, tiered_allocator
+    from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, footprint
+    from a2ats_sglang.runtime.tiered.allocator import TieredAllocator
+    from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes, table_bytes_per_slot
+
+    kvc, _ = kvc
+    cfg = A2ATSConfig(offload=True, host_kv_gb=0.001, budget_ratio=0.1, budget_min=16, budget_max=None,
+                      offload_cache="shared", gpu_homes=-1)
+    monkeypatch.setenv("A2ATS_SGLANG_CONFIG", cfg.to_json())
+    kvc.server_args.max_running_requests = 8
+    budget = 64 * 2**20
+    config = pool_sizing.charge(None, kvc, budget)
+    plan = current_plan()
+    host_rows = int(0.001 * 2**30) // CELL
+    width = decode_budget(cfg).width(CONTEXT)
+    assert plan.homes > 0 and plan.logical_slots == plan.homes + host_rows - 1 == config.max_total_num_tokens
+    assert plan.host_rows == host_rows and plan.max_running == 8
+    assert plan.cache_slots == SHARED_SLOTS_PER_PICK * width * 9 and plan.staging_base == plan.homes + 1
+    codes = LAYERS * HEADS * 2
+    gpu = (footprint(cfg, LAYERS, HEADS, DIM, CONTEXT, graph_max_bs=0).fixed + plan.logical_slots * (codes + 4)
+           + (host_rows - 1) * table_bytes_per_slot(LAYERS, HEADS) + plan.staging_tokens * CELL
+           + plan.cache_slots * (CELL + HEADS * cell_table_bytes(LAYERS)) + 9 * HEADS * 3 * width * 4 + plan.homes * CELL)
+    assert gpu <= budget < gpu + CELL + codes + 4, "one more home would not fit"
+
+    def original(kvc, *, max_total_num_tokens, mha_pool_class, quant_method=None):
+        return mha_pool_class(max_total_num_tokens, page_size=1, dtype=kvc.kv_cache_dtype, head_num=HEADS, head_dim=DIM,
+                              layer_num=LAYERS, device="cpu", enable_memory_saver=False, start_layer=0, end_layer=LAYERS)
+
+    pool = kv_pool.build(original, kvc, max_total_num_tokens=config.max_total_num_tokens, mha_pool_class=MHATokenToKVPool)
+    assert pool.homes == plan.homes and pool.logical_slots == plan.logical_slots + 1
+    assert pool.get_key_buffer(0).shape[0] == plan.gpu_slots + 1 and pool.host.k.shape[1] == host_rows
+    sizes = SimpleNamespace(max_total_num_tokens=config.max_total_num_tokens)
+    allocator = tiered_allocator.build(lambda *a, **k: pytest.fail("SGLang's allocator"), kvc, sizes=sizes,
+                                       token_to_kv_pool=pool, is_dsv4_model=False, req_to_token_pool=None,
+                                       token_to_kv_pool_allocator=None)
+    assert isinstance(allocator, TieredAllocator) and allocator.tier_available() == (plan.homes, host_rows - 1)
+    # without homes, SGLang builds its own
+    pool.homes = 0
+    assert tiered_allocator.build(lambda *a, **k: "sglang's", kvc, sizes=sizes, token_to_kv_pool=pool,
+                                  is_dsv4_model=False, req_to_token_pool=None, token_to_kv_pool_allocator=None) == "sglang's"
+
+
+def test_gpu_homes_without_the_shared_cache_are_refused() -> None:
+    from a2ats_sglang.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pass all three"):
+        A2ATSConfig(offload=True, gpu_homes=-1)
+    with pytest.raises(ConfigError, match="a number of tokens"):
+        A2ATSConfig(offload=True, offload_cache="shared", gpu_homes=-2)
+
+
+def test_a_cap_on_gpu_homes_leaves_the_rest_of_hbm_unplanned() -> None:
+    from a2ats_sglang.runtime.memory import plan_tiered_offload
+
+    args = (8 * 2**30, 131072, 512, 0, 5_000, 1056, 8192, 32, 8, 4)
+    free = plan_tiered_offload(*args)
+    capped = plan_tiered_offload(*args, max_homes=100)
+    assert free.homes > 100 and capped.homes == 100 and capped.logical_slots == 100 + 4_999
+    assert capped.cache_slots == free.cache_slots

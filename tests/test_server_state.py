@@ -57,6 +57,8 @@ def test_offload_state_gives_each_tier_and_the_hit_rate() -> None:
     assert shared["cache"] == "shared" and shared["cache_slots"] == 5000 and shared["hot_buffers"] == 0
     # picks served by a copy another request made this step are misses, not hits; bytes count the copies
     assert shared["hot_hit_rate"] == 0.25 and shared["fetched_bytes"] == 10 * 512
+    tiers = describe(decoder(), "/cb", 100, 100, OffloadPlan(100, 30, 0, 64, cache_slots=5000, homes=60))
+    assert tiers["kv_capacity_tokens"] == {"gpu": 60, "host": 40}  # GPU homes, then host rows
     idle = describe(decoder(), "/cb", 100, 100, plan)  # before the first decode step
     assert idle["offload"]["hot_hit_rate"] is None and idle["offload"]["fetched_bytes_per_step"] is None
 

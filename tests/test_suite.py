@@ -140,9 +140,13 @@ def test_gpu_short_names() -> None:
 
 
 def test_offloads_gpu_rows_are_not_counted_as_capacity() -> None:
-    log = "[t] A²ATS offload: pinned host KV pool 85.0 GiB, GPU KV tensors 397698 slots\n"
+    log = "[t] A²ATS offload: pinned host KV pool 85.0 GiB, GPU KV tensors 397698 slots (0 of them homes)\n"
     info = {"max_total_num_tokens": 696319}
     assert suite.kv_tiers("a2ats-offload", info, log, 131072) == {"gpu": 0, "host": 696319, "gpu_staging_and_hot_rows": 397698}
+    tiered = "[t] A²ATS offload: pinned host KV pool 85.0 GiB, GPU KV tensors 900000 slots (800000 of them homes)\n"
+    both = {"max_total_num_tokens": 1496319}  # homes, then host rows
+    assert suite.kv_tiers("a2ats-tiered", both, tiered, 131072) == {"gpu": 800000, "host": 696319,
+                                                                    "gpu_staging_and_hot_rows": 100000}
     assert suite.kv_tiers("hicache", info, "", 131072) == {"gpu": 696319, "host": 96 * 10**9 // 131072}
     assert suite.kv_tiers("stock", info, "", 131072) == {"gpu": 696319, "host": 0}
 

@@ -91,8 +91,10 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
         updater = self.indices_updater_prefill
         updater.req_to_token = self.store.prefill_table(updater.req_to_token)
         # each layer's keys by logical slot: one launch encodes a decode step's due keys in every layer
-        keys = [self.store.keys(i) for i in range(self.decoder.num_layers)]
-        self.key_pointers = torch.tensor([k.data_ptr() for k in keys], dtype=torch.int64, device=self.device)
+        # (with GPU homes, the host rows' keys of the slots above them too)
+        layers = range(self.decoder.num_layers)
+        self.key_pointers = self._pointers([self.store.keys(i) for i in layers])
+        self.host_key_pointers = self._pointers([self.store.host_keys(i) for i in layers]) if self.store.homes else None
         self.graph_buffers: SparseDecodeBuffers | None = None
         self.graph_wrappers: dict[int, BatchDecodeWithPagedKVCacheWrapper] = {}
         self.eager_buffers: SparseDecodeBuffers | None = None
@@ -110,6 +112,10 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             d.codes.numel() * 2 / 2**20,
             (d.proj.numel() * 4 + d.half_norm.numel() * 4 + d.decoded.numel() * 2) / 2**20,
         )
+
+    def _pointers(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Each tensor's address, int64 on the GPU (the one-launch encode reads them there)."""
+        return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=self.device)
 
     def a2ats_state(self, free_tokens: int) -> dict:
         """This backend's part of ``/server_info`` (:mod:`~a2ats_sglang.runtime.server_state`)."""
@@ -199,7 +205,8 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             tables = self.decoder.rotary.key_tables(forward_batch.positions)
             self.decoder.encode(layer.layer_id, k, forward_batch.out_cache_loc, tables)
             if self.extend_tails is not None:  # reused-prefix keys, by logical slot
-                self.decoder.encode_pool(layer.layer_id, self.store.keys(layer.layer_id), self.extend_tails)
+                self.decoder.encode_pool(layer.layer_id, self.store.keys(layer.layer_id), self.extend_tails,
+                                         homes=self.store.homes, host_keys=self.store.host_keys(layer.layer_id))
         return out
 
     def _extend_unified(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache: bool):
@@ -225,7 +232,7 @@ class A2ATSAttnBackend(FlashInferAttnBackend):
             # every layer's K of the step is in the pool now: one launch encodes the due groups of
             # all layers (the new keys wait in the window, which scoring never reads)
             self.decoder.encode_pool_layers(self.key_pointers, self.store.keys(layer.layer_id), self.tables.due,
-                                            buffers.encode_ws)
+                                            buffers.encode_ws, self.store.homes, self.host_key_pointers)
         bs = forward_batch.batch_size
         q = q.contiguous().view(bs, layer.tp_q_head_num, layer.head_dim)
         self.decoder.select(

@@ -40,6 +40,7 @@ class A2ATSConfig:
     offload: bool = False  # full KV in pinned host memory, codes and hot buffers on the GPU
     host_kv_gb: float | None = None  # host pool size (None: a share of free RAM)
     offload_cache: str = "buffers"  # where picked host K/V is cached on the GPU (OFFLOAD_CACHES)
+    gpu_homes: int = 0  # offload: tokens homed in HBM too (read in place): 0 none, -1 as many as fit, N at most N
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget_ratio <= 1.0:
@@ -65,6 +66,11 @@ class A2ATSConfig:
             raise ConfigError(f"--a2ats-offload-cache must be one of {OFFLOAD_CACHES}, got {self.offload_cache!r}")
         if self.offload_cache != "buffers" and not self.offload:
             raise ConfigError("--a2ats-offload-cache chooses the GPU cache of --a2ats-offload; pass both")
+        if self.gpu_homes < -1:
+            raise ConfigError(f"--a2ats-gpu-homes takes a number of tokens, got {self.gpu_homes}")
+        if self.gpu_homes and not (self.offload and self.offload_cache == "shared"):
+            raise ConfigError("--a2ats-gpu-homes splits the KV of --a2ats-offload --a2ats-offload-cache shared "
+                              "between HBM and host memory; pass all three")
         if self.selector not in SELECTORS:
             raise ConfigError(f"--a2ats-selector must be one of {SELECTORS}, got {self.selector!r}")
 

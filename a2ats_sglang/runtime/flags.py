@@ -92,6 +92,12 @@ def add_a2ats_args(parser: argparse.ArgumentParser) -> None:
         "one cache all requests share, so shared prefixes are fetched once and running requests "
         "are not capped by buffers (experimental). Default: %(default)s",
     )
+    g.add_argument(
+        "--a2ats-gpu-homes", metavar="TOKENS", nargs="?", type=int, const=-1, default=d.gpu_homes,
+        help="with --a2ats-offload --a2ats-offload-cache shared: home tokens in HBM while it has room "
+        "(read in place, no copy) and the rest in the host pool, so capacity is HBM plus host memory; "
+        "TOKENS caps the HBM homes (default: as many as fit). Experimental, not yet run on a GPU",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
@@ -109,6 +115,7 @@ def config_from_args(ns: argparse.Namespace) -> A2ATSConfig:
         offload=ns.a2ats_offload,
         host_kv_gb=ns.a2ats_host_kv_gb,
         offload_cache=ns.a2ats_offload_cache,
+        gpu_homes=ns.a2ats_gpu_homes,
     )
 
 

@@ -31,6 +31,7 @@ class KVStore:
     """The steps' hooks, each a no-op unless a store needs it."""
 
     fetches = False  # picks are resolved to rows after the top-K (its scratch: SparseDecodeBuffers(fetch=True))
+    homes = 0  # logical slots up to this are read from keys(); above, from host_keys() at row slot − homes
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
@@ -40,8 +41,13 @@ class KVStore:
         return req_to_token
 
     def keys(self, layer_id: int) -> torch.Tensor:
-        """The layer's keys by logical slot ``[slots, Hkv, d]``: what the encoders read."""
+        """The layer's keys by logical slot ``[slots, Hkv, d]``: what the encoders read (up to
+        :attr:`homes` only, when there are homes)."""
         raise NotImplementedError
+
+    def host_keys(self, layer_id: int) -> torch.Tensor | None:
+        """With :attr:`homes`, the layer's keys of the slots above them, by host row."""
+        return None
 
     def begin_extend(self, rids: list[str], req_pool_indices: torch.Tensor, prefix_lens: list[int] | None,
                      extend_lens: list[int] | None, out_cache_loc: torch.Tensor, req_to_token: torch.Tensor) -> None:

@@ -91,28 +91,36 @@ class OffloadSizingError(ValueError):
 
 @dataclass(frozen=True)
 class OffloadPlan:
-    """Where offload mode's GPU slots go: ``[0]`` SGLang's padding slot, then prefill staging,
-    then one hot buffer of ``hot_tokens`` slots per request-pool row (``max_running`` rows plus
-    row 0, which CUDA-graph padding reads), or, with ``cache_slots``, one shared cache of that
-    many slots (``--a2ats-offload-cache shared``)."""
+    """Where offload mode's GPU slots go: ``[0]`` SGLang's padding slot, then ``homes`` GPU homes
+    (logical slots ``1 … homes``, read in place; ``--a2ats-gpu-homes``), prefill staging, then one
+    hot buffer of ``hot_tokens`` slots per request-pool row (``max_running`` rows plus row 0,
+    which CUDA-graph padding reads), or, with ``cache_slots``, one shared cache of that many
+    slots (``--a2ats-offload-cache shared``). Logical slots above ``homes`` are host rows."""
 
     logical_slots: int  # what SGLang's allocator hands out (the host pool's capacity, or less)
     max_running: int  # request rows (each with its hot buffer, unless the cache is shared)
     hot_tokens: int
     staging_tokens: int
     cache_slots: int = 0  # the shared cache's GPU slots (each holds Hkv cells); 0: hot buffers
+    homes: int = 0  # logical slots homed in GPU rows (1 … homes); the rest are host rows
 
     @property
     def shared(self) -> bool:
         return self.cache_slots > 0
 
     @property
+    def host_rows(self) -> int:
+        """Rows of the host pool: one per logical slot above the homes, and row 0 (slot
+        ``homes``: SGLang's padding slot without homes, the last GPU home with them)."""
+        return self.logical_slots - self.homes + 1
+
+    @property
     def staging_base(self) -> int:
-        return 1
+        return 1 + self.homes
 
     @property
     def hot_base(self) -> int:
-        return 1 + self.staging_tokens
+        return 1 + self.homes + self.staging_tokens
 
     @property
     def hot_buffers(self) -> int:
@@ -120,7 +128,7 @@ class OffloadPlan:
 
     @property
     def gpu_slots(self) -> int:
-        return self.staging_tokens + (self.cache_slots if self.shared else self.hot_buffers * self.hot_tokens)
+        return self.homes + self.staging_tokens + (self.cache_slots if self.shared else self.hot_buffers * self.hot_tokens)
 
 
 def hot_table_bytes(num_layers: int, num_kv_heads: int, hot_tokens: int) -> int:
@@ -218,3 +226,38 @@ def plan_shared_offload(
             f"of {2 * SHARED_SLOTS_PER_PICK * width} tokens"
         )
     return OffloadPlan(int(logical), int(running), 0, staging_tokens, cache_slots=int(cache))
+
+
+def plan_tiered_offload(
+    budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
+    width: int, staging_tokens: int, num_layers: int, num_kv_heads: int, running: int, max_homes: int | None = None,
+) -> OffloadPlan:
+    """Both tiers as one capacity (``--a2ats-gpu-homes``, at most ``max_homes``): every host row of the pool
+    (``host_slots − 1``, row 0 aside) and the GPU homes that fit next to them. The GPU keeps the
+    fixed tensors, staging, a shared cache sized for ``running`` requests and row 0
+    (:data:`SHARED_SLOTS_PER_PICK` top-K widths each, so a step whose picks are all host-homed
+    still finds its cells) and their claim scratch, every logical slot's codes and staging map
+    entry, the cache table of every host row; the rest of HBM becomes homes, each its K/V plus
+    its codes and map entry. The split is a first rule, not yet measured (docs/tiered-kv.md)."""
+    from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes, table_bytes_per_slot
+
+    if running < 1:
+        raise OffloadSizingError(f"{running} running requests")
+    host = host_slots - 1
+    per_logical = code_bytes_per_token + 4  # codes and the staging map entry, in both tiers
+    per_slot = kv_bytes_per_token + num_kv_heads * cell_table_bytes(num_layers)
+    cache = SHARED_SLOTS_PER_PICK * width * (running + 1)
+    scratch = (running + 1) * num_kv_heads * 3 * width * 4  # the claim's, 3·width int32 a row (SharedCache)
+    room = (budget_bytes - fixed_bytes - staging_tokens * kv_bytes_per_token - cache * per_slot - scratch
+            - host * (per_logical + table_bytes_per_slot(num_layers, num_kv_heads)))
+    homes = room // (kv_bytes_per_token + per_logical)
+    if max_homes is not None:
+        homes = min(homes, max_homes)
+    if homes < 0:
+        raise OffloadSizingError(
+            f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
+            f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens, a shared cache for "
+            f"{running} requests ({cache * per_slot / 2**30:.2f} GiB) and the codes of {host} host rows: "
+            "lower --max-running-requests or --a2ats-host-kv-gb"
+        )
+    return OffloadPlan(int(homes + host), running, 0, staging_tokens, cache_slots=int(cache), homes=int(homes))

@@ -18,19 +18,21 @@ class _Plan(Protocol):
     hot_tokens: int
     max_running: int
     cache_slots: int
+    homes: int
 
 
 def describe(decoder: Any, codebook: str | None, kv_tokens: int, free_tokens: int, plan: _Plan | None = None,
              host_bytes: int = 0, staging_in_use: int = 0, offload_totals: tuple[int, int, int, int] | None = None,
              bytes_per_copy: int = 0) -> dict[str, Any]:
     """The backend's state. ``kv_tokens``/``free_tokens``: SGLang's pool (logical slots in
-    offload mode, whose homes are all host rows today); ``offload_totals``: hits, misses,
+    offload mode: the plan's GPU homes, then host rows); ``offload_totals``: hits, misses,
     copies from host memory and decode steps read so far (:class:`~a2ats_sglang.runtime.tiered.metrics.OffloadMetrics`)."""
     budget = decoder.budget
     layers, heads = decoder.codes.shape[0], decoder.codes.shape[2]
     out: dict[str, Any] = {
         "mode": "offload" if plan is not None else "gpu",
-        "kv_capacity_tokens": {"gpu": 0 if plan is not None else kv_tokens, "host": kv_tokens if plan is not None else 0},
+        "kv_capacity_tokens": ({"gpu": plan.homes, "host": kv_tokens - plan.homes} if plan is not None
+                               else {"gpu": kv_tokens, "host": 0}),
         "kv_used_tokens": kv_tokens - free_tokens,
         "codes_bytes": decoder.codes.numel() * decoder.codes.element_size(),
         "codes_bytes_per_token": layers * heads * decoder.codes.element_size(),

@@ -196,17 +196,22 @@ class SparseDecoder:
                     unrotate=self.rotary.unrotate(tables), **self.encode_tiling)
 
     def encode_pool_layers(self, key_pointers: torch.Tensor, k_pool: torch.Tensor, keys: PoolKeys,
-                           workspace: torch.Tensor | None = None) -> None:
+                           workspace: torch.Tensor | None = None, homes: int = 0,
+                           host_pointers: torch.Tensor | None = None) -> None:
         """:meth:`encode_pool` for every layer in one launch: ``key_pointers`` int64 ``[layers]``
-        holds each layer's key-pool address, ``k_pool`` is one of them (shape, strides, dtype)."""
+        holds each layer's key-pool address, ``k_pool`` is one of them (shape, strides, dtype);
+        ``host_pointers`` the same for the host rows of slots above ``homes``."""
         encode_keys(k_pool, self.proj, self.half_norm, keys.slots, self.codes, workspace,
                     unrotate=self.rotary.unrotate(keys.tables), gather=True, layer_pointers=key_pointers,
-                    **self.encode_tiling)
+                    homes=homes, host_keys=host_pointers, **self.encode_tiling)
 
-    def encode_pool(self, layer: int, k_pool: torch.Tensor, keys: PoolKeys, workspace: torch.Tensor | None = None) -> None:
-        """Codes of keys already stored in ``k_pool`` ``[slots, Hkv, d]`` (post-RoPE)."""
+    def encode_pool(self, layer: int, k_pool: torch.Tensor, keys: PoolKeys, workspace: torch.Tensor | None = None,
+                    homes: int = 0, host_keys: torch.Tensor | None = None) -> None:
+        """Codes of keys already stored in ``k_pool`` ``[slots, Hkv, d]`` (post-RoPE); with
+        ``homes``, slots above it in ``host_keys`` at row slot − homes."""
         encode_keys(k_pool, self.proj[layer], self.half_norm[layer], keys.slots, self.codes[layer], workspace,
-                    unrotate=self.rotary.unrotate(keys.tables), gather=True, **self.encode_tiling)
+                    unrotate=self.rotary.unrotate(keys.tables), gather=True, homes=homes, host_keys=host_keys,
+                    **self.encode_tiling)
 
     def _pool_keys(self, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, t: torch.Tensor,
                    want: torch.Tensor) -> PoolKeys:

@@ -1,9 +1,11 @@
 # The GPU server tests of offload mode, the modules at once (each starts its own SmolLM2 server,
 # ~2 min cold): tests/test_gpu_offload_prefix.py (prefix reuse, issue 7),
 # tests/test_gpu_offload_server.py (host pool exhaustion, waiting, aborts; issue 6) and
-# tests/test_gpu_offload_shared.py (the prefix tests with --a2ats-offload-cache shared). The second
+# tests/test_gpu_offload_shared.py (the prefix tests with --a2ats-offload-cache shared) and
+# tests/test_gpu_offload_tiered.py (those with --a2ats-gpu-homes, and equality with the resident
+# backend; MODULES=tiered, not in the default set until it has run once). The second
 # server starts once the first has sized its pools, as SGLang sizes from the free memory it sees.
-# Reports in $OUT/tests-offload-{prefix,server,shared}.log, server logs in $OUT/server-offload-*.log.
+# Reports in $OUT/tests-offload-{prefix,server,shared,tiered}.log, server logs in $OUT/server-offload-*.log.
 # ~5 min; run from the repository root on the GPU node after the wheelhouse install (MODULES=prefix
 # runs one of them):
 #   A2ATS_COMMIT=<sha> [MODULES="prefix shared"] bash benchmarks/node/offload_server_tests.sh

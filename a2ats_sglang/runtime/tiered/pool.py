@@ -28,12 +28,14 @@ from a2ats_sglang.runtime.tiered.staging import Staging
 
 
 class OffloadKVPool(MHATokenToKVPool):
-    def __init__(self, host: HostKVPool, staging: Staging, gpu_slots: int, **mha_kwargs) -> None:
+    def __init__(self, host: HostKVPool, staging: Staging, gpu_slots: int, homes: int = 0, **mha_kwargs) -> None:
+        """``homes``: logical slots ``1 … homes`` live in rows of this pool's GPU tensors (row =
+        slot), slot ``s`` above in host row ``s − homes``."""
         super().__init__(gpu_slots, **mha_kwargs)
         if self.dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"offload mode keeps K/V in bf16/fp16, not {self.dtype}: use --kv-cache-dtype auto")
-        self.host, self.staging = host, staging
-        self.logical_slots = host.slots
+        self.host, self.staging, self.homes = host, staging, homes
+        self.logical_slots = homes + host.slots  # slot 0 included
         self.stage_writes = False  # the backend sets it for the duration of an extend
         self.side = torch.cuda.Stream(self.device) if torch.device(self.device).type == "cuda" else None
         self.side_done: torch.cuda.Event | None = None  # the last side-stream work enqueued
@@ -86,11 +88,15 @@ class OffloadKVPool(MHATokenToKVPool):
         host_k, host_v = self.host_kv(layer_id)
         if self.on_write is not None:
             self.on_write(layer_id - self.start_layer, logical)
-        if not self.stage_writes:
-            store_to_host(k.to(self.dtype), v.to(self.dtype), logical, host_k, host_v)
+        homes = self.homes
+        if not self.stage_writes:  # each token to its home: a GPU row or a host row
+            store_to_host(k.to(self.dtype), v.to(self.dtype), logical, host_k, host_v, homes=homes,
+                          home_kv=self.get_kv_buffer(layer_id) if homes else None)
             return
         gpu = self.staging.translate(logical)
         super().set_kv_buffer(layer, KVWriteLoc(gpu, None), cache_k, cache_v, k_scale, v_scale, layer_id_override)
         staged_k, staged_v = self.get_kv_buffer(layer_id)
-        if self.on_side(lambda: store_to_host(staged_k, staged_v, logical, host_k, host_v, rows=gpu)) is not None:
+        home_kv = (staged_k, staged_v) if homes else None  # staging and the GPU homes share the tensors
+        if self.on_side(lambda: store_to_host(staged_k, staged_v, logical, host_k, host_v, rows=gpu, homes=homes,
+                                              home_kv=home_kv)) is not None:
             self.in_flight += (gpu, logical)

@@ -65,10 +65,11 @@ class TieredStore(KVStore):
         heads = pool.head_num
         if plan.shared:  # cells: one kv head of one token each, after staging in the [slots·Hkv, d] view
             self.hot: HotBuffers | SharedCache = SharedCache(
-                num_layers, pool.logical_slots, heads, plan.cache_slots * heads, plan.hot_base * heads,
-                plan.hot_buffers * heads, width, device)
+                num_layers, pool.host.slots, heads, plan.cache_slots * heads, plan.hot_base * heads,
+                plan.hot_buffers * heads, width, device, homes=pool.homes)
             pool.on_write = self.hot.invalidate  # SGLang reuses freed slots: their cached K/V is stale
         else:
+            assert not pool.homes, "GPU homes are read through the shared cache"
             if plan.hot_tokens < width:
                 raise ValueError(f"hot buffers of {plan.hot_tokens} tokens cannot hold a decode step's {width} picks")
             self.hot = HotBuffers(num_layers, plan.hot_buffers, heads, plan.hot_tokens, plan.hot_base, device)
@@ -123,7 +124,7 @@ class TieredStore(KVStore):
                 host_k, host_v = pool.host_kv(layer_id)
                 dev_k, dev_v = pool.get_kv_buffer(layer_id)
                 self.prefix_ready[layer_id] = pool.on_side(
-                    partial(load_from_host, host_k, host_v, logical, dev_k, dev_v, gpu))
+                    partial(load_from_host, host_k, host_v, logical, dev_k, dev_v, gpu, homes=pool.homes))
             if pool.side_done is not None:
                 pool.in_flight += (logical, gpu)
         staging.place(rids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
@@ -135,8 +136,16 @@ class TieredStore(KVStore):
         assert self.staging.table.shape[0] >= req_to_token.shape[0]
         return self.staging.table
 
+    @property
+    def homes(self) -> int:
+        return self.pool.homes
+
     def keys(self, layer_id: int) -> torch.Tensor:
-        return self.pool.host_kv(layer_id)[0]
+        """The GPU tensor with homes (slots above are :meth:`host_keys`), else the host pool."""
+        return self.pool.get_key_buffer(layer_id) if self.pool.homes else self.pool.host_kv(layer_id)[0]
+
+    def host_keys(self, layer_id: int) -> torch.Tensor | None:
+        return self.pool.host_kv(layer_id)[0] if self.pool.homes else None
 
     def wait_layer(self, layer_id: int) -> None:
         """The forward stream waits for this layer's cached-prefix K/V to reach staging (before
