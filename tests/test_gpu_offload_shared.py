@@ -51,9 +51,6 @@ def test_answers_equal_those_of_buffers_mode(server, tmp_path: Path) -> None:
     """The shared cache hands attention the K/V the hot buffers would: a buffers-mode server with
     the same flags answers the same. Six requests over one document run together (their picks
     share cells), and two others do not; 96 tokens each, so picks move in and out of the cache."""
-    from a2ats_sglang.default_model import smollm2_path
-    from benchmarks.server import Server
-
     flags = list(SERVER[2])
     i = flags.index("--a2ats-offload-cache")
     del flags[i : i + 2]
@@ -61,11 +58,17 @@ def test_answers_equal_those_of_buffers_mode(server, tmp_path: Path) -> None:
     prompts = [doc + ids(40, 41 + s) for s in range(6)] + [ids(5000, 50), ids(700, 51)]
     flush(server)
     got = answers(server.url, prompts)
-    log = Path(os.environ.get("OUT", tmp_path)) / "server-offload-buffers-reference.log"
-    reference = Server("a2ats", str(smollm2_path()), PORT + 10, flags, log)
+    assert got == reference_answers(prompts, flags, PORT + 10, "server-offload-buffers-reference.log", tmp_path)
+
+
+def reference_answers(prompts: list[list[int]], flags: list[str], port: int, log_name: str, tmp_path: Path) -> list[list[int]]:
+    """The answers of a second a2ats server with these flags, started for them and stopped."""
+    from a2ats_sglang.default_model import smollm2_path
+    from benchmarks.server import Server
+
+    reference = Server("a2ats", str(smollm2_path()), port, flags, Path(os.environ.get("OUT", tmp_path)) / log_name)
     try:
         reference.wait_healthy(600)
-        want = answers(reference.url, prompts)
+        return answers(reference.url, prompts)
     finally:
         reference.stop()
-    assert got == want

@@ -6,7 +6,6 @@ GPU-resident server's, token for token, whichever tier each token sits in."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from test_gpu_offload_prefix import (  # noqa: F401 - collected here again, agai
     test_eviction_under_pressure_keeps_the_tree_consistent,
     test_forked_questions_reuse_the_document,
 )
-from test_gpu_offload_shared import answers
+from test_gpu_offload_shared import answers, reference_answers
 
 pytestmark = pytest.mark.gpu
 
@@ -42,20 +41,9 @@ def test_answers_equal_those_of_the_gpu_resident_backend(server, tmp_path: Path)
     """Prompts of 1,500 to 5,000 tokens, six over one document, run while homes run out: the
     first tokens take GPU homes, the rest host rows, and every answer equals a GPU-resident
     server's at the same budget."""
-    from a2ats_sglang.default_model import smollm2_path
-    from benchmarks.server import Server
-
     doc = ids(DOC, 40)
     prompts = [doc + ids(40, 41 + s) for s in range(6)] + [ids(5000, 50), ids(1500, 51)]
     flush(server)
     got = answers(server.url, prompts)
-    log = Path(os.environ.get("OUT", tmp_path)) / "server-tiered-resident-reference.log"
-    reference = Server("a2ats", str(smollm2_path()), PORT + 10, ["--enable-deterministic-inference",
-                                                                  "--mem-fraction-static", "0.2",
-                                                                  "--cuda-graph-max-bs", "16"], log)
-    try:
-        reference.wait_healthy(600)
-        want = answers(reference.url, prompts)
-    finally:
-        reference.stop()
-    assert got == want
+    resident = ["--enable-deterministic-inference", "--mem-fraction-static", "0.2", "--cuda-graph-max-bs", "16"]
+    assert got == reference_answers(prompts, resident, PORT + 10, "server-tiered-resident-reference.log", tmp_path)
