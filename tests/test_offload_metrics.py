@@ -38,3 +38,26 @@ def test_with_a_third_counter_bytes_follow_the_copies_and_the_hit_rate_the_misse
     assert m.last == (100, 300, 10, 1)
     line = caplog.records[-1].getMessage()
     assert "hit rate 25.0%" in line and f"{10 * 256 / 2**20:.2f} MiB fetched per decode step (1 steps)" in line
+
+
+def test_with_gpu_homes_the_tokens_in_use_are_split_by_tier(caplog: pytest.LogCaptureFixture) -> None:
+    """The allocator's count of free homes rides in the snapshot, freed slots not yet merged
+    into its free list included: 110 logical slots in use are 100 GPU homes and 10 host rows."""
+    from a2ats_sglang.runtime.tiered.allocator import TieredAllocator
+
+    allocator = TieredAllocator(1000, 100, torch.bfloat16, "cpu", kvcache=None)
+    allocator.alloc(100)
+    allocator.free(torch.arange(41, 101))  # 60 homes back
+    allocator.alloc(90)  # those 60 homes first, then host rows 101…130
+    counters = torch.zeros(3, dtype=torch.int64)
+    m = OffloadMetrics(counters, 256, host_used=lambda: 1000 - allocator.available_size(), host_total=1000,
+                       staging_used=lambda: 0, prometheus=False, log_every_s=0.0, sample_every_s=0.0,
+                       homes_total=100, homes_free=allocator.gpu_free)
+    allocator.free(torch.arange(111, 131))  # 20 host rows back, in the release list
+    with caplog.at_level(logging.INFO, logger="a2ats_sglang.runtime.tiered.metrics"):
+        m.step()
+        assert m.homes_used == 100 and allocator.available_size() == 890
+        assert "GPU homes 100/100 tokens, host pool 10/900 tokens" in caplog.records[-1].getMessage()
+        allocator.free(torch.arange(1, 31))  # 30 homes back
+        m.step()
+    assert "GPU homes 70/100 tokens, host pool 10/900 tokens" in caplog.records[-1].getMessage()

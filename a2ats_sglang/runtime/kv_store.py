@@ -96,5 +96,6 @@ def open_store(pool: Any, make_decoder: Callable[[int], SparseDecoder], device: 
         def host_used() -> int:
             return pool.plan.logical_slots - allocator.available_size()
 
-        return TieredStore(pool, decoder.num_layers, decoder.width, device, host_used, prometheus), decoder
+        return TieredStore(pool, decoder.num_layers, decoder.width, device, host_used, prometheus,
+                           getattr(allocator, "gpu_free", None)), decoder
     return ResidentStore(pool), make_decoder(pool.size + pool.page_size)

@@ -50,6 +50,11 @@ class TieredAllocator(TokenToKVPoolAllocator):
         select, self.free_pages = self.free_pages[:need_size], self.free_pages[need_size:]
         return select
 
+    def gpu_free(self) -> torch.Tensor:
+        """Free GPU homes, a 0-d device tensor (no host synchronisation: for the metrics' snapshot)."""
+        homes = self.gpu_homes
+        return (self.free_pages <= homes).sum() + (self.release_pages <= homes).sum()
+
     def tier_available(self) -> tuple[int, int]:
         """Free (GPU homes, host rows). Synchronises with the device: for reports, not steps."""
         self.merge_and_sort_free()

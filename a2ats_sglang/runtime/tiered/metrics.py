@@ -7,7 +7,8 @@ misses and, last, copies from host memory, which the bytes fetched count. Hot bu
 miss (two counters, the last is both); the shared cache copies a key that several requests miss
 in one step once (three).
 Reading them never waits for the device: a snapshot is copied to pinned memory behind a CUDA
-event, and read on a later step once the event has completed.
+event, and read on a later step once the event has completed. With GPU homes the snapshot also
+takes the allocator's count of free homes (a device sum), so the tokens in use are split by tier.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ logger = logging.getLogger(__name__)
 class OffloadMetrics:
     def __init__(self, counters: torch.Tensor, bytes_per_copy: int, host_used: Callable[[], int], host_total: int,
                  staging_used: Callable[[], int], prometheus: bool, log_every_s: float = 30.0,
-                 sample_every_s: float = 2.0) -> None:
+                 sample_every_s: float = 2.0, homes_total: int = 0,
+                 homes_free: Callable[[], torch.Tensor] | None = None) -> None:
+        """``host_used``: logical slots in use (both tiers with GPU homes); ``host_total`` the
+        logical slots in all; ``homes_free`` a device count of free GPU homes, of ``homes_total``."""
         self.counters, self.bytes_per_copy = counters, bytes_per_copy
         self.host_used, self.host_total, self.staging_used = host_used, host_total, staging_used
+        self.homes_total, self.homes_free = homes_total, homes_free
+        self.homes_used = 0  # at the last read
         self.log_every_s, self.sample_every_s = log_every_s, sample_every_s
         pin = counters.is_cuda
-        self.snapshot = torch.zeros(counters.shape[0], dtype=torch.int64, pin_memory=pin)
+        self.snapshot = torch.zeros(counters.shape[0] + (homes_free is not None), dtype=torch.int64, pin_memory=pin)
         self.event = torch.cuda.Event() if pin else None
         self.pending = False
         self.steps = 0  # decode steps since start (host count)
@@ -53,8 +59,10 @@ class OffloadMetrics:
             "steps": Counter("a2ats:decode_steps", "Decode steps run in offload mode"),
             "hit_rate": gauge("a2ats:hot_hit_rate", "Hot-buffer hit rate over the last sample"),
             "bytes_per_step": gauge("a2ats:fetched_bytes_per_step", "Host→GPU K/V bytes per decode step, last sample"),
-            "host_used": gauge("a2ats:host_pool_used_tokens", "Logical slots (host KV pool) in use"),
-            "host_total": gauge("a2ats:host_pool_total_tokens", "Logical slots (host KV pool) in all"),
+            "host_used": gauge("a2ats:host_pool_used_tokens", "Host KV pool rows in use"),
+            "host_total": gauge("a2ats:host_pool_total_tokens", "Host KV pool rows in all"),
+            "homes_used": gauge("a2ats:gpu_homes_used_tokens", "GPU homes (KV read in place) in use"),
+            "homes_total": gauge("a2ats:gpu_homes_total_tokens", "GPU homes in all"),
             "staging_used": gauge("a2ats:staging_used_tokens", "Prefill staging slots on the GPU in use"),
         }
 
@@ -67,7 +75,10 @@ class OffloadMetrics:
             self._read(now)
         if not self.pending and now - self.last_sample >= self.sample_every_s:
             self.last_sample = now
-            self.snapshot.copy_(self.counters, non_blocking=True)
+            n = self.counters.shape[0]
+            self.snapshot[:n].copy_(self.counters, non_blocking=True)
+            if self.homes_free is not None:
+                self.snapshot[n:].copy_(self.homes_free().reshape(1), non_blocking=True)
             self.snap_steps = self.steps
             if self.event is not None:
                 self.event.record()
@@ -77,6 +88,8 @@ class OffloadMetrics:
 
     def _read(self, now: float) -> None:
         values = [int(x) for x in self.snapshot.tolist()]
+        if self.homes_free is not None:
+            self.homes_used = self.homes_total - values.pop()
         now_totals = (values[0], values[1], values[-1], self.snap_steps)
         dh, dm, dc, ds = (a - b for a, b in zip(now_totals, self.last))
         self.last = now_totals
@@ -91,14 +104,17 @@ class OffloadMetrics:
                 g["hit_rate"].set(dh / (dh + dm))
             if ds:
                 g["bytes_per_step"].set(dc * self.bytes_per_copy / ds)
-            g["host_used"].set(self.host_used())
-            g["host_total"].set(self.host_total)
+            g["host_used"].set(self.host_used() - self.homes_used)
+            g["host_total"].set(self.host_total - self.homes_total)
+            g["homes_used"].set(self.homes_used)
+            g["homes_total"].set(self.homes_total)
             g["staging_used"].set(self.staging_used())
         if now - self.last_log >= self.log_every_s and self.window[3]:
             h, m, c, s = self.window
+            homes = f"GPU homes {self.homes_used}/{self.homes_total} tokens, " if self.homes_total else ""
             logger.info(
-                "A²ATS offload: hot-buffer hit rate %.1f%%, %.2f MiB fetched per decode step (%d steps), host pool "
+                "A²ATS offload: hot-buffer hit rate %.1f%%, %.2f MiB fetched per decode step (%d steps), %shost pool "
                 "%d/%d tokens, staging %d tokens", 100 * h / max(h + m, 1), c * self.bytes_per_copy / s / 2**20, s,
-                self.host_used(), self.host_total, self.staging_used(),
+                homes, self.host_used() - self.homes_used, self.host_total - self.homes_total, self.staging_used(),
             )
             self.window, self.last_log = (0, 0, 0, 0), now

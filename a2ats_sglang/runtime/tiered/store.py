@@ -58,7 +58,8 @@ class TieredStore(KVStore):
     fetches = True
 
     def __init__(self, pool: OffloadKVPool, num_layers: int, width: int, device: torch.device | str,
-                 host_used: Callable[[], int] = lambda: 0, prometheus: bool = False) -> None:
+                 host_used: Callable[[], int] = lambda: 0, prometheus: bool = False,
+                 homes_free: Callable[[], torch.Tensor] | None = None) -> None:
         super().__init__(pool)
         plan = pool.plan
         self.staging, self.plan = pool.staging, plan
@@ -75,7 +76,8 @@ class TieredStore(KVStore):
             self.hot = HotBuffers(num_layers, plan.hot_buffers, heads, plan.hot_tokens, plan.hot_base, device)
         per_copy = 2 * pool.head_dim * pool.dtype.itemsize  # K and V of one kv head in one layer
         self.metrics = OffloadMetrics(self.hot.counters, per_copy, host_used, plan.logical_slots,
-                                      self.staging.in_use, prometheus)
+                                      self.staging.in_use, prometheus, homes_total=pool.homes,
+                                      homes_free=homes_free if pool.homes else None)
         # this extend's cached-prefix copies (host pool → staging) by layer: their completion events
         self.prefix_ready: dict[int, torch.cuda.Event | None] = {}
 
