@@ -95,14 +95,14 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
     """Plan offload mode's GPU bytes for this budget and keep the plan for the later patches."""
     from a2ats_sglang.runtime.tiered.host_pool import plan_host_pool
     from a2ats_sglang.runtime.memory import (
-        auto_running,
+        RUNNING_CAP,
         decode_budget,
         hot_table_bytes,
         plan_offload,
         plan_shared_offload,
         plan_tiered_offload,
     )
-    from a2ats_sglang.runtime.tiered.plan import set_plan, staging_tokens
+    from a2ats_sglang.runtime.tiered.plan import PickBudget, set_pick_budget, set_plan, staging_tokens
     from a2ats_sglang.runtime.preflight import check_offload
 
     mc, sa = kvc.model_config, kvc.server_args
@@ -113,13 +113,13 @@ def offload_plan(kvc, cfg, budget_bytes: int, cell: int, fp):
         host_slots = min(host_slots, sa.max_total_tokens + 1)
     width = decode_budget(cfg).width(mc.context_len)
     staging = staging_tokens(mc.context_len, sa.chunked_prefill_size, sa.max_prefill_tokens)
+    set_pick_budget(None)  # only GPU homes admit by the cache's pick limit
     if cfg.gpu_homes:
         tiered = partial(plan_tiered_offload, budget_bytes, cell, fp.per_token, fp.fixed, host_slots, width, staging,
                          layers, heads, max_homes=cfg.gpu_homes if cfg.gpu_homes > 0 else None)
-        running = sa.max_running_requests
-        if running is None:  # auto_running of what both tiers hold, with the cache of 16 requests counted
-            running = auto_running(tiered(16).logical_slots + 1, mc.context_len)
-        plan = tiered(running)
+        # request rows are cheap (their claim scratch): the cache's pick limit admits requests
+        plan = tiered(sa.max_running_requests or RUNNING_CAP)
+        set_pick_budget(PickBudget(decode_budget(cfg).width, plan.pick_limit, mc.context_len))
     elif cfg.offload_cache == "shared":
         plan = plan_shared_offload(budget_bytes, cell, fp.per_token, fp.fixed, host_slots, width, staging, layers, heads,
                                    max_running=sa.max_running_requests)

@@ -11,7 +11,7 @@ import torch
 
 from a2ats_sglang.runtime.config import A2ATSConfig
 from a2ats_sglang.runtime.memory import decode_budget
-from a2ats_sglang.runtime.tiered.plan import current_plan, current_staging, set_plan, set_staging
+from a2ats_sglang.runtime.tiered.plan import current_pick_budget, current_plan, current_staging, set_pick_budget, set_plan, set_staging
 
 LAYERS, HEADS, DIM, CONTEXT = 2, 2, 16, 512
 CELL = 2 * LAYERS * HEADS * DIM * 2
@@ -39,6 +39,7 @@ def kvc(monkeypatch: pytest.MonkeyPatch):
     ), cfg
     set_plan(None)
     set_staging(None)
+    set_pick_budget(None)
 
 
 def test_the_allocator_counts_host_slots_and_the_gpu_pool_holds_staging_and_hot_buffers(kvc) -> None:
@@ -196,7 +197,7 @@ def test_gpu_homes_make_capacity_both_tiers_and_the_allocator_hands_them_out_fir
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
     from a2ats_sglang.patches import kv_pool, pool_sizing, tiered_allocator
-    from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, footprint
+    from a2ats_sglang.runtime.memory import SHARED_SLOTS_PER_PICK, TIERED_CACHE_SHARE, footprint
     from a2ats_sglang.runtime.tiered.allocator import TieredAllocator
     from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes, table_bytes_per_slot
 
@@ -212,11 +213,17 @@ def test_gpu_homes_make_capacity_both_tiers_and_the_allocator_hands_them_out_fir
     width = decode_budget(cfg).width(CONTEXT)
     assert plan.homes > 0 and plan.logical_slots == plan.homes + host_rows - 1 == config.max_total_num_tokens
     assert plan.host_rows == host_rows and plan.max_running == 8
-    assert plan.cache_slots == SHARED_SLOTS_PER_PICK * width * 9 and plan.staging_base == plan.homes + 1
+    per_slot = CELL + HEADS * cell_table_bytes(LAYERS)
+    assert plan.cache_slots == int(TIERED_CACHE_SHARE * budget) // per_slot > SHARED_SLOTS_PER_PICK * width * 4
+    assert plan.staging_base == plan.homes + 1
+    # the scheduler admits requests whose widths sum to half the cache, less a chunked prompt's and row 0's
+    assert plan.pick_limit == plan.cache_slots // SHARED_SLOTS_PER_PICK - 2 * width
+    picks = current_pick_budget()
+    assert picks.limit == plan.pick_limit and picks.of(10**6) == width == picks.of(CONTEXT) and picks.of(100) < width
     codes = LAYERS * HEADS * 2
     gpu = (footprint(cfg, LAYERS, HEADS, DIM, CONTEXT, graph_max_bs=0).fixed + plan.logical_slots * (codes + 4)
            + (host_rows - 1) * table_bytes_per_slot(LAYERS, HEADS) + plan.staging_tokens * CELL
-           + plan.cache_slots * (CELL + HEADS * cell_table_bytes(LAYERS)) + 9 * HEADS * 3 * width * 4 + plan.homes * CELL)
+           + plan.cache_slots * per_slot + 9 * HEADS * 3 * width * 4 + plan.homes * CELL)
     assert gpu <= budget < gpu + CELL + codes + 4, "one more home would not fit"
 
     def original(kvc, *, max_total_num_tokens, mha_pool_class, quant_method=None):
@@ -253,4 +260,4 @@ def test_a_cap_on_gpu_homes_leaves_the_rest_of_hbm_unplanned() -> None:
     free = plan_tiered_offload(*args)
     capped = plan_tiered_offload(*args, max_homes=100)
     assert free.homes > 100 and capped.homes == 100 and capped.logical_slots == 100 + 4_999
-    assert capped.cache_slots == free.cache_slots
+    assert capped.cache_slots == free.cache_slots and capped.pick_limit == free.pick_limit > 0

@@ -160,3 +160,33 @@ def test_the_sharing_key_names_a_node_once_in_the_process() -> None:
         assert keys[-1] == (req.last_node.id, 100)
         cache.reset()
     assert len(set(keys)) == 3 and keys == sorted(keys), "serial numbers only grow"
+
+
+def test_with_gpu_homes_requests_are_admitted_while_their_top_k_widths_fit_the_cache(staging) -> None:
+    """The pick limit (``PickBudget``): widths at each request's final length, the running
+    requests' and the batch's, sum to at most the limit; a request alone always goes."""
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    from a2ats_sglang.patches.staging_admission import admit
+    from a2ats_sglang.runtime.tiered.plan import PickBudget, set_pick_budget
+
+    def req(rid: str, prompt: int, new: int | None) -> SimpleNamespace:
+        r = request(rid, prefix=0, total=prompt)
+        r.origin_input_ids, r.sampling_params = list(range(prompt)), SimpleNamespace(max_new_tokens=new)
+        return r
+
+    set_pick_budget(PickBudget(width=lambda n: n // 2, limit=100, context=150))
+    try:
+        running = SimpleNamespace(reqs=[req("r", 40, 40)])  # decoding: width 40 at its final 80 tokens
+        adder = SimpleNamespace(can_run_list=[], rem_chunk_tokens=1000, running_batch=running)
+        assert admit(sglang_adds, adder, req("a", 30, 10), False, None) == AddReqResult.CONTINUE  # 40 + 20
+        assert admit(sglang_adds, adder, req("b", 60, 30), False, None) == AddReqResult.OTHER  # + 45 > 100
+        assert admit(sglang_adds, adder, req("c", 20, 50), False, None) == AddReqResult.CONTINUE  # + 35 = 95
+        assert adder._a2ats_picks_left == 5 and [r.rid for r in adder.can_run_list] == ["a", "c"]
+        unbounded = req("d", 10, None)  # may run to the whole context: width 75
+        idle = SimpleNamespace(can_run_list=[], rem_chunk_tokens=1000, running_batch=SimpleNamespace(reqs=[]))
+        assert admit(sglang_adds, idle, unbounded, False, None) == AddReqResult.CONTINUE, "alone, it goes"
+        assert idle._a2ats_picks_left == 100 - 75
+        assert admit(sglang_adds, idle, req("e", 60, 0), False, None) == AddReqResult.OTHER  # 30 > 25
+    finally:
+        set_pick_budget(None)

@@ -85,6 +85,9 @@ def offload_footprint(num_layers: int, num_kv_heads: int, head_dim: int, hot_tok
                             hot_tokens * kv_per_token + hot_table_bytes(num_layers, num_kv_heads, hot_tokens), kv_per_token)
 
 
+RUNNING_CAP = 256  # request rows offload mode plans at most, unless --max-running-requests asks more
+
+
 class OffloadSizingError(ValueError):
     """An offload configuration the GPU cannot hold."""
 
@@ -103,6 +106,9 @@ class OffloadPlan:
     staging_tokens: int
     cache_slots: int = 0  # the shared cache's GPU slots (each holds Hkv cells); 0: hot buffers
     homes: int = 0  # logical slots homed in GPU rows (1 … homes); the rest are host rows
+    # the most top-K widths (each request's at its final length) the running requests may sum to,
+    # so a step's picks always find cells (patches/staging_admission.py); 0: the cache holds every row's
+    pick_limit: int = 0
 
     @property
     def shared(self) -> bool:
@@ -147,7 +153,7 @@ def auto_running(host_slots: int, context_len: int, lo: int = 16, hi: int = 256)
 
 def plan_offload(
     budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
-    width: int, context_len: int, staging_tokens: int, max_running: int | None = None, running_cap: int = 256,
+    width: int, context_len: int, staging_tokens: int, max_running: int | None = None, running_cap: int = RUNNING_CAP,
     table_bytes: Callable[[int], int] = lambda hot_tokens: 0,
 ) -> OffloadPlan:
     """Split the GPU's KV budget: codes (and the staging map) for every logical slot, fixed
@@ -193,7 +199,7 @@ SHARED_SLOTS_PER_PICK = 2  # cache slots the plan keeps per running request and 
 def plan_shared_offload(
     budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
     width: int, staging_tokens: int, num_layers: int, num_kv_heads: int, max_running: int | None = None,
-    running_cap: int = 256,
+    running_cap: int = RUNNING_CAP,
 ) -> OffloadPlan:
     """:func:`plan_offload` for one shared cache: every logical slot's codes, staging map entry
     and cache table entries, fixed tensors, staging, then the cache takes the rest. Running
@@ -228,17 +234,27 @@ def plan_shared_offload(
     return OffloadPlan(int(logical), int(running), 0, staging_tokens, cache_slots=int(cache))
 
 
+TIERED_CACHE_SHARE = 0.12  # of the KV budget, the shared cache's with GPU homes: a first rule, not measured
+RESERVED_WIDTHS = 4  # full-context top-K widths the cache always holds: a chunked prompt, row 0 and two requests
+
+
 def plan_tiered_offload(
     budget_bytes: int, kv_bytes_per_token: int, code_bytes_per_token: int, fixed_bytes: int, host_slots: int,
     width: int, staging_tokens: int, num_layers: int, num_kv_heads: int, running: int, max_homes: int | None = None,
+    cache_share: float = TIERED_CACHE_SHARE,
 ) -> OffloadPlan:
-    """Both tiers as one capacity (``--a2ats-gpu-homes``, at most ``max_homes``): every host row of the pool
-    (``host_slots − 1``, row 0 aside) and the GPU homes that fit next to them. The GPU keeps the
-    fixed tensors, staging, a shared cache sized for ``running`` requests and row 0
-    (:data:`SHARED_SLOTS_PER_PICK` top-K widths each, so a step whose picks are all host-homed
-    still finds its cells) and their claim scratch, every logical slot's codes and staging map
-    entry, the cache table of every host row; the rest of HBM becomes homes, each its K/V plus
-    its codes and map entry. The split is a first rule, not yet measured (docs/tiered-kv.md)."""
+    """Both tiers as one capacity (``--a2ats-gpu-homes``, at most ``max_homes``): every host row
+    of the pool (``host_slots − 1``, row 0 aside) and the GPU homes that fit next to them.
+
+    The GPU keeps the fixed tensors, staging, a shared cache of ``cache_share`` of the budget (at
+    least :data:`RESERVED_WIDTHS` top-K widths of the whole context, ``width``, twice over), the
+    claim scratch of ``running`` request rows and row 0, every logical slot's codes and
+    staging-map entry and every host row's cache-table entry; the rest of HBM becomes homes,
+    each its K/V plus its codes and map entry. The cache is not sized for every row at the
+    whole context: the scheduler admits requests while their top-K widths (at their final
+    lengths) sum to at most ``pick_limit``, half the cache less a chunked prompt's and row 0's
+    widths, so a step's picks always find cells and the cache keeps as much again from earlier
+    steps. Picks of GPU-homed tokens take no cells, so this bound is loose."""
     from a2ats_sglang.runtime.tiered.shared_cache import cell_table_bytes, table_bytes_per_slot
 
     if running < 1:
@@ -246,7 +262,7 @@ def plan_tiered_offload(
     host = host_slots - 1
     per_logical = code_bytes_per_token + 4  # codes and the staging map entry, in both tiers
     per_slot = kv_bytes_per_token + num_kv_heads * cell_table_bytes(num_layers)
-    cache = SHARED_SLOTS_PER_PICK * width * (running + 1)
+    cache = max(SHARED_SLOTS_PER_PICK * width * RESERVED_WIDTHS, int(cache_share * budget_bytes) // per_slot)
     scratch = (running + 1) * num_kv_heads * 3 * width * 4  # the claim's, 3·width int32 a row (SharedCache)
     room = (budget_bytes - fixed_bytes - staging_tokens * kv_bytes_per_token - cache * per_slot - scratch
             - host * (per_logical + table_bytes_per_slot(num_layers, num_kv_heads)))
@@ -256,8 +272,9 @@ def plan_tiered_offload(
     if homes < 0:
         raise OffloadSizingError(
             f"the GPU's KV budget ({budget_bytes / 2**30:.1f} GiB) does not hold the fixed tensors "
-            f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens, a shared cache for "
-            f"{running} requests ({cache * per_slot / 2**30:.2f} GiB) and the codes of {host} host rows: "
-            "lower --max-running-requests or --a2ats-host-kv-gb"
+            f"({fixed_bytes / 2**30:.2f} GiB), prefill staging for {staging_tokens} tokens, a shared cache of "
+            f"{cache} tokens ({cache * per_slot / 2**30:.2f} GiB), {running} request rows and the codes of {host} host "
+            "rows: lower --a2ats-host-kv-gb or --max-running-requests"
         )
-    return OffloadPlan(int(homes + host), running, 0, staging_tokens, cache_slots=int(cache), homes=int(homes))
+    return OffloadPlan(int(homes + host), running, 0, staging_tokens, cache_slots=int(cache), homes=int(homes),
+                       pick_limit=int(cache // SHARED_SLOTS_PER_PICK - 2 * width))

@@ -9,12 +9,39 @@ pool's staging area is kept here too: the scheduler's prefill admission counts i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from a2ats_sglang.runtime.memory import OffloadPlan
 from a2ats_sglang.runtime.tiered.staging import Staging
 
 _plan: OffloadPlan | None = None
 _staging: Staging | None = None
+
+
+@dataclass(frozen=True)
+class PickBudget:
+    """What the shared cache admits with GPU homes: running requests whose top-K widths at
+    their final lengths (``width(length)``, a length at most ``context``) sum to at most ``limit``."""
+
+    width: Callable[[int], int]
+    limit: int
+    context: int
+
+    def of(self, length: int) -> int:
+        return self.width(min(length, self.context))
+
+
+_picks: PickBudget | None = None
+
+
+def set_pick_budget(picks: PickBudget | None) -> None:
+    global _picks
+    _picks = picks
+
+
+def current_pick_budget() -> PickBudget | None:
+    return _picks
 
 
 def set_plan(plan: OffloadPlan | None) -> None:

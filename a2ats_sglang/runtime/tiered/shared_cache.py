@@ -27,11 +27,14 @@ def cell_table_bytes(num_layers: int) -> int:
 
 class SharedCache:
     def __init__(self, num_layers: int, host_rows: int, num_kv_heads: int, cells: int, base_cell: int,
-                 max_rows: int, width: int, device: torch.device | str, homes: int = 0) -> None:
+                 max_rows: int, width: int, device: torch.device | str, homes: int = 0,
+                 step_picks: int | None = None) -> None:
         """Keys are host rows (logical slot − ``homes``): slots up to ``homes`` are GPU-homed and
-        read in place, never cached."""
-        if cells <= max_rows * width:
-            raise ValueError(f"a shared cache of {cells} cells cannot hold a step's {max_rows}·{width} picks")
+        read in place, never cached. ``step_picks``: the most cells a step's picks may pin, what
+        the scheduler's pick limit allows (default: every one of ``max_rows`` rows at ``width``)."""
+        step_picks = max_rows * width if step_picks is None else step_picks
+        if cells <= step_picks:
+            raise ValueError(f"a shared cache of {cells} cells cannot hold a step's {step_picks} picks")
         self.num_kv_heads, self.cells, self.base_cell, self.homes = num_kv_heads, cells, base_cell, homes
         self.cached = torch.full((num_layers, host_rows * num_kv_heads + 1), -1, dtype=torch.int32, device=device)
         self.cached[:, -1] = SENTINEL

@@ -65,9 +65,11 @@ class TieredStore(KVStore):
         self.staging, self.plan = pool.staging, plan
         heads = pool.head_num
         if plan.shared:  # cells: one kv head of one token each, after staging in the [slots·Hkv, d] view
+            # with a pick limit a step pins at most the admitted widths, a chunked prompt's and row 0's
+            step_picks = (plan.pick_limit + 2 * width) * heads if plan.pick_limit else None
             self.hot: HotBuffers | SharedCache = SharedCache(
                 num_layers, pool.host.slots, heads, plan.cache_slots * heads, plan.hot_base * heads,
-                plan.hot_buffers * heads, width, device, homes=pool.homes)
+                plan.hot_buffers * heads, width, device, homes=pool.homes, step_picks=step_picks)
             pool.on_write = self.hot.invalidate  # SGLang reuses freed slots: their cached K/V is stale
         else:
             assert not pool.homes, "GPU homes are read through the shared cache"
