@@ -124,6 +124,55 @@ def test_a_cached_prefix_is_staged_from_the_host_pool_layer_by_layer(loaded) -> 
     assert o.staging.available() == start and bool((o.staging.map == -1).all())
 
 
+def make_tiered(homes: int = 60) -> TieredStore:
+    """A store with GPU homes: logical slots 1…60 in the GPU tensors, 61…199 in host rows 1…139."""
+    from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
+
+    layers, heads, dim = 2, 2, 16
+    plan = OffloadPlan(logical_slots=199, max_running=3, hot_tokens=0, staging_tokens=40, cache_slots=200, homes=homes)
+    host = HostKVPool(HostPoolPlan(plan.host_rows, kv_bytes_per_token(layers, heads, dim, torch.bfloat16)), layers,
+                      heads, dim, torch.bfloat16)
+    staging = Staging(200, plan.staging_base, plan.staging_tokens, plan.hot_buffers, 64, DEVICE)
+    pool = OffloadKVPool(host, staging, plan.gpu_slots, homes=homes, page_size=1, dtype=torch.bfloat16, head_num=heads,
+                         head_dim=dim, layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0,
+                         end_layer=layers)
+    pool.plan = plan
+    return TieredStore(pool, layers, width=8, device=DEVICE)
+
+
+def test_with_gpu_homes_a_cached_prefix_is_staged_from_both_tiers(loaded) -> None:  # noqa: ANN001
+    """A cached prefix whose slots lie in both tiers: each token is read from its home (its GPU
+    row or its host row) into staging, and the encoders read keys from the same places."""
+    o = make_tiered()
+    homes = o.pool.homes
+    assert o.homes == homes and o.keys(0).data_ptr() == o.pool.get_key_buffer(0).data_ptr()
+    assert o.host_keys(0).data_ptr() == o.pool.host.layer(0)[0].data_ptr()  # what the encoders read
+    g = torch.Generator().manual_seed(3)
+    truth = {}
+    for layer in range(2):  # every slot's K/V where it lives
+        tk = torch.randn(200, 2, 16, generator=g).bfloat16().to(DEVICE)
+        tv = torch.randn(200, 2, 16, generator=g).bfloat16().to(DEVICE)
+        truth[layer] = (tk, tv)
+        dev_k, dev_v = o.pool.get_kv_buffer(layer)
+        dev_k[1 : homes + 1], dev_v[1 : homes + 1] = tk[1 : homes + 1], tv[1 : homes + 1]
+        host_k, host_v = o.pool.host.layer(layer)
+        host_k[1:], host_v[1:] = tk[homes + 1 :].to(host_k.device), tv[homes + 1 :].to(host_v.device)
+    shared = torch.tensor([50, 151, 3, 60, 61, 199, 8], dtype=torch.int32)  # homed and not
+    req_to_token = torch.zeros(4, 64, dtype=torch.int32, device=DEVICE)
+    req_to_token[1, :7] = shared.to(DEVICE)
+    extend(o, ["x"], [1], [7], [3], 100, req_to_token)
+    assert loaded() == 7
+    for layer in range(2):
+        o.wait_layer(layer)
+        dev_k, dev_v = o.pool.get_kv_buffer(layer)
+        gpu = o.staging.table[1, :7].long()
+        assert bool((gpu > homes).all()), "staging lies past the homes"
+        tk, tv = truth[layer]
+        assert torch.equal(dev_k[gpu], tk[shared.long().to(DEVICE)]) and torch.equal(dev_v[gpu], tv[shared.long().to(DEVICE)])
+    o.begin_decode(["x"])
+    assert o.staging.available() == 40
+
+
 def test_requests_sharing_a_prefix_stage_it_once_until_the_last_is_done(loaded) -> None:  # noqa: ANN001
     o = make_offload()
     start = o.staging.available()
