@@ -90,3 +90,34 @@ def test_clear_restores_every_slot() -> None:
 def test_more_homes_than_slots_is_refused(homes: int) -> None:
     with pytest.raises(ValueError, match="GPU homes"):
         allocator(20, homes)
+
+
+def test_radix_cache_traffic_returns_every_slot_to_its_tier() -> None:
+    """SGLang's RadixCache over the tiered allocator: requests take slots (GPU homes first), cache
+    their prompts, share prefixes (duplicates freed as SGLang frees them), and the tree is
+    evicted; at the end both tiers hold every slot again, none twice."""
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
+
+    a = allocator(400, 150)
+    cache = RadixCache(CacheInitParams(disable=False, req_to_token_pool=None, page_size=1, token_to_kv_pool_allocator=a))
+    rng = random.Random(3)
+    docs = [[rng.randrange(1000) for _ in range(rng.randrange(20, 60))] for _ in range(4)]
+    for i in range(40):
+        prompt = rng.choice(docs) + [rng.randrange(1000) for _ in range(rng.randrange(1, 30))]
+        hit = cache.match_prefix(MatchPrefixParams(key=RadixKey(prompt))).device_indices
+        need = len(prompt) - len(hit)
+        if a.available_size() < need:
+            cache.evict(EvictParams(num_tokens=need))
+        new = a.alloc(need)
+        assert new is not None, i
+        value = torch.cat([hit, new])
+        done = cache.insert(InsertParams(key=RadixKey(prompt), value=value))
+        a.free(value[len(hit) : done.prefix_len])  # what the tree already held under other slots
+        held = cache.total_size()
+        gpu, host = a.tier_available()
+        assert gpu + host + held == 400, i
+    cache.evict(EvictParams(num_tokens=cache.total_size()))
+    assert cache.total_size() == 0 and a.tier_available() == (150, 250)
+    assert a.alloc(400).tolist() == list(range(1, 401)), "each slot once, GPU homes first"
