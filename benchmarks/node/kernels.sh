@@ -5,9 +5,10 @@
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh step128k   # decode_step with graphs sized for 128K
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh one-batch  # bench_one_batch stock vs a2ats, ~6 min
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune       # kernel grid knobs swept at 32K, bs 1/8/32 (KNOBS="A B": only those)
+#   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh tune128k   # the same with graphs sized for 128K, bs 1/8
 #   A2ATS_COMMIT=<sha> bash benchmarks/node/kernels.sh probe      # the score kernel alone: slot/code layouts, grids
 # Writes $OUT/decode-step-h200{,-random,-graph128k}.json, $OUT/kernel-tuning-h200.json, $OUT/score-probe-h200.json
-# and $OUT/one-batch-h200.json.
+# $OUT/kernel-tuning-h200-graph128k.json and $OUT/one-batch-h200.json.
 source benchmarks/node/env.sh
 case "${1:-step}" in
   step)
@@ -29,6 +30,9 @@ case "${1:-step}" in
   tune)
     timeout 580 python3 -m benchmarks.kernel_tuning --batch 1 8 32 ${KNOBS:+--knobs $KNOBS} --out $OUT/kernel-tuning-h200.json 2>&1 \
       | grep -v Warn | tail -4 ;;
+  tune128k)  # the knobs with graphs sized for 128K, batch 1/8 (KNOBS="MANY_ROWS_SPLITS": the split cap tuned at 32K)
+    timeout 580 python3 -m benchmarks.kernel_tuning --context 131072 --graph-context 131072 --batch 1 8 \
+      ${KNOBS:+--knobs $KNOBS} --out $OUT/kernel-tuning-h200-graph128k.json 2>&1 | grep -v Warn | tail -4 ;;
   one-batch)
     timeout 580 python3 -m benchmarks.one_batch --model-path /tmp/models/llama-3.1-8b-shape --batch-size 16 --input-len 32768 \
       --out $OUT/one-batch-h200.json 2>&1 | grep "one_batch\]" ;;
