@@ -46,6 +46,8 @@ CACHE_PTRS = {"picks_ptr": "*i32", "counts_ptr": "*i32", "req_to_token_ptr": "*i
               "indptr_ptr": "*i32", "out_ptr": "*i32", "cached_ptr": "*i32", "owner_ptr": "*i32", "used_ptr": "*i32",
               "hand_ptr": "*i64", "epoch_ptr": "*i32", "scratch_ptr": "*i32", "stats_ptr": "*i32", "counters_ptr": "*i64",
               "host_k_ptr": "*bf16", "host_v_ptr": "*bf16", "dev_k_ptr": "*bf16", "dev_v_ptr": "*bf16"}
+COPY_PTRS = {f"{side}_{kv}_ptr": "*bf16" for side in ("src", "dst", "home") for kv in ("k", "v")} | {
+    "src_idx_ptr": "*i64", "dst_idx_ptr": "*i64"}
 CASES = {
     "score": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 1}, 4, 0, 128),
     "score, 8 kv heads a program": ("score", "_score_kernel", SCORE_PTRS, {**SCORE, "HEADS": 8}, 4, 0,
@@ -72,6 +74,10 @@ CASES = {
                                     {"BLOCK": 128, "BLOCK_D": 128, "BLOCK_COPY": 16, "COUNT": True}, 8, 0, 64),
     "shared cache invalidation": ("shared_cache", "_invalidate_kernel", {"cached_ptr": "*i32", "loc_ptr": "*i64"},
                                   {"BLOCK": 256, "HEADS_P2": 8}, 4, 0, 64),
+    # KV rows to and from their homes (GPU rows up to `homes`, host rows above): writes (2), prefix loads (1)
+    **{f"row copy, homes on side {side}": ("hot_buffer", "_copy_rows_kernel", COPY_PTRS,
+                                          {"GATHER": True, "BLOCK_N": 16, "BLOCK_E": 1024, "HOMES": side}, 8, 0, 248)
+       for side in (0, 1, 2)},
     "lookup table, 64 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 16, **LUT}, 8, 0, 168),
     "lookup table, 32 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 8, **LUT}, 8, 0, 128),
     "lookup table, 128 codewords a tile": ("lut", "_folded_lut_kernel", LUT_PTRS, {**LUT, "BLOCK_J": 16, "BLOCK_C": 128},
