@@ -714,7 +714,7 @@ def plots(results: Path) -> list[Path]:
     suite = [(p, r) for p, r in _load(results, "suite-*.json") if "stock" in r["sides"]]
     if suite:
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        others = [s for s in SUITE_SIDES if s != "stock"]
+        others = [s for s in SUITE_SIDES if s != "stock" and any(s in r["sides"] for _, r in suite)]  # sides run
         width = 0.8 / len(others)
         for i, side in enumerate(others):
             ratios = []
