@@ -196,9 +196,11 @@ def _copy_rows_kernel(
     src_k_ptr, src_v_ptr, src_idx_ptr, dst_k_ptr, dst_v_ptr, dst_idx_ptr, home_k_ptr, home_v_ptr, n, row_elems,
     stride_s, stride_d, stride_home, homes,
     GATHER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, HOMES: tl.constexpr,
+    SKIP_IN_PLACE: tl.constexpr,
 ):
     """``HOMES`` 1: the source index is a logical slot, read from its GPU home (``home_*``, slots
-    up to ``homes``) or its host row (``src_*``, row slot − homes); 2: the same for the destination."""
+    up to ``homes``) or its host row (``src_*``, row slot − homes); 2: the same for the destination.
+    ``SKIP_IN_PLACE``: the source is the homes' tensor, so a homed row copied onto itself is skipped."""
     i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     ok = (i < n)[:, None] & (e < row_elems)[None, :]
@@ -215,6 +217,8 @@ def _copy_rows_kernel(
         src_v = tl.where(home, home_v_ptr + src_row * stride_home, src_v_ptr + (src_row - homes) * stride_s)
     if HOMES == 2:
         home = dst_row <= homes
+        if SKIP_IN_PLACE:
+            ok = ok & ~(home & (src_row == dst_row))[:, None]
         dst_k = tl.where(home, home_k_ptr + dst_row * stride_home, dst_k_ptr + (dst_row - homes) * stride_d)
         dst_v = tl.where(home, home_v_ptr + dst_row * stride_home, dst_v_ptr + (dst_row - homes) * stride_d)
     tl.store(dst_k[:, None] + e[None, :], tl.load(src_k[:, None] + e[None, :], mask=ok), mask=ok)
@@ -244,7 +248,8 @@ def _copy_rows(src_k: torch.Tensor, src_v: torch.Tensor, src_idx: torch.Tensor |
         src_k, src_v, dst_idx if src_idx is None else src_idx, dst_k, dst_v, dst_idx, home_k, home_v, n, row_elems,
         src_k.stride(0), dst_k.stride(0), home_k.stride(0), homes,
         GATHER=src_idx is not None, BLOCK_N=block_n, BLOCK_E=min(block_e, triton.next_power_of_2(row_elems)),
-        HOMES=home_side if homes else 0,
+        HOMES=home_side if homes else 0, SKIP_IN_PLACE=bool(homes) and src_idx is not None
+        and home_k.data_ptr() == src_k.data_ptr(),
         num_warps=8,  # sm_90, 16×1024 tiles: no spills at 8 (4 warps spilled 144 bytes a thread before homes, 8 after)
     )
 

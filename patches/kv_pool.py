@@ -47,7 +47,7 @@ def build(original, kvc, *, max_total_num_tokens: int, mha_pool_class: type, qua
     host = HostKVPool(HostPoolPlan(plan.host_rows, kv_bytes_per_token(layers, heads, dim, kvc.kv_cache_dtype)),
                       layers, heads, dim, kvc.kv_cache_dtype)
     staging = Staging(logical, plan.staging_base, plan.staging_tokens, plan.hot_buffers,
-                      mc.context_len + 4, kvc.device)  # ReqToTokenPool's rows are this long (+4 spare)
+                      mc.context_len + 4, kvc.device, homes=plan.homes)  # ReqToTokenPool's rows: this long (+4 spare)
     pool = original(kvc, max_total_num_tokens=plan.gpu_slots, quant_method=None,
                     mha_pool_class=partial(OffloadKVPool, host, staging, homes=plan.homes))
     pool.plan = plan

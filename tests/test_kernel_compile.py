@@ -76,7 +76,8 @@ CASES = {
                                   {"BLOCK": 256, "HEADS_P2": 8}, 4, 0, 64),
     # KV rows to and from their homes (GPU rows up to `homes`, host rows above): writes (2), prefix loads (1)
     **{f"row copy, homes on side {side}": ("hot_buffer", "_copy_rows_kernel", COPY_PTRS,
-                                          {"GATHER": True, "BLOCK_N": 16, "BLOCK_E": 1024, "HOMES": side}, 8, 0, 248)
+                                          {"GATHER": True, "BLOCK_N": 16, "BLOCK_E": 1024, "HOMES": side,
+                                           "SKIP_IN_PLACE": side == 2}, 8, 0, 248)
        for side in (0, 1, 2)},
     "lookup table, 64 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 16, **LUT}, 8, 0, 168),
     "lookup table, 32 columns": ("lut", "_folded_lut_kernel", LUT_PTRS, {"BLOCK_J": 8, **LUT}, 8, 0, 128),

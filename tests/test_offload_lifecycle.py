@@ -132,7 +132,7 @@ def make_tiered(homes: int = 60) -> TieredStore:
     plan = OffloadPlan(logical_slots=199, max_running=3, hot_tokens=0, staging_tokens=40, cache_slots=200, homes=homes)
     host = HostKVPool(HostPoolPlan(plan.host_rows, kv_bytes_per_token(layers, heads, dim, torch.bfloat16)), layers,
                       heads, dim, torch.bfloat16)
-    staging = Staging(200, plan.staging_base, plan.staging_tokens, plan.hot_buffers, 64, DEVICE)
+    staging = Staging(200, plan.staging_base, plan.staging_tokens, plan.hot_buffers, 64, DEVICE, homes=homes)
     pool = OffloadKVPool(host, staging, plan.gpu_slots, homes=homes, page_size=1, dtype=torch.bfloat16, head_num=heads,
                          head_dim=dim, layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0,
                          end_layer=layers)

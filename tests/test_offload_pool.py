@@ -60,7 +60,8 @@ def test_extend_writes_host_and_staging_decode_writes_host_only() -> None:
 
 def test_with_gpu_homes_every_write_lands_in_its_tokens_home() -> None:
     """Slots 1…60 homed in the GPU tensors (row = slot), the rest in host row slot − 60: an
-    extend's tokens reach staging and then their homes, a decode token its home only."""
+    extend's GPU-homed tokens are written in place and read there by the prefill, its host-homed
+    ones reach staging and then their host rows; a decode token goes to its home only."""
     from a2ats_sglang.runtime.tiered.pool import OffloadKVPool
 
     layers, heads, dim, homes, host_rows = 2, 2, 16, 60, 140
@@ -68,7 +69,8 @@ def test_with_gpu_homes_every_write_lands_in_its_tokens_home() -> None:
                       dim, torch.bfloat16)
     host.k.zero_()
     host.v.zero_()
-    staging = Staging(homes + host_rows, base_slot=homes + 1, size=20, max_reqs=8, context_len=64, device=DEVICE)
+    staging = Staging(homes + host_rows, base_slot=homes + 1, size=20, max_reqs=8, context_len=64, device=DEVICE,
+                      homes=homes)
     pool = OffloadKVPool(host, staging, homes + 32, homes=homes, page_size=1, dtype=torch.bfloat16, head_num=heads,
                          head_dim=dim, layer_num=layers, device=DEVICE, enable_memory_saver=False, start_layer=0,
                          end_layer=layers)
@@ -79,14 +81,16 @@ def test_with_gpu_homes_every_write_lands_in_its_tokens_home() -> None:
     layer = SimpleNamespace(layer_id=1)
     loc = torch.tensor([150, 3, 77, 60])  # host, home, host, the last home
     gpu = staging.place(["r"], torch.tensor([4], device=DEVICE), [0], [4], loc.to(DEVICE)).cpu()
-    assert bool((gpu > homes).all()), "staging lies past the homes"
+    home, away = loc <= homes, loc > homes
+    assert torch.equal(gpu[home], loc[home]) and bool((gpu[away] > homes).all()), "homes in place, staging past them"
+    assert torch.equal(staging.table[4, :4].cpu(), gpu), "what the prefill's attention reads"
     k, v = (torch.randn(4, 2, 16, generator=g).bfloat16() for _ in range(2))
     pool.stage_writes = True
     pool.set_kv_buffer(layer, loc.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
     sync()
     dev_k, dev_v = pool.get_key_buffer(1).cpu(), pool.get_value_buffer(1).cpu()
-    assert torch.equal(dev_k[gpu], k) and torch.equal(dev_v[gpu], v), "the prefill reads staging"
-    home, away = loc <= homes, loc > homes
+    assert torch.equal(dev_k[gpu], k) and torch.equal(dev_v[gpu], v), "the prefill reads its rows"
+    assert int((dev_k[homes + 1 :] != 0).any(-1).any(-1).sum()) == 2, "only the host-homed tokens were staged"
     assert torch.equal(dev_k[loc[home]], k[home]) and torch.equal(dev_v[loc[home]], v[home])
     assert torch.equal(host.k[1, loc[away] - homes], k[away]) and torch.equal(host.v[1, loc[away] - homes], v[away])
     assert int((host.k[1] != 0).any(-1).any(-1).sum()) == 2, "a GPU-homed token has no host row"

@@ -50,3 +50,15 @@ def test_a_release_leaves_logical_slots_another_request_has_since_staged() -> No
     assert st.translate(torch.tensor([5, 6, 7])).tolist() == [-1, int(b[0]), int(b[1])]
     st.release(["b"])
     assert bool((st.map == -1).all()) and st.available() == 8
+
+
+def test_with_gpu_homes_a_homed_token_is_read_in_place_and_its_reserved_slot_comes_back() -> None:
+    """Slots up to ``homes`` are GPU rows already: the table and ``translate`` name them
+    themselves; the staging slot each reserves is counted until release, then free again."""
+    st = Staging(logical_slots=100, base_slot=40, size=10, max_reqs=8, context_len=16, device="cpu", homes=30)
+    rows = st.place(["a"], torch.tensor([3]), [0], [4], torch.tensor([7, 55, 30, 31]))
+    assert rows[[0, 2]].tolist() == [7, 30] and bool(((rows[[1, 3]] >= 40) & (rows[[1, 3]] < 50)).all())
+    assert st.table[3, :4].tolist() == rows.tolist() and st.in_use() == 4
+    assert st.translate(torch.tensor([7, 55, 12, 99])).tolist() == [7, int(rows[1]), 12, -1], "any home is its own row"
+    assert st.release(["a"]) == 4 and st.available() == 10
+    assert st.translate(torch.tensor([55, 31])).tolist() == [-1, -1] and st.translate(torch.tensor([7])).tolist() == [7]

@@ -36,8 +36,10 @@ class StagedPrefix:
 
 class Staging:
     def __init__(self, logical_slots: int, base_slot: int, size: int, max_reqs: int, context_len: int,
-                 device: torch.device | str) -> None:
-        self.base_slot, self.size, self.device = base_slot, size, torch.device(device)
+                 device: torch.device | str, homes: int = 0) -> None:
+        """``homes``: logical slots up to it are GPU rows already (GPU homes): their prefill reads
+        and writes them in place, and the staging slot each still reserves stays unused."""
+        self.base_slot, self.size, self.device, self.homes = base_slot, size, torch.device(device), homes
         self.map = torch.full((logical_slots,), -1, dtype=torch.int32, device=device)  # logical → GPU slot
         self.table = torch.zeros(max_reqs, context_len, dtype=torch.int32, device=device)  # [row, position]
         self._free = torch.arange(base_slot, base_slot + size, dtype=torch.int64)  # host free list
@@ -87,7 +89,8 @@ class Staging:
               logical: torch.Tensor) -> torch.Tensor:
         """GPU slots for an extend's new tokens: request ``i`` (pool row ``rows[i]``, a device
         tensor) adds ``lengths[i]`` tokens at positions ``starts[i], …`` whose logical slots are
-        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → GPU slots ``[n]``"""
+        the next ``lengths[i]`` of ``logical`` (SGLang's ``out_cache_loc``). → the GPU rows the
+        prefill reads them at ``[n]``: staging slots, or a GPU home's own row"""
         n = sum(lengths)
         if n > self._free.numel():
             raise StagingFull(
@@ -99,20 +102,21 @@ class Staging:
         gpu_dev = gpu.to(device=self.device, dtype=torch.int32, non_blocking=True)
         logical = logical[:n].to(torch.int64, copy=True)  # held past this batch's own tensors
         self.map[logical] = gpu_dev
+        target = self.translate(logical)  # a GPU home is its own row
         counts = torch.tensor(lengths, dtype=torch.int64)
         first = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64) - torch.cumsum(counts, 0) + counts,
                                         counts)
         positions = (first + torch.arange(n)).to(self.device, non_blocking=True)
         counts_dev = counts.to(self.device, non_blocking=True)
         token_rows = torch.repeat_interleave(rows.to(torch.int64), counts_dev, output_size=n)
-        self.table[token_rows, positions] = gpu_dev
+        self.table[token_rows, positions] = target
         offset = 0
         for rid, length in zip(rids, lengths):
             if length:
                 piece = (logical[offset : offset + length], gpu[offset : offset + length])
                 self._held.setdefault(rid, []).append(piece)
             offset += length
-        return gpu_dev
+        return target
 
     def release(self, rids: Iterable[str]) -> int:
         """These requests' prefills are over (or they were aborted): their staging slots are
@@ -144,5 +148,9 @@ class Staging:
         return gpu.numel()
 
     def translate(self, logical: torch.Tensor) -> torch.Tensor:
-        """GPU slots of staged logical slots (−1 for any not staged). Device op, no sync."""
-        return self.map[logical.long()]
+        """GPU slots of staged logical slots (−1 for any not staged), a GPU home's its own.
+        Device op, no sync."""
+        logical = logical.long()
+        if self.homes:
+            return torch.where(logical <= self.homes, logical, self.map[logical].long()).to(torch.int32)
+        return self.map[logical]
