@@ -125,7 +125,7 @@ def _claim_kernel(
         ok = j < n
         miss = ok & (tl.load(out_ptr + dst + j, mask=ok, other=0) < 0)
         rank = n_miss + tl.cumsum(miss.to(tl.int32), axis=0) - 1
-        miss = miss & (rank < found)  # (the plan's sizing keeps found = need)
+        miss = miss & (rank < found)  # (the cache's sizing, or the scheduler's pick limit, keeps found = need)
         cell = tl.load(scratch + rank, mask=miss, other=0)
         t = tl.load(pick_row + j, mask=miss, other=0)
         # a miss is host-homed: its host row, slot − homes, is also its key's slot

@@ -100,7 +100,7 @@ class OffloadPlan:
     which CUDA-graph padding reads), or, with ``cache_slots``, one shared cache of that many
     slots (``--a2ats-offload-cache shared``). Logical slots above ``homes`` are host rows."""
 
-    logical_slots: int  # what SGLang's allocator hands out (the host pool's capacity, or less)
+    logical_slots: int  # what SGLang's allocator hands out: the GPU homes and the host pool's rows (or fewer)
     max_running: int  # request rows (each with its hot buffer, unless the cache is shared)
     hot_tokens: int
     staging_tokens: int
